@@ -1,0 +1,92 @@
+"""Map a query's genes onto a bundle's gene panel (by name, case- and version-insensitive)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputDataError, SccsaWarning
+from .validate import check_gene_names, normalise_gene_name
+
+DEFAULT_MIN_COVERAGE = 0.5
+
+
+@dataclass(frozen=True)
+class GeneAlignment:
+    """Where each panel gene sits among the query's columns (-1 where it is missing)."""
+
+    panel: tuple[str, ...]
+    source_index: np.ndarray
+    n_query_genes: int
+
+    @property
+    def n_found(self) -> int:
+        return int((self.source_index >= 0).sum())
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the panel's genes present in the query."""
+        return self.n_found / len(self.panel)
+
+    @property
+    def missing_genes(self) -> list[str]:
+        return [g for g, i in zip(self.panel, self.source_index) if i < 0]
+
+    def take(self, matrix: np.ndarray | sp.spmatrix) -> np.ndarray:
+        """The panel's columns of ``matrix`` (cells × query genes) as dense float32, zero-filled."""
+        if matrix.shape[1] != self.n_query_genes:
+            raise InputDataError(
+                f"Expected {self.n_query_genes} gene columns, got {matrix.shape[1]}; "
+                "the matrix does not match the gene names it came with."
+            )
+        present = self.source_index >= 0
+        out = np.zeros((matrix.shape[0], len(self.panel)), dtype=np.float32)
+        if sp.issparse(matrix):
+            sub = sp.csr_matrix(matrix)[:, self.source_index[present]]
+            out[:, present] = sub.toarray()
+        else:
+            out[:, present] = np.asarray(matrix)[:, self.source_index[present]]
+        return out
+
+
+def align_genes(
+    query_genes: Sequence[str],
+    panel: Sequence[str],
+    *,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
+    source: str = "the query",
+) -> GeneAlignment:
+    """Match ``query_genes`` to ``panel`` by :func:`normalise_gene_name`.
+
+    Warns (:class:`SccsaWarning`) with the number of panel genes that are missing and will be
+    zero-filled; raises :class:`InputDataError` when fewer than ``min_coverage`` are present.
+    """
+    query_genes = [str(g) for g in query_genes]
+    check_gene_names(query_genes, source=source, relevant={normalise_gene_name(g) for g in panel})
+    position = {normalise_gene_name(g): i for i, g in enumerate(query_genes)}
+    index = np.array([position.get(normalise_gene_name(g), -1) for g in panel], dtype=np.int64)
+    alignment = GeneAlignment(panel=tuple(panel), source_index=index, n_query_genes=len(query_genes))
+    if alignment.coverage < min_coverage:
+        example = ", ".join(query_genes[:3])
+        wanted = ", ".join(list(panel)[:3])
+        raise InputDataError(
+            f"Only {alignment.n_found} of the model's {len(panel)} genes ({alignment.coverage:.0%}) were "
+            f"found in {source}, below the required {min_coverage:.0%}. The query's genes look like "
+            f"'{example}', the model's like '{wanted}'. If the ids are in a var column, name it with "
+            "--gene-key (e.g. gene_ids or gene_symbols); otherwise this model was trained on another "
+            "gene panel or species. Lower --min-coverage only if you accept degraded labels."
+        )
+    if alignment.n_found < len(panel):
+        missing = alignment.missing_genes
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        warnings.warn(
+            f"{len(missing)} of the model's {len(panel)} genes ({1 - alignment.coverage:.1%}) are missing "
+            f"from {source} and are treated as zero counts: {shown}",
+            SccsaWarning,
+            stacklevel=2,
+        )
+    return alignment

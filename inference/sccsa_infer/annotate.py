@@ -1,0 +1,103 @@
+"""Stream a cells file through a :class:`Predictor` and write the labelled result."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .align import DEFAULT_MIN_COVERAGE
+from .atomic import check_writable
+from .bundle import sha256_bytes
+from .errors import InputDataError, SccsaWarning
+from .io import TABLE_SUFFIXES, format_suffix, open_cells, write_h5ad_result, write_table
+from .metrics import evaluate, label_accuracy
+from .predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor
+
+
+@dataclass
+class AnnotationSummary:
+    """What one ``annotate_file`` run did."""
+
+    n_cells: int
+    coverage: float
+    cluster_sizes: dict[str, int]
+    n_unassigned: int
+    n_empty: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def annotate_file(
+    predictor: Predictor,
+    data: str | Path,
+    out: str | Path,
+    *,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    total_counts_key: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
+    eval_key: str | None = None,
+    with_latent: bool = False,
+    overwrite: bool = True,
+    progress: bool = True,
+) -> AnnotationSummary:
+    """Label every cell of ``data`` and write ``out`` (.h5ad with the input plus results,
+    or a .csv/.tsv/.parquet table). The input file is only read; ``out`` appears only when
+    everything succeeded."""
+    data, out = Path(data), Path(out)
+    outformat_suffix = format_suffix(out)
+    if outformat_suffix != ".h5ad" and outformat_suffix not in TABLE_SUFFIXES:
+        raise InputDataError(f"Cannot write {out}: the output must end in .h5ad, .csv, .tsv or .parquet.")
+    check_writable(out, overwrite=overwrite)
+    if out.exists() and data.exists() and out.resolve() == data.resolve():
+        raise InputDataError(f"--out {out} is the input file; sccsa never overwrites its input. Choose another name.")
+    with open_cells(data, layer=layer, gene_key=gene_key) as source:
+        truth = source.obs_column(eval_key) if eval_key is not None else None
+        library = source.obs_column(total_counts_key).to_numpy() if total_counts_key is not None else None
+        alignment = predictor.align(source.var_names, min_coverage=min_coverage, source=str(data))
+        bundle = predictor.bundle
+        result = Prediction.empty(source.n_obs, bundle.n_clusters, bundle.latent_dim, bundle.cluster_names)
+        empty = np.zeros(source.n_obs, dtype=bool)
+        with tqdm(total=source.n_obs, unit="cells", desc="sccsa-infer", disable=not progress, leave=False) as bar:
+            for start, stop, matrix in source.chunks(batch_size):
+                totals = None if library is None else library[start:stop]
+                part = predictor.predict_chunk(matrix, alignment, total_counts=totals, row_offset=start, source=str(data))
+                result.put(start, part)
+                empty[start:stop] = np.asarray(matrix.sum(axis=1)).ravel() == 0
+                bar.update(stop - start)
+        if empty.any():
+            warnings.warn(
+                f"{int(empty.sum())} cell(s) of {data} have zero counts; they are labelled but flagged "
+                "sccsa_unassigned. Filter empty droplets (scanpy.pp.filter_cells(min_counts=1)) upstream.",
+                SccsaWarning,
+                stacklevel=2,
+            )
+        if outformat_suffix == ".h5ad":
+            uns = {
+                "sccsa": {
+                    "model": bundle.source,
+                    "model_sha256": sha256_bytes(bundle.model_bytes),
+                    "gene_coverage": alignment.coverage,
+                    "cluster_names": bundle.cluster_names or [],
+                }
+            }
+            write_h5ad_result(source, out, result.obs_columns(), {"X_sccsa": result.latent}, uns)
+        else:
+            write_table(result.to_frame(source.obs_names, latent=with_latent), out)
+    sizes = np.bincount(result.cluster, minlength=bundle.n_clusters)
+    summary = AnnotationSummary(
+        n_cells=len(result),
+        coverage=alignment.coverage,
+        cluster_sizes={str(k): int(n) for k, n in enumerate(sizes)},
+        n_unassigned=int(result.unassigned.sum()),
+        n_empty=int(empty.sum()),
+    )
+    if truth is not None:
+        summary.metrics = evaluate(truth.to_numpy(), result.cluster)
+        if result.label is not None:
+            summary.metrics["label_accuracy"] = label_accuracy(truth.to_numpy(), result.label)
+    return summary

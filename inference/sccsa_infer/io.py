@@ -1,0 +1,422 @@
+"""Read cells in chunks from .h5ad / 10x .h5 / .mtx / .csv, and write results atomically.
+
+``.h5ad`` and 10x ``.h5`` are streamed: only one chunk of cells is in memory at a time
+(AnnData's backed sparse datasets), so files larger than RAM can be labelled. ``.csv`` and
+``.mtx`` are text formats that are read whole.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.io
+import scipy.sparse as sp
+from anndata.io import read_elem, sparse_dataset, write_elem
+
+from .atomic import atomic_output
+from .errors import InputDataError, OutputError, SccsaWarning
+
+READABLE_SUFFIXES = (".h5ad", ".h5", ".csv", ".tsv", ".csv.gz", ".tsv.gz", ".mtx", ".mtx.gz")
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+
+
+def format_suffix(path: Path) -> str:
+    """The format-defining ending of ``path`` (e.g. '.csv.gz'), lower case."""
+    name = path.name.lower()
+    for suffix in sorted(READABLE_SUFFIXES + TABLE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+class CellSource:
+    """Cells × genes read in row chunks; subclasses fill the fields and ``_rows``."""
+
+    path: Path
+    n_obs: int
+    var_names: list[str]
+    obs_names: pd.Index
+
+    def chunks(self, size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+        """Yield ``(start, stop, matrix)`` with ``matrix`` a float32 CSR of rows start:stop."""
+        if size < 1:
+            raise ValueError("chunk size must be positive")
+        for start in range(0, self.n_obs, size):
+            stop = min(start + size, self.n_obs)
+            try:
+                rows = self._rows(start, stop)
+            except (OSError, KeyError, ValueError) as exc:
+                raise InputDataError(
+                    f"Could not read cells {start}-{stop} of {self.path} ({exc}); the file is truncated "
+                    "or corrupt. Re-create or re-download it."
+                ) from None
+            yield start, stop, sp.csr_matrix(rows, dtype=np.float32)
+
+    def _rows(self, start: int, stop: int) -> Any:
+        raise NotImplementedError
+
+    def obs_column(self, key: str) -> pd.Series:
+        """A per-cell annotation (e.g. true labels for evaluation)."""
+        raise InputDataError(f"{self.path} carries no cell annotations, so obs column {key!r} is unavailable.")
+
+    def close(self) -> None:
+        """Release the open file, if any."""
+
+    def __enter__(self) -> CellSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputDataError(
+            f"{path} is not a readable HDF5 file ({exc}). It may be truncated, still being written, or "
+            "not an .h5ad/.h5 file at all; check the path and re-create the file."
+        ) from None
+
+
+def _gene_names_from_var(var: pd.DataFrame, gene_key: str | None, path: Path) -> list[str]:
+    if gene_key is None:
+        return [str(g) for g in var.index]
+    if gene_key not in var.columns:
+        raise InputDataError(
+            f"--gene-key {gene_key!r} is not a var column of {path}; available: "
+            f"{', '.join(map(str, var.columns)) or '(none)'}."
+        )
+    return [str(g) for g in var[gene_key].astype(str)]
+
+
+class H5adSource(CellSource):
+    """An ``.h5ad`` file read in backed mode (X or a layer)."""
+
+    def __init__(self, path: Path, *, layer: str | None = None, gene_key: str | None = None):
+        self.path = path
+        self.file = _open_h5(path)
+        try:
+            self._init(layer, gene_key)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _init(self, layer: str | None, gene_key: str | None) -> None:
+        f = self.file
+        if "obs" not in f or "var" not in f:
+            raise InputDataError(f"{self.path} is an HDF5 file but not an AnnData .h5ad (no obs/var).")
+        if layer is None:
+            if "X" not in f:
+                raise InputDataError(f"{self.path} has no X matrix; name the layer to use with --layer.")
+            element = f["X"]
+            self.source_name = "X"
+        else:
+            layers = f.get("layers")
+            if layers is None or layer not in layers:
+                available = ", ".join(layers.keys()) if layers is not None else ""
+                raise InputDataError(
+                    f"Layer {layer!r} is not in {self.path}; available layers: {available or '(none)'}. "
+                    "Leave --layer out to use X."
+                )
+            element = layers[layer]
+            self.source_name = f"layers['{layer}']"
+        self.var = read_elem(f["var"])
+        self.var_names = _gene_names_from_var(self.var, gene_key, self.path)
+        obs_group = f["obs"]
+        index_key = obs_group.attrs.get("_index", "_index")
+        self.obs_names = pd.Index(read_elem(obs_group[index_key]).astype(str))
+        if isinstance(element, h5py.Dataset):
+            self.matrix: Any = element
+            shape = element.shape
+        else:
+            encoding = element.attrs.get("encoding-type", "")
+            if encoding not in ("csr_matrix", "csc_matrix"):
+                raise InputDataError(f"{self.path}: {self.source_name} has unsupported encoding {encoding!r}.")
+            backed = sparse_dataset(element)
+            shape = backed.shape
+            if encoding == "csc_matrix":
+                warnings.warn(
+                    f"{self.path}: {self.source_name} is stored column-wise (CSC), which cannot be read "
+                    "cell by cell; loading it whole. Save it as CSR to stream large files.",
+                    SccsaWarning,
+                    stacklevel=3,
+                )
+                self.matrix = backed.to_memory().tocsr()
+            else:
+                self.matrix = backed
+        self.n_obs = int(shape[0])
+        if shape[1] != len(self.var_names):
+            raise InputDataError(f"{self.path}: {self.source_name} has {shape[1]} columns but var has {len(self.var_names)}.")
+
+    def _rows(self, start: int, stop: int) -> Any:
+        return self.matrix[start:stop]
+
+    def obs_column(self, key: str) -> pd.Series:
+        obs_group = self.file["obs"]
+        if key not in obs_group:
+            available = [k for k in obs_group.keys() if k != obs_group.attrs.get("_index", "_index")]
+            raise InputDataError(f"obs column {key!r} is not in {self.path}; available: {', '.join(available) or '(none)'}.")
+        return pd.Series(np.asarray(read_elem(obs_group[key])), index=self.obs_names, name=key)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TenxH5Source(CellSource):
+    """A Cell Ranger ``.h5`` matrix (v3 ``matrix/`` or v2 per-genome group), streamed by cell."""
+
+    def __init__(self, path: Path, *, gene_key: str | None = None):
+        self.path = path
+        self.file = _open_h5(path)
+        groups = [k for k in self.file.keys() if isinstance(self.file[k], h5py.Group)]
+        if "matrix" in self.file:
+            g = self.file["matrix"]
+            names = g["features/name"][:]
+            ids = g["features/id"][:]
+        elif len(groups) == 1 and "genes" in self.file[groups[0]]:
+            g = self.file[groups[0]]
+            names = g["gene_names"][:]
+            ids = g["genes"][:]
+        else:
+            self.file.close()
+            raise InputDataError(f"{path} is an HDF5 file but neither an .h5ad nor a 10x Genomics matrix.")
+        self.group = g
+        decode = np.vectorize(lambda b: b.decode() if isinstance(b, bytes) else str(b), otypes=[object])
+        by_key = {None: decode(names), "gene_symbols": decode(names), "gene_ids": decode(ids)}
+        if gene_key not in by_key:
+            self.file.close()
+            raise InputDataError(f"--gene-key for a 10x .h5 must be gene_ids or gene_symbols, not {gene_key!r}.")
+        self.var_names = [str(v) for v in by_key[gene_key]]
+        self.obs_names = pd.Index(decode(g["barcodes"][:]).astype(str))
+        self.indptr = g["indptr"][:]
+        self.n_obs = len(self.indptr) - 1
+
+    def _rows(self, start: int, stop: int) -> sp.csr_matrix:
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        return sp.csr_matrix(
+            (self.group["data"][lo:hi], self.group["indices"][lo:hi], self.indptr[start : stop + 1] - lo),
+            shape=(stop - start, len(self.var_names)),
+        )
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class InMemorySource(CellSource):
+    """A whole matrix already in memory (text formats, or an AnnData from the Python API)."""
+
+    def __init__(self, path: Path, matrix: Any, var_names: list[str], obs: pd.DataFrame):
+        self.path = path
+        self.matrix = sp.csr_matrix(matrix) if sp.issparse(matrix) else np.asarray(matrix)
+        self.var_names = var_names
+        self.obs = obs
+        self.obs_names = pd.Index(obs.index.astype(str))
+        self.n_obs = self.matrix.shape[0]
+
+    def _rows(self, start: int, stop: int) -> Any:
+        return self.matrix[start:stop]
+
+    def obs_column(self, key: str) -> pd.Series:
+        if key not in self.obs.columns:
+            raise InputDataError(f"obs column {key!r} is not available; present: {', '.join(self.obs.columns) or '(none)'}.")
+        return self.obs[key]
+
+
+def _read_csv(path: Path, gene_key: str | None) -> InMemorySource:
+    if gene_key is not None:
+        raise InputDataError("--gene-key does not apply to CSV input: genes are the header row.")
+    sep = "\t" if ".tsv" in path.name.lower() else ","
+    try:
+        frame = pd.read_csv(path, sep=sep, index_col=0)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputDataError(f"{path} is not a readable {sep!r}-separated table ({exc}).") from None
+    non_numeric = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if non_numeric:
+        raise InputDataError(
+            f"{path}: columns {', '.join(map(str, non_numeric[:5]))} are not numeric. The table must have cells "
+            "as rows, cell ids in the first column and one numeric column per gene."
+        )
+    return InMemorySource(path, frame.to_numpy(dtype=np.float32), [str(c) for c in frame.columns], pd.DataFrame(index=frame.index.astype(str)))
+
+
+def _read_lines(path: Path) -> list[str]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as handle:
+        return [line.rstrip("\n") for line in handle if line.strip()]
+
+
+def _read_mtx(path: Path, gene_key: str | None) -> InMemorySource:
+    folder = path if path.is_dir() else path.parent
+    mtx = path if path.is_file() else next((folder / n for n in ("matrix.mtx.gz", "matrix.mtx") if (folder / n).exists()), None)
+    features = next((folder / n for n in ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv") if (folder / n).exists()), None)
+    barcodes = next((folder / n for n in ("barcodes.tsv.gz", "barcodes.tsv") if (folder / n).exists()), None)
+    if mtx is None or features is None or barcodes is None:
+        raise InputDataError(
+            f"{path}: a Matrix Market input needs matrix.mtx(.gz), features.tsv(.gz) (or genes.tsv) and "
+            "barcodes.tsv(.gz) in one folder, as Cell Ranger writes them."
+        )
+    columns = [line.split("\t") for line in _read_lines(features)]
+    column = {None: 1, "gene_symbols": 1, "gene_ids": 0}.get(gene_key)
+    if column is None:
+        raise InputDataError(f"--gene-key for .mtx input must be gene_ids or gene_symbols, not {gene_key!r}.")
+    genes = [c[min(column, len(c) - 1)] for c in columns]
+    cells = [line.split("\t")[0] for line in _read_lines(barcodes)]
+    matrix = sp.csr_matrix(scipy.io.mmread(str(mtx)).T, dtype=np.float32)
+    if matrix.shape != (len(cells), len(genes)):
+        raise InputDataError(
+            f"{mtx} is {matrix.shape[1]} genes × {matrix.shape[0]} cells but lists {len(genes)} genes and "
+            f"{len(cells)} barcodes; the three files do not belong together."
+        )
+    return InMemorySource(path, matrix, genes, pd.DataFrame(index=cells))
+
+
+def open_cells(path: str | Path, *, layer: str | None = None, gene_key: str | None = None) -> CellSource:
+    """Open ``path`` for chunked reading; the format follows the file name."""
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(f"Input {path} does not exist. Check the path.")
+    suffix = format_suffix(path)
+    if path.is_dir() or suffix in (".mtx", ".mtx.gz"):
+        source: CellSource = _read_mtx(path, gene_key)
+    elif suffix in (".csv", ".tsv", ".csv.gz", ".tsv.gz"):
+        source = _read_csv(path, gene_key)
+    elif suffix in (".h5ad", ".h5"):
+        with _open_h5(path) as probe:
+            is_anndata = "obs" in probe and "var" in probe
+        if is_anndata:
+            source = H5adSource(path, layer=layer, gene_key=gene_key)
+        else:
+            source = TenxH5Source(path, gene_key=gene_key)
+    else:
+        raise InputDataError(
+            f"Cannot read {path}: unknown format {suffix or '(no extension)'}. Use .h5ad, a 10x .h5, "
+            ".mtx (with features/barcodes), or a .csv/.tsv table of cells × genes."
+        )
+    if layer is not None and not isinstance(source, H5adSource):
+        source.close()
+        raise InputDataError("--layer applies to .h5ad input only.")
+    if source.n_obs == 0:
+        source.close()
+        raise InputDataError(f"{path} contains zero cells; nothing to label.")
+    return source
+
+
+def matrix_and_genes(
+    data: Any, *, gene_names: Sequence[str] | None = None, layer: str | None = None, gene_key: str | None = None
+) -> tuple[np.ndarray | sp.csr_matrix, list[str]]:
+    """The expression matrix (X or ``layer``) and gene names of an in-memory AnnData, or a bare
+    cells × genes matrix with ``gene_names``. Nothing is copied or modified."""
+    if hasattr(data, "obs") and hasattr(data, "var"):  # AnnData, without importing it here
+        if layer is not None:
+            if layer not in data.layers:
+                raise InputDataError(f"Layer {layer!r} is not in the AnnData; available: {', '.join(data.layers) or '(none)'}.")
+            matrix = data.layers[layer]
+        else:
+            matrix = data.X
+        if gene_key is not None:
+            if gene_key not in data.var.columns:
+                raise InputDataError(f"gene_key {gene_key!r} is not a var column; available: {', '.join(data.var.columns)}.")
+            genes = [str(g) for g in data.var[gene_key]]
+        else:
+            genes = [str(g) for g in data.var_names]
+    else:
+        if gene_names is None:
+            raise InputDataError("A bare matrix needs gene_names= (one name per column) to be aligned to the model.")
+        matrix, genes = data, [str(g) for g in gene_names]
+    if matrix is None:
+        raise InputDataError("The AnnData has no X matrix; pass layer= to choose one.")
+    if sp.issparse(matrix):
+        matrix = sp.csr_matrix(matrix)
+    elif hasattr(matrix, "to_memory"):  # backed sparse dataset
+        matrix = sp.csr_matrix(matrix.to_memory())
+    else:
+        matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[1] != len(genes):
+        raise InputDataError(f"The matrix is {matrix.shape} but {len(genes)} gene names were given.")
+    return matrix, genes
+
+
+def read_h5ad(path: str | Path) -> Any:
+    """Load a whole ``.h5ad`` into memory, turning file problems into :class:`InputDataError`."""
+    import anndata
+
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(f"Input {path} does not exist. Check the path.")
+    if format_suffix(path) != ".h5ad":
+        raise InputDataError(f"{path} is not an .h5ad file; convert it to AnnData first (e.g. scanpy.read_10x_h5(...).write_h5ad(...)).")
+    with _open_h5(path) as probe:
+        if "obs" not in probe or "var" not in probe:
+            raise InputDataError(f"{path} is an HDF5 file but not an AnnData .h5ad (no obs/var).")
+    try:
+        return anndata.read_h5ad(path)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise InputDataError(f"{path} could not be read as AnnData ({exc}); it is truncated or corrupt. Re-create it.") from None
+
+
+def write_h5ad_result(
+    source: CellSource,
+    out: Path,
+    obs_columns: Mapping[str, Any],
+    obsm: Mapping[str, np.ndarray],
+    uns: Mapping[str, Any],
+) -> None:
+    """Write the input plus new obs/obsm/uns entries to ``out`` (.h5ad), atomically.
+
+    For .h5ad input the file is copied byte for byte and only the new entries are written
+    into the copy, so memory stays bounded and every other field survives unchanged.
+    """
+    with atomic_output(out) as tmp:
+        if isinstance(source, H5adSource):
+            shutil.copyfile(source.path, tmp)
+            with h5py.File(tmp, "r+") as f:
+                obs = read_elem(f["obs"])
+                for key, values in obs_columns.items():
+                    obs[key] = values
+                del f["obs"]
+                write_elem(f, "obs", obs)
+                if "obsm" not in f:
+                    write_elem(f, "obsm", {})
+                if "uns" not in f:
+                    write_elem(f, "uns", {})
+                for key, values in obsm.items():
+                    if key in f["obsm"]:
+                        del f["obsm"][key]
+                    write_elem(f["obsm"], key, values)
+                for key, value in uns.items():
+                    if key in f["uns"]:
+                        del f["uns"][key]
+                    write_elem(f["uns"], key, value)
+        else:
+            import anndata
+
+            matrix = sp.vstack([rows for _, _, rows in source.chunks(65536)]).tocsr()
+            obs = pd.DataFrame(dict(obs_columns), index=source.obs_names)
+            adata = anndata.AnnData(
+                X=matrix, obs=obs, var=pd.DataFrame(index=pd.Index(source.var_names)), obsm=dict(obsm), uns=dict(uns)
+            )
+            adata.write_h5ad(tmp)
+
+
+def write_table(table: pd.DataFrame, out: Path) -> None:
+    """Write ``table`` as .csv/.tsv/.parquet (chosen by suffix), atomically."""
+    suffix = format_suffix(out)
+    if suffix not in TABLE_SUFFIXES:
+        raise OutputError(f"Cannot write {out}: use an .h5ad, .csv, .tsv or .parquet output name.")
+    with atomic_output(out) as tmp:
+        if suffix == ".parquet":
+            try:
+                table.to_parquet(tmp)
+            except ImportError:
+                raise OutputError("Writing .parquet needs pyarrow: pip install pyarrow (or write .csv).") from None
+        else:
+            table.to_csv(tmp, sep="\t" if suffix == ".tsv" else ",", index_label="cell")

@@ -1,0 +1,231 @@
+"""Label cells with a bundle's ONNX graph: one ONNX Runtime session, chunked, thread-safe."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import scipy.sparse as sp
+
+from .align import DEFAULT_MIN_COVERAGE, GeneAlignment, align_genes
+from .bundle import INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, Bundle, load_bundle
+from .errors import BundleError, InputDataError
+from .io import matrix_and_genes
+from .validate import check_library_sizes, check_values
+from .versions import warn_on_version_mismatch
+
+UNASSIGNED = "unassigned"
+DEFAULT_BATCH_SIZE = 4096
+MODEL_ENV = "SCCSA_MODEL"
+
+
+def default_bundle_path() -> Path:
+    """The bundle ``sccsa-infer`` uses without ``--model``: ``$SCCSA_MODEL`` or the shipped one."""
+    override = os.environ.get(MODEL_ENV)
+    if override:
+        return Path(override)
+    return Path(str(resources.files("sccsa_infer.default_model")))
+
+
+@dataclass
+class Prediction:
+    """Per-cell results: cluster index, optional name, confidence, distance, latent."""
+
+    cluster: np.ndarray
+    confidence: np.ndarray
+    distance: np.ndarray
+    unassigned: np.ndarray
+    latent: np.ndarray
+    prob: np.ndarray
+    cluster_names: list[str] | None = None
+
+    @classmethod
+    def empty(cls, n: int, n_clusters: int, latent_dim: int, cluster_names: list[str] | None) -> Prediction:
+        return cls(
+            cluster=np.zeros(n, dtype=np.int64),
+            confidence=np.zeros(n, dtype=np.float32),
+            distance=np.zeros(n, dtype=np.float32),
+            unassigned=np.zeros(n, dtype=bool),
+            latent=np.zeros((n, latent_dim), dtype=np.float32),
+            prob=np.zeros((n, n_clusters), dtype=np.float32),
+            cluster_names=cluster_names,
+        )
+
+    def put(self, start: int, part: Prediction) -> None:
+        """Copy ``part`` into rows ``start:start+len(part)``."""
+        stop = start + len(part)
+        for name in ("cluster", "confidence", "distance", "unassigned", "latent", "prob"):
+            getattr(self, name)[start:stop] = getattr(part, name)
+
+    def __len__(self) -> int:
+        return len(self.cluster)
+
+    @property
+    def label(self) -> np.ndarray | None:
+        """Cell-type name per cell (``'unassigned'`` beyond the threshold), or ``None``."""
+        if self.cluster_names is None:
+            return None
+        names = np.asarray(self.cluster_names, dtype=object)[self.cluster]
+        return np.where(self.unassigned, UNASSIGNED, names)
+
+    def obs_columns(self) -> dict[str, Any]:
+        """The ``obs`` columns sccsa writes, keyed as in the output files."""
+        k = self.prob.shape[1]
+        columns: dict[str, Any] = {
+            "sccsa_cluster": pd.Categorical(self.cluster.astype(str), categories=[str(i) for i in range(k)]),
+        }
+        if self.cluster_names is not None:
+            categories = list(dict.fromkeys([*self.cluster_names, UNASSIGNED]))
+            columns["sccsa_label"] = pd.Categorical(self.label, categories=categories)
+        columns["sccsa_confidence"] = self.confidence
+        columns["sccsa_distance"] = self.distance
+        columns["sccsa_unassigned"] = self.unassigned
+        return columns
+
+    def to_frame(self, index: Sequence[str] | pd.Index | None = None, *, latent: bool = False) -> pd.DataFrame:
+        """A table of the obs columns (plus ``sccsa_latent_*`` columns with ``latent``)."""
+        frame = pd.DataFrame(self.obs_columns(), index=None if index is None else pd.Index(index))
+        if latent:
+            for j in range(self.latent.shape[1]):
+                frame[f"sccsa_latent_{j}"] = self.latent[:, j]
+        return frame
+
+
+class Predictor:
+    """Labels cells with one model bundle.
+
+    The ONNX Runtime session is created once and shared: ``predict`` may be called from
+    several threads at the same time.
+
+    >>> predictor = Predictor("my_bundle")            # doctest: +SKIP
+    >>> result = predictor.predict(adata)             # doctest: +SKIP
+    >>> adata.obs["sccsa_cluster"] = result.obs_columns()["sccsa_cluster"]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike[str] | Bundle | None = None,
+        *,
+        n_threads: int | None = None,
+        verify: bool = True,
+    ):
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(default_bundle_path() if bundle is None else bundle, verify=verify)
+        self.bundle = bundle
+        options = ort.SessionOptions()
+        if n_threads:
+            options.intra_op_num_threads = int(n_threads)
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(bundle.model_bytes, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several private exception types
+            raise BundleError(f"{bundle.source}: model.onnx cannot be loaded by ONNX Runtime ({exc}).") from None
+        self._check_contract()
+        self.thresholds = np.asarray(bundle.thresholds, dtype=np.float32)
+        warn_on_version_mismatch(bundle.metadata.get("versions", {}), bundle.source)
+
+    def _check_contract(self) -> None:
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise BundleError(f"{self.bundle.source}: model.onnx carries no sccsa metadata; it was not exported by sccsa.")
+        if json.loads(meta[METADATA_KEY]) != self.bundle.embedded_metadata():
+            raise BundleError(
+                f"{self.bundle.source}: bundle.json and the metadata inside model.onnx disagree; "
+                "one of them was edited. Restore the original bundle or re-export it."
+            )
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(inputs) != set(INPUT_NAMES) or not set(OUTPUT_NAMES) <= set(outputs):
+            raise BundleError(
+                f"{self.bundle.source}: model.onnx has inputs {sorted(inputs)} and outputs {outputs}, not the "
+                f"sccsa contract {list(INPUT_NAMES)} → {list(OUTPUT_NAMES)}."
+            )
+        width = inputs["counts"].shape[1]
+        if width != len(self.bundle.genes):
+            raise BundleError(f"{self.bundle.source}: the graph takes {width} genes but the metadata lists {len(self.bundle.genes)}.")
+
+    @property
+    def genes(self) -> list[str]:
+        return self.bundle.genes
+
+    def run(self, counts: np.ndarray, total_counts: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph on panel-ordered ``counts`` [N, G] and library sizes [N]; raw outputs."""
+        counts = np.ascontiguousarray(counts, dtype=np.float32)
+        totals = np.ascontiguousarray(np.reshape(total_counts, (-1, 1)), dtype=np.float32)
+        values = self.session.run(list(OUTPUT_NAMES), {"counts": counts, "total_counts": totals})
+        return dict(zip(OUTPUT_NAMES, values))
+
+    def align(self, gene_names: Sequence[str], *, min_coverage: float = DEFAULT_MIN_COVERAGE, source: str = "the query") -> GeneAlignment:
+        """Map ``gene_names`` (the query's columns) onto the bundle's gene panel."""
+        return align_genes(gene_names, self.genes, min_coverage=min_coverage, source=source)
+
+    def predict_chunk(
+        self,
+        matrix: np.ndarray | sp.spmatrix,
+        alignment: GeneAlignment,
+        *,
+        total_counts: np.ndarray | None = None,
+        row_offset: int = 0,
+        source: str = "the query",
+    ) -> Prediction:
+        """Validate and label one chunk of cells × query genes. ``total_counts`` are the cells'
+        library sizes over all genes when ``matrix`` holds only some (default: row sums)."""
+        check_values(matrix, self.bundle.input_kind, row_offset=row_offset, source=source)
+        totals = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
+        if total_counts is not None:
+            totals = check_library_sizes(total_counts, totals, "total_counts")
+        panel = alignment.take(matrix)
+        raw = self.run(panel, totals)
+        distance = raw["distance"].astype(np.float32)
+        cluster = raw["label"].astype(np.int64)
+        empty = panel.sum(axis=1) == 0
+        return Prediction(
+            cluster=cluster,
+            confidence=raw["prob"].max(axis=1).astype(np.float32),
+            distance=distance,
+            unassigned=(distance > self.thresholds[cluster]) | empty,
+            latent=raw["latent"].astype(np.float32),
+            prob=raw["prob"].astype(np.float32),
+            cluster_names=self.bundle.cluster_names,
+        )
+
+    def predict(
+        self,
+        data: Any,
+        *,
+        gene_names: Sequence[str] | None = None,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        total_counts: np.ndarray | str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        min_coverage: float = DEFAULT_MIN_COVERAGE,
+    ) -> Prediction:
+        """Label an AnnData (X or ``layer``) or a cells × genes matrix with ``gene_names``.
+
+        Genes are matched by name; missing ones count as zero (with a warning). Library sizes
+        are the row sums unless ``total_counts`` gives them (an array, or an obs column name of
+        the AnnData) for data that hold only a subset of genes. The input is never modified.
+        """
+        matrix, genes = matrix_and_genes(data, gene_names=gene_names, layer=layer, gene_key=gene_key)
+        if isinstance(total_counts, str):
+            if not hasattr(data, "obs") or total_counts not in data.obs.columns:
+                raise InputDataError(f"total_counts {total_counts!r} is not an obs column of the data.")
+            total_counts = data.obs[total_counts].to_numpy()
+        if matrix.shape[0] == 0:
+            raise InputDataError("The data contain zero cells; nothing to label.")
+        alignment = self.align(genes, min_coverage=min_coverage)
+        result = Prediction.empty(matrix.shape[0], self.bundle.n_clusters, self.bundle.latent_dim, self.bundle.cluster_names)
+        for start in range(0, matrix.shape[0], batch_size):
+            totals = None if total_counts is None else np.asarray(total_counts)[start : start + batch_size]
+            part = self.predict_chunk(matrix[start : start + batch_size], alignment, total_counts=totals, row_offset=start)
+            result.put(start, part)
+        return result

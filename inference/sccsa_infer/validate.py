@@ -1,0 +1,161 @@
+"""Checks on expression values and gene names, shared by training and serving.
+
+Every check raises :class:`~sccsa_infer.errors.InputDataError` with a message that names
+the first offending cell/gene and says how to fix the input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputDataError
+
+InputKind = Literal["counts", "abundance", "lognorm"]
+INPUT_KINDS: tuple[str, ...] = ("counts", "abundance", "lognorm")
+
+_KIND_HINT = (
+    "If the raw counts are stored in a layer, select it (--layer counts / layer='counts'); "
+    "for data that are not counts say what they are with --input-kind "
+    "(abundance for RPKM/FPKM/TPM, lognorm for log1p-normalised values)."
+)
+
+
+def _locate(matrix: np.ndarray | sp.spmatrix, flat_index: int) -> tuple[int, int]:
+    """Row and column of the ``flat_index``-th stored value of ``matrix``."""
+    if sp.issparse(matrix):
+        csr = matrix.tocsr()
+        row = int(np.searchsorted(csr.indptr, flat_index, side="right") - 1)
+        return row, int(csr.indices[flat_index])
+    n_cols = matrix.shape[1]
+    return flat_index // n_cols, flat_index % n_cols
+
+
+def _name(names: Sequence[str] | None, index: int, what: str) -> str:
+    if names is None:
+        return f"{what} #{index}"
+    return f"{what} '{names[index]}'"
+
+
+def check_values(
+    matrix: np.ndarray | sp.spmatrix,
+    input_kind: str = "counts",
+    *,
+    cell_names: Sequence[str] | None = None,
+    gene_names: Sequence[str] | None = None,
+    row_offset: int = 0,
+    source: str = "the data",
+) -> None:
+    """Raise :class:`InputDataError` unless ``matrix`` holds values ``input_kind`` allows.
+
+    All kinds must be finite and non-negative; ``counts`` must also be whole numbers.
+    ``row_offset`` is added to reported row numbers when ``matrix`` is a chunk of a file.
+    """
+    if input_kind not in INPUT_KINDS:
+        raise InputDataError(
+            f"Unknown input kind {input_kind!r}; use one of {', '.join(INPUT_KINDS)}."
+        )
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix).ravel()
+    if values.size == 0:
+        return
+
+    def where(flat: int) -> str:
+        row, col = _locate(matrix, flat)
+        cell = _name(cell_names, row, "cell") if cell_names is not None else f"cell #{row + row_offset}"
+        return f"{cell}, {_name(gene_names, col, 'gene')}"
+
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise InputDataError(
+            f"{source} contains {int(bad.sum())} NaN or infinite value(s) (first at {where(first)}). "
+            "sccsa needs finite expression values: remove or impute those entries "
+            "(e.g. replace NaN by 0 if it means 'not detected') and try again."
+        )
+    negative = values < 0
+    if negative.any():
+        first = int(np.argmax(negative))
+        raise InputDataError(
+            f"{source} contains {int(negative.sum())} negative value(s) "
+            f"(first: {values[first]:g} at {where(first)}). Expression must be non-negative: "
+            "scaled or centred data (e.g. after scanpy.pp.scale) cannot be used. " + _KIND_HINT
+        )
+    if input_kind == "counts":
+        fractional = values != np.floor(values)
+        if fractional.any():
+            first = int(np.argmax(fractional))
+            raise InputDataError(
+                f"{source} is not raw counts: {int(fractional.sum())} value(s) are not whole numbers "
+                f"(first: {values[first]:g} at {where(first)}). " + _KIND_HINT
+            )
+
+
+_ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*\d{6,})\.\d+$", re.IGNORECASE)
+
+
+def normalise_gene_name(name: str) -> str:
+    """Key used to match gene names: trimmed, upper case, Ensembl version suffix removed."""
+    key = str(name).strip()
+    match = _ENSEMBL_VERSION.match(key)
+    if match:
+        key = match.group(1)
+    return key.upper()
+
+
+def check_gene_names(
+    names: Sequence[str], *, source: str = "the data", relevant: set[str] | None = None
+) -> None:
+    """Raise :class:`InputDataError` for empty, numbers-only or duplicated gene names.
+
+    With ``relevant`` (normalised names), only duplicates among those genes are an error.
+    """
+    names = [str(n) for n in names]
+    if not names:
+        raise InputDataError(f"{source} has no genes (zero columns); nothing can be labelled.")
+    if all(n.strip().lstrip("-").replace(".", "", 1).isdigit() for n in names):
+        raise InputDataError(
+            f"The gene names of {source} are numbers only ({', '.join(names[:3])}, ...): the real "
+            "gene identifiers were lost. Put gene symbols or Ensembl ids in var_names, or name the "
+            "var column that holds them with --gene-key / gene_key=."
+        )
+    empty = [i for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        raise InputDataError(
+            f"{source} has {len(empty)} empty gene name(s) (first at column {empty[0]}). "
+            "Give every gene a name, or choose another var column with --gene-key."
+        )
+    counts = Counter(normalise_gene_name(n) for n in names)
+    duplicated = sorted(k for k, c in counts.items() if c > 1 and (relevant is None or k in relevant))
+    if duplicated:
+        shown = ", ".join(duplicated[:5]) + (" ..." if len(duplicated) > 5 else "")
+        raise InputDataError(
+            f"{source} has {len(duplicated)} duplicated gene name(s) (compared case-insensitively, "
+            f"Ensembl versions ignored): {shown}. Make them unique "
+            "(adata.var_names_make_unique(), or sum the duplicates) or pick a var column of unique "
+            "ids with --gene-key."
+        )
+
+
+def check_library_sizes(totals: Sequence[float] | np.ndarray, row_sums: np.ndarray, key: str) -> np.ndarray:
+    """Validate library sizes taken from ``obs[key]``: numeric, finite, and at least the sum of
+    the counts present (they cover all genes, the matrix only some). Returns float64."""
+    try:
+        values = np.asarray(totals, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputDataError(f"obs[{key!r}] must hold numbers (each cell's total counts over all genes).") from None
+    if not np.all(np.isfinite(values)):
+        raise InputDataError(f"obs[{key!r}] has missing or infinite library sizes; fill them or drop those cells.")
+    short = values < row_sums - 1e-3 * np.maximum(row_sums, 1.0)
+    if short.any():
+        first = int(np.argmax(short))
+        raise InputDataError(
+            f"obs[{key!r}] is smaller than the counts present for {int(short.sum())} cell(s) (first: cell #{first}, "
+            f"{values[first]:g} < {row_sums[first]:g}). It must be each cell's total over ALL genes; "
+            "leave the option out to use the row sums."
+        )
+    return values

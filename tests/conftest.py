@@ -1,0 +1,81 @@
+"""Shared fixtures: synthetic count data (for shapes, errors, contracts), the real datasets of
+../shared/data (for claims about biology and accuracy), and small trained bundles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("SCCSA_DATA", REPO.parent / "shared" / "data"))
+
+
+def synthetic_counts(n_cells: int = 240, n_genes: int = 60, n_clusters: int = 3, seed: int = 0,
+                     gene_prefix: str = "G") -> ad.AnnData:
+    """Negative-binomial counts with ``n_clusters`` groups that differ in a block of genes each."""
+    rng = np.random.default_rng(seed)
+    groups = np.arange(n_cells) % n_clusters
+    base = rng.gamma(2.0, 1.0, size=n_genes)
+    means = np.tile(base, (n_clusters, 1))
+    block = n_genes // n_clusters
+    for k in range(n_clusters):
+        means[k, k * block : (k + 1) * block] *= 6.0
+    size = rng.integers(500, 1500, size=n_cells)[:, None] / 1000.0
+    mu = means[groups] * size
+    dispersion = 5.0
+    counts = rng.negative_binomial(dispersion, dispersion / (dispersion + mu)).astype(np.float32)
+    adata = ad.AnnData(
+        X=sp.csr_matrix(counts),
+        obs=pd.DataFrame({"cell_type": pd.Categorical([f"type{g}" for g in groups])},
+                         index=[f"cell{i}" for i in range(n_cells)]),
+        var=pd.DataFrame(index=[f"{gene_prefix}{j}" for j in range(n_genes)]),
+    )
+    return adata
+
+
+def real_dataset(name: str) -> ad.AnnData:
+    """A dataset of ../shared/data, or skip the test when that folder is absent."""
+    path = DATA_DIR / f"{name}.h5ad"
+    if not path.exists():
+        pytest.skip(f"real dataset {path} not available (set SCCSA_DATA to the shared data folder)")
+    return ad.read_h5ad(path)
+
+
+FAST_TRAINING = dict(pretrain_epochs=3, cluster_epochs=3, batch_size=64, progress=False, latent_dim=4,
+                     attention_dim=16, channels=(4, 8, 8))
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> ad.AnnData:
+    return synthetic_counts()
+
+
+@pytest.fixture(scope="session")
+def fitted_model(synthetic: ad.AnnData):
+    """A tiny SCCSA fitted on synthetic counts with cell-type names (reference mode)."""
+    pytest.importorskip("torch")
+    from sccsa_train import SCCSA
+
+    return SCCSA(3, labels_key="cell_type", n_genes=40, seed=0, **FAST_TRAINING).fit(synthetic)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(fitted_model, tmp_path_factory) -> Path:
+    """The exported bundle of ``fitted_model`` (read-only: copy it before altering files)."""
+    path = tmp_path_factory.mktemp("bundle") / "model"
+    fitted_model.export(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def query_h5ad(tmp_path_factory) -> Path:
+    """A query file of fresh synthetic cells (same gene names, other seed)."""
+    path = tmp_path_factory.mktemp("query") / "query.h5ad"
+    synthetic_counts(n_cells=150, seed=7).write_h5ad(path)
+    return path

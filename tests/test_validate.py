@@ -1,0 +1,79 @@
+"""Value and gene-name checks shared by both halves."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sccsa_infer.errors import InputDataError
+from sccsa_infer.validate import check_gene_names, check_library_sizes, check_values, normalise_gene_name
+
+
+def test_counts_pass():
+    check_values(sp.csr_matrix(np.array([[0, 1, 5], [2, 0, 0]], dtype=np.float32)), "counts")
+
+
+@pytest.mark.parametrize("bad, words", [(np.nan, "NaN"), (np.inf, "infinite"), (-1.0, "negative")])
+def test_bad_values_name_the_cell_and_gene(bad, words):
+    x = np.array([[0, 1, 5], [2, bad, 0]], dtype=np.float32)
+    with pytest.raises(InputDataError, match=words) as info:
+        check_values(sp.csr_matrix(x), "counts", cell_names=["a", "b"], gene_names=["g1", "g2", "g3"])
+    assert "cell 'b'" in str(info.value) and "gene 'g2'" in str(info.value)
+
+
+def test_non_integer_counts_point_to_layer_and_input_kind():
+    x = sp.csr_matrix(np.array([[0.5, 1.0]], dtype=np.float32))
+    with pytest.raises(InputDataError, match="not raw counts") as info:
+        check_values(x, "counts")
+    assert "--layer counts" in str(info.value) and "--input-kind" in str(info.value)
+    check_values(x, "abundance")
+    check_values(x, "lognorm")
+
+
+def test_row_offset_reported_for_chunks():
+    x = np.array([[1.0, np.nan]])
+    with pytest.raises(InputDataError, match="cell #100"):
+        check_values(x, "counts", row_offset=100)
+
+
+def test_unknown_input_kind():
+    with pytest.raises(InputDataError, match="Unknown input kind"):
+        check_values(np.zeros((1, 1)), "rpkm")
+
+
+@pytest.mark.parametrize("name, key", [("ENSG00000141510.16", "ENSG00000141510"), (" cd3e ", "CD3E"),
+                                       ("ENSMUSG00000000001.4", "ENSMUSG00000000001"), ("gene_1", "GENE_1"),
+                                       ("HLA-DRB1.2", "HLA-DRB1.2")])
+def test_normalise_gene_name(name, key):
+    assert normalise_gene_name(name) == key
+
+
+def test_duplicate_genes_rejected_with_fix():
+    with pytest.raises(InputDataError, match="var_names_make_unique"):
+        check_gene_names(["A", "B", "a"])
+
+
+def test_duplicates_outside_relevant_genes_are_ignored():
+    check_gene_names(["A", "B", "B"], relevant={"A"})
+    with pytest.raises(InputDataError, match="duplicated"):
+        check_gene_names(["A", "B", "B"], relevant={"B"})
+
+
+def test_numbers_only_gene_names_rejected():
+    with pytest.raises(InputDataError, match="numbers only"):
+        check_gene_names(["0", "1", "2"])
+
+
+def test_empty_gene_list_and_names():
+    with pytest.raises(InputDataError, match="no genes"):
+        check_gene_names([])
+    with pytest.raises(InputDataError, match="empty gene name"):
+        check_gene_names(["A", " "])
+
+
+def test_library_sizes_must_cover_the_counts():
+    sums = np.array([10.0, 5.0])
+    assert check_library_sizes([100, 5], sums, "n_counts").tolist() == [100.0, 5.0]
+    with pytest.raises(InputDataError, match="smaller than the counts"):
+        check_library_sizes([100, 4], sums, "n_counts")
+    with pytest.raises(InputDataError, match="missing or infinite"):
+        check_library_sizes([np.nan, 5], sums, "n_counts")

@@ -1,0 +1,172 @@
+"""Export a fitted :class:`~sccsa_train.estimator.SCCSA` as a model bundle.
+
+The serving computation (:class:`~sccsa_train.graph.ServingGraph`) is exported with the
+``torch.onnx`` dynamo exporter as ONE self-contained ONNX graph (opset 18, dynamic batch axis,
+named inputs/outputs), with the SA-CC autocorrelation in its constant-DFT-matrix form. The
+bundle metadata is embedded in the graph's ``metadata_props`` and written to ``bundle.json``
+(with the sha256 of every file) by :func:`sccsa_infer.bundle.write_bundle`.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import io
+import json
+import logging
+import platform
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import joblib
+import numpy as np
+import onnx
+import torch
+
+from sccsa_infer.bundle import (
+    INPUT_NAMES,
+    METADATA_KEY,
+    MODEL_FILE,
+    OUTPUT_NAMES,
+    REPORT_FILE,
+    SCHEMA_VERSION,
+    SELECTOR_FILE,
+    SELFTEST_FILE,
+    canonical_json,
+    write_bundle,
+)
+from sccsa_infer.versions import package_version
+
+from .graph import ServingGraph
+from .preprocess import TARGET_SUM
+from .report import REPORT_PLOT_FILE, build_report, plot_report
+
+if TYPE_CHECKING:
+    from .estimator import SCCSA
+
+OPSET = 18
+SELFTEST_CELLS_PER_CLUSTER = 2
+
+
+def training_versions() -> dict[str, str | None]:
+    """Versions of everything that shaped the exported model."""
+    names = ("sccsa", "torch", "onnx", "onnxscript", "onnxruntime", "numpy", "scikit-learn", "scanpy", "anndata")
+    versions: dict[str, str | None] = {name: package_version(name) for name in names}
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def export_onnx(graph: ServingGraph, n_genes: int) -> onnx.ModelProto:
+    """Trace ``graph`` into an ONNX model with a dynamic batch axis and the DFT-matrix SA-CC."""
+    graph = copy.deepcopy(graph).cpu().eval()
+    graph.net.sacc.enable_dft_matrices()
+    example = (torch.zeros(2, n_genes), torch.ones(2, 1))
+    batch = torch.export.Dim("batch", min=1)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # silences "torchvision is not installed" notices
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                graph,
+                example,
+                dynamo=True,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={"counts": {0: batch}, "total_counts": {0: batch}},
+                opset_version=OPSET,
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
+    model = program.model_proto
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def with_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> bytes:
+    """``model`` serialised with ``metadata`` (JSON) under :data:`METADATA_KEY` in metadata_props."""
+    model = copy.deepcopy(model)
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = canonical_json(metadata)
+    model.producer_name = "sccsa"
+    model.producer_version = package_version("sccsa") or "0"
+    return model.SerializeToString()
+
+
+def selftest_case(estimator: SCCSA) -> bytes:
+    """``selftest.npz``: the most clearly assigned training cells of each cluster plus one empty
+    cell, with the labels and latents the torch serving graph gives them."""
+    state = estimator.state_
+    graph = estimator.serving_graph()
+    with torch.no_grad():
+        squared = graph.net.squared_distances(torch.from_numpy(state.latent))
+    ordered = torch.sort(squared, dim=1).values.numpy()
+    margin = ordered[:, 1] - ordered[:, 0]
+    chosen: list[int] = []
+    for cluster in range(state.n_clusters):
+        members = np.flatnonzero(state.labels == cluster)
+        chosen.extend(members[np.argsort(-margin[members])][:SELFTEST_CELLS_PER_CLUSTER].tolist())
+    counts = np.vstack([state.panel_counts[chosen].toarray(), np.zeros((1, state.panel_counts.shape[1]))]).astype(np.float32)
+    totals = np.append(state.total_counts[chosen], 0.0).astype(np.float32).reshape(-1, 1)
+    with torch.no_grad():
+        label, _, latent, _ = graph(torch.from_numpy(counts), torch.from_numpy(totals))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, counts=counts, total_counts=totals, label=label.numpy(), latent=latent.numpy())
+    return buffer.getvalue()
+
+
+def bundle_metadata(estimator: SCCSA, metrics: dict[str, float]) -> dict[str, Any]:
+    """The metadata of the bundle contract (without the file hashes)."""
+    state = estimator.state_
+    params = estimator.get_params()
+    params["channels"] = list(params["channels"])
+    training = {
+        **params,
+        "n_clusters_resolved": state.n_clusters,
+        "n_clusters_method": state.n_clusters_method,
+        "gene_selection": estimator.genes,
+        "n_cells": state.n_cells,
+        "beta": float(estimator.net_.beta),
+        "clip": state.panel.clip,
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "genes": list(state.panel.genes),
+        "n_clusters": state.n_clusters,
+        "cluster_names": state.cluster_names,
+        "thresholds": [float(t) for t in state.thresholds],
+        "input_kind": state.input_kind,
+        "latent_dim": int(estimator.latent_dim),
+        "target_sum": TARGET_SUM,
+        "training": training,
+        "versions": training_versions(),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "onnx": {"opset": OPSET, "inputs": list(INPUT_NAMES), "outputs": list(OUTPUT_NAMES)},
+    }
+
+
+def export_bundle(estimator: SCCSA, path: str | Path, *, metrics: dict[str, float], overwrite: bool = False) -> Path:
+    """Write the bundle of a fitted estimator to ``path`` (directory, or ``.zip``)."""
+    state = estimator.state_
+    graph = estimator.serving_graph()
+    model = export_onnx(graph, len(state.panel.genes))
+    metadata = bundle_metadata(estimator, metrics)
+    selector = io.BytesIO()
+    joblib.dump(state.selector, selector)
+    report = build_report(estimator, metrics)
+    files = {
+        MODEL_FILE: with_metadata(model, metadata),
+        SELECTOR_FILE: selector.getvalue(),
+        REPORT_FILE: json.dumps(report, indent=1, sort_keys=True).encode("utf-8"),
+        REPORT_PLOT_FILE: plot_report(report),
+        SELFTEST_FILE: selftest_case(estimator),
+    }
+    return write_bundle(path, metadata, files, overwrite=overwrite)

@@ -1,0 +1,183 @@
+"""The two-stage training schedule: pretrain the autoencoder (+SA-CC), K-means-initialise μ,
+then optimise the joint objective until fewer than ``tol`` of the labels change per epoch.
+
+Ground-truth labels never enter this module: nothing here can select epochs or models by them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from tqdm.auto import tqdm
+
+from .model import SCCSANet
+from .objective import (
+    ObjectiveWeights,
+    clustering_loss,
+    kl_loss,
+    reconstruction_loss,
+    responsibilities,
+    update_centroids,
+)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimisation settings of both stages."""
+
+    pretrain_epochs: int = 60
+    cluster_epochs: int = 100
+    batch_size: int = 256
+    pretrain_lr: float = 1e-3
+    cluster_lr: float = 1e-4
+    tol: float = 0.001
+    beta_scale: float = 5.0
+    kmeans_n_init: int = 20
+    weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
+
+
+@dataclass
+class History:
+    """Per-epoch losses, label changes and timings (what report.json records)."""
+
+    pretrain: list[dict[str, float]] = field(default_factory=list)
+    cluster: list[dict[str, float]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    converged: bool = False
+    beta: float = float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pretrain": self.pretrain, "cluster": self.cluster, "seconds": self.seconds,
+                "converged": self.converged, "beta": self.beta}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from sccsa_infer.errors import SccsaError
+
+        raise SccsaError("--device cuda was requested but torch sees no CUDA GPU; use --device auto or cpu.")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def embed_all(net: SCCSANet, x: torch.Tensor, batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent z and α of every row of ``x`` in evaluation mode."""
+    was_training = net.training
+    net.eval()
+    latents, alphas = [], []
+    for start in range(0, x.shape[0], batch_size):
+        z, a = net.embed(x[start : start + batch_size])
+        latents.append(z)
+        alphas.append(a)
+    net.train(was_training)
+    return torch.cat(latents), torch.cat(alphas)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm needs two cells
+        batches[-2] = torch.cat([batches[-2], batches.pop()])
+    return batches
+
+
+def pretrain(net: SCCSANet, x: torch.Tensor, schedule: Schedule, history: History, generator: torch.Generator,
+             progress: bool = True) -> None:
+    """Stage 1: reconstruction only."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=schedule.pretrain_lr)
+    net.train()
+    for epoch in tqdm(range(schedule.pretrain_epochs), desc="pretrain", unit="epoch", disable=not progress, leave=False):
+        started, total = time.perf_counter(), 0.0
+        for index in _batches(x.shape[0], schedule.batch_size, generator):
+            batch = x[index]
+            out = net(batch)
+            loss = reconstruction_loss(out.reconstruction, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(index)
+        history.pretrain.append({"epoch": epoch, "reconstruction": total / x.shape[0], "seconds": time.perf_counter() - started})
+
+
+def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, seed: int) -> np.ndarray:
+    """μ ← K-means (k-means++, ``kmeans_n_init`` restarts) on z; β from the initial distortion."""
+    latent, _ = embed_all(net, x)
+    kmeans = KMeans(net.n_clusters, n_init=schedule.kmeans_n_init, random_state=seed).fit(latent.cpu().numpy().astype(np.float64))
+    net.centroids.copy_(torch.as_tensor(kmeans.cluster_centers_, dtype=net.centroids.dtype))
+    nearest = net.squared_distances(latent).min(dim=1).values.mean()
+    net.beta.fill_(schedule.beta_scale / float(nearest.clamp_min(1e-12)))
+    return kmeans.labels_.astype(np.int64)
+
+
+def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedule, history: History,
+            generator: torch.Generator, progress: bool = True) -> np.ndarray:
+    """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change."""
+    weights = schedule.weights
+    optimizer = torch.optim.Adam(net.parameters(), lr=schedule.cluster_lr)
+    bar = tqdm(range(schedule.cluster_epochs), desc="cluster", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        net.train()
+        started = time.perf_counter()
+        sums = np.zeros(4)
+        for index in _batches(x.shape[0], schedule.batch_size, generator):
+            batch = x[index]
+            out = net(batch)
+            distances = net.squared_distances(out.latent)
+            resp = responsibilities(distances, net.beta)
+            l1 = clustering_loss(distances, resp, out.latent, net.beta, weights.latent_norm)
+            l2 = kl_loss(resp, out.logits)
+            l3 = reconstruction_loss(out.reconstruction, batch)
+            loss = l1 + weights.kl * l2 + weights.reconstruction * l3
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += np.array([float(t.detach()) for t in (loss, l1, l2, l3)]) * len(index)
+        latent, _ = embed_all(net, x)
+        net.centroids.copy_(update_centroids(latent, net.centroids, net.beta))
+        new_labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy()
+        change = float(np.mean(new_labels != labels))
+        labels = new_labels
+        loss, l1, l2, l3 = sums / x.shape[0]
+        history.cluster.append({"epoch": epoch, "loss": loss, "l1": l1, "kl": l2, "reconstruction": l3,
+                                "label_change": change, "seconds": time.perf_counter() - started})
+        bar.set_postfix(loss=f"{loss:.3f}", changed=f"{change:.2%}")
+        if change < schedule.tol:
+            history.converged = True
+            break
+    bar.close()
+    return labels
+
+
+def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, progress: bool = True) -> tuple[np.ndarray, History]:
+    """Run both stages on standardised inputs ``x`` (on the net's device); return labels and history."""
+    seed_everything(seed)
+    generator = torch.Generator().manual_seed(seed)
+    history = History()
+    started = time.perf_counter()
+    pretrain(net, x, schedule, history, generator, progress)
+    history.seconds["pretrain"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    labels = initialise_centroids(net, x, schedule, seed)
+    history.beta = float(net.beta)
+    history.seconds["kmeans_init"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    labels = cluster(net, x, labels, schedule, history, generator, progress)
+    history.seconds["cluster"] = time.perf_counter() - mark
+    return labels, history

@@ -1,0 +1,57 @@
+"""The scCompressSA network: SA-CC block → CAE, plus the centroids and the classifier head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .cae import DEFAULT_CHANNELS, ConvAutoencoder
+from .sacc import SACC
+
+
+@dataclass
+class NetOutput:
+    """Everything one forward pass produces."""
+
+    latent: torch.Tensor
+    reconstruction: torch.Tensor
+    alpha: torch.Tensor
+    logits: torch.Tensor
+
+
+class SCCSANet(nn.Module):
+    """Standardised panel vector → (SA-CC) → CAE latent; centroids μ and β live here as buffers.
+
+    ``head`` is the classifier p_ik = softmax(θ_kᵀ z_i + b_k) of paper Eq. 1, trained by the
+    KL(R‖P) term.
+    """
+
+    def __init__(self, n_genes: int, n_clusters: int, *, latent_dim: int = 10, cc: str = "sa",
+                 alpha: float = 0.5, attention_dim: int = 128,
+                 channels: tuple[int, int, int] = DEFAULT_CHANNELS, batch_norm: bool = False):
+        super().__init__()
+        self.sacc = SACC(n_genes, mode=cc, alpha=alpha, attention_dim=attention_dim)
+        self.cae = ConvAutoencoder(n_genes, latent_dim, channels, batch_norm=batch_norm)
+        self.head = nn.Linear(latent_dim, n_clusters)
+        self.register_buffer("centroids", torch.zeros(n_clusters, latent_dim))
+        self.register_buffer("beta", torch.tensor(1.0))
+
+    @property
+    def n_clusters(self) -> int:
+        return self.centroids.shape[0]
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent z and SA-CC weight α for standardised inputs x."""
+        mixed, alpha = self.sacc(x)
+        return self.cae.encode(mixed), alpha
+
+    def forward(self, x: torch.Tensor) -> NetOutput:
+        latent, alpha = self.embed(x)
+        return NetOutput(latent=latent, reconstruction=self.cae.decode(latent), alpha=alpha, logits=self.head(latent))
+
+    def squared_distances(self, latent: torch.Tensor) -> torch.Tensor:
+        """‖z_i − μ_k‖² for every cell and centroid, [N, K]."""
+        diff = latent.unsqueeze(1) - self.centroids.unsqueeze(0)
+        return diff.square().sum(dim=-1)

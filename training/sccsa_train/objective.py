@@ -1,0 +1,64 @@
+"""The scCompressSA objective (paper Eq. 1-6) with the reference code's errors fixed.
+
+    r_ik = softmax_k(−β ‖z_i − μ_k‖²)                        soft k-means responsibilities
+    p_ik = softmax_k(θ_kᵀ z_i + b_k)                          the trained classifier head
+    L1   = β · (mean_i Σ_k r_ik ‖z_i − μ_k‖² − λ mean_i z_iᵀ z_i)
+    L2   = KL(R ‖ P) = mean_i Σ_k r_ik (log r_ik − log p_ik)  (added, not subtracted)
+    L3   = mean squared reconstruction error
+    L    = L1 + α1 L2 + α2 L3
+
+β is set once, at K-means initialisation, to ``beta_scale`` / (mean squared distance of a cell
+to its nearest centroid), which makes L1 dimensionless (≈ 1 at the start) whatever the latent's
+scale, and lets the same α1/α2 work across datasets. r is treated as the E-step (no gradient
+through it): the gradient of L1 pulls each z towards its responsible centroids. μ is updated in
+closed form (r-weighted means) between epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class ObjectiveWeights:
+    """α1 (KL), α2 (reconstruction), λ (the −λ zᵀz term of L1)."""
+
+    kl: float = 1.0
+    reconstruction: float = 100.0
+    latent_norm: float = 0.0
+
+
+def responsibilities(squared_distances: torch.Tensor, beta: torch.Tensor | float) -> torch.Tensor:
+    """r_ik = softmax_k(−β d_ik)."""
+    return torch.softmax(-beta * squared_distances, dim=1)
+
+
+def clustering_loss(squared_distances: torch.Tensor, resp: torch.Tensor, latent: torch.Tensor,
+                    beta: torch.Tensor | float, latent_norm: float) -> torch.Tensor:
+    """L1 (scaled by β): soft k-means distortion minus λ times the latent's mean squared norm."""
+    distortion = (resp.detach() * squared_distances).sum(dim=1).mean()
+    return beta * (distortion - latent_norm * latent.square().sum(dim=1).mean())
+
+
+def kl_loss(resp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """L2 = KL(R‖P), R fixed (the target), P = softmax(logits) from the classifier head."""
+    target = resp.detach()
+    return (target * (torch.log(target.clamp_min(1e-12)) - F.log_softmax(logits, dim=1))).sum(dim=1).mean()
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L3: mean squared error over the panel's genes."""
+    return F.mse_loss(reconstruction, target)
+
+
+@torch.no_grad()
+def update_centroids(latent: torch.Tensor, centroids: torch.Tensor, beta: torch.Tensor | float) -> torch.Tensor:
+    """Closed-form μ_k = Σ_i r_ik z_i / Σ_i r_ik; a centroid with no weight keeps its place."""
+    diff = latent.unsqueeze(1) - centroids.unsqueeze(0)
+    resp = responsibilities(diff.square().sum(dim=-1), beta)
+    weight = resp.sum(dim=0)
+    updated = (resp.T @ latent) / weight.clamp_min(1e-8).unsqueeze(1)
+    return torch.where(weight.unsqueeze(1) > 1e-6, updated, centroids)

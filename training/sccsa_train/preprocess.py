@@ -1,0 +1,123 @@
+"""Turn an AnnData into validated training matrices: counts, library sizes, log-normalised values.
+
+Normalisation is Scanpy's own (``normalize_total`` to 1e4, then ``log1p``), computed with the
+library size over *all* genes of each cell, exactly what the exported graph receives as
+``total_counts``. Gene QC (expressed in at least ``min_cells`` cells) happens afterwards.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import scanpy as sc
+import scipy.sparse as sp
+
+from sccsa_infer.errors import InputDataError, SccsaWarning
+from sccsa_infer.io import matrix_and_genes
+from sccsa_infer.validate import check_gene_names, check_library_sizes, check_values
+
+TARGET_SUM = 1e4
+MIN_CELLS_PER_GENE = 3
+
+
+@dataclass
+class TrainingMatrix:
+    """Validated training data. ``lognorm`` holds only the genes that pass QC."""
+
+    counts: sp.csr_matrix  # cells × all genes, as given (float32)
+    total_counts: np.ndarray  # per cell, over all genes
+    lognorm: sp.csr_matrix  # cells × QC genes, log1p(normalised) (or the input for lognorm data)
+    genes: list[str]  # QC genes, columns of ``lognorm``
+    all_genes: list[str]
+    cell_names: list[str]
+    input_kind: str
+    empty_cells: np.ndarray  # boolean mask of cells with zero counts (excluded from fitting)
+
+
+def expression_matrix(adata: ad.AnnData, layer: str | None) -> sp.csr_matrix:
+    """X or ``layers[layer]`` as a float32 CSR copy (the AnnData is never modified)."""
+    matrix, _ = matrix_and_genes(adata, layer=layer)
+    return sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+
+
+def normalize_log1p(counts: sp.csr_matrix, total_counts: np.ndarray | None = None,
+                    target_sum: float = TARGET_SUM) -> sp.csr_matrix:
+    """Scanpy's ``normalize_total(target_sum)`` + ``log1p`` (cells with zero counts stay zero).
+
+    Each cell's library size is its row sum, or ``total_counts`` when the matrix holds only a
+    subset of the genes: the counts outside the subset then enter Scanpy's computation as one
+    extra column, which is dropped afterwards, so the numbers stay exactly Scanpy's.
+    """
+    matrix = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+    if total_counts is not None:
+        rest = np.asarray(total_counts, dtype=np.float64) - np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
+        matrix = sp.hstack([matrix, sp.csr_matrix(rest.astype(np.float32).reshape(-1, 1))], format="csr")
+    tmp = ad.AnnData(X=matrix)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.normalize_total(tmp, target_sum=target_sum)
+        sc.pp.log1p(tmp)
+    result = sp.csr_matrix(tmp.X, dtype=np.float32)
+    return result[:, : counts.shape[1]] if total_counts is not None else result
+
+
+def library_sizes(adata: ad.AnnData, counts: sp.csr_matrix, total_counts_key: str | None) -> np.ndarray:
+    """Per-cell library size: row sums, or ``obs[total_counts_key]`` for gene-subset matrices."""
+    sums = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    if total_counts_key is None:
+        return sums
+    if total_counts_key not in adata.obs.columns:
+        raise InputDataError(
+            f"total_counts_key {total_counts_key!r} is not an obs column; available: {', '.join(adata.obs.columns) or '(none)'}."
+        )
+    return check_library_sizes(adata.obs[total_counts_key].to_numpy(), sums, total_counts_key)
+
+
+def prepare(
+    adata: ad.AnnData,
+    *,
+    layer: str | None = None,
+    input_kind: str = "counts",
+    total_counts_key: str | None = None,
+    min_cells: int = MIN_CELLS_PER_GENE,
+) -> TrainingMatrix:
+    """Validate the data, normalise + log1p (unless ``input_kind='lognorm'``) and QC genes."""
+    genes = [str(g) for g in adata.var_names]
+    check_gene_names(genes, source="the training data")
+    if adata.n_obs == 0:
+        raise InputDataError("The training data contain zero cells.")
+    counts = expression_matrix(adata, layer)
+    check_values(counts, input_kind, cell_names=list(map(str, adata.obs_names)), gene_names=genes,
+                 source="the training data" + (f" (layer {layer!r})" if layer else " (X)"))
+    totals = library_sizes(adata, counts, total_counts_key)
+    empty = totals == 0
+    if empty.all():
+        raise InputDataError("Every cell of the training data has zero counts; nothing can be learned.")
+    if empty.any():
+        warnings.warn(
+            f"{int(empty.sum())} cell(s) have zero counts; they are left out of training "
+            "(filter them with scanpy.pp.filter_cells(adata, min_counts=1)).",
+            SccsaWarning,
+            stacklevel=2,
+        )
+    lognorm = counts.copy() if input_kind == "lognorm" else normalize_log1p(counts, totals if total_counts_key else None)
+    expressed = np.asarray((counts[~empty] > 0).sum(axis=0)).ravel()
+    keep = expressed >= min_cells
+    if keep.sum() < 2:
+        raise InputDataError(
+            f"Only {int(keep.sum())} gene(s) are expressed in at least {min_cells} cells; the data are too "
+            "sparse or too small to train on."
+        )
+    return TrainingMatrix(
+        counts=counts,
+        total_counts=totals,
+        lognorm=sp.csr_matrix(lognorm[:, keep]),
+        genes=[g for g, k in zip(genes, keep) if k],
+        all_genes=genes,
+        cell_names=[str(c) for c in adata.obs_names],
+        input_kind=input_kind,
+        empty_cells=empty,
+    )
