@@ -17,11 +17,15 @@ DATA_DIR = Path(os.environ.get("SCCSA_DATA", REPO.parent / "shared" / "data"))
 
 
 def synthetic_counts(n_cells: int = 240, n_genes: int = 60, n_clusters: int = 3, seed: int = 0,
-                     gene_prefix: str = "G") -> ad.AnnData:
-    """Negative-binomial counts with ``n_clusters`` groups that differ in a block of genes each."""
-    rng = np.random.default_rng(seed)
+                     gene_prefix: str = "G", population_seed: int = 0) -> ad.AnnData:
+    """Negative-binomial counts with ``n_clusters`` groups that differ in a block of genes each.
+
+    ``population_seed`` fixes the genes' mean expression (the "tissue"); ``seed`` draws cells
+    from it, so samples with different seeds come from the same population.
+    """
+    base = np.random.default_rng(population_seed).gamma(2.0, 1.0, size=n_genes)
+    rng = np.random.default_rng(seed + 1000)
     groups = np.arange(n_cells) % n_clusters
-    base = rng.gamma(2.0, 1.0, size=n_genes)
     means = np.tile(base, (n_clusters, 1))
     block = n_genes // n_clusters
     for k in range(n_clusters):
@@ -47,8 +51,8 @@ def real_dataset(name: str) -> ad.AnnData:
     return ad.read_h5ad(path)
 
 
-FAST_TRAINING = dict(pretrain_epochs=3, cluster_epochs=3, batch_size=64, progress=False, latent_dim=4,
-                     attention_dim=16, channels=(4, 8, 8))
+FAST_TRAINING = dict(pretrain_epochs=30, cluster_epochs=5, batch_size=64, progress=False, latent_dim=8,
+                     attention_dim=16, channels=(8, 16, 16))
 
 
 @pytest.fixture(scope="session")

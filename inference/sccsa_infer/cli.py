@@ -147,9 +147,10 @@ def info(bundle: Path | None, as_json: bool) -> None:
     click.echo(f"input         {loaded.input_kind}, {len(genes)} genes ({', '.join(genes[:5])}, ...)")
     click.echo(f"clusters      {loaded.n_clusters}" + (f": {', '.join(names)}" if names else " (unnamed)"))
     click.echo(f"latent dim    {loaded.latent_dim}")
-    for key in ("gene_selection", "gene_order", "cc", "labels_key", "n_cells", "seed"):
+    for label, key in (("genes", "gene_selection"), ("gene order", "gene_order"), ("cc", "cc"),
+                       ("labels key", "labels_key"), ("trained on", "n_cells"), ("seed", "seed")):
         if key in training:
-            click.echo(f"{key:<14}{training[key]}")
+            click.echo(f"{label:<14}{training[key]}")
     if meta.get("metrics"):
         click.echo("metrics       " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in meta["metrics"].items()))
     click.echo("versions      " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()))

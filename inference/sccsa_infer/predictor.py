@@ -6,7 +6,6 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .align import DEFAULT_MIN_COVERAGE, GeneAlignment, align_genes
-from .bundle import INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, Bundle, load_bundle
+from .bundle import INPUT_NAMES, METADATA_FILE, METADATA_KEY, OUTPUT_NAMES, Bundle, load_bundle
 from .errors import BundleError, InputDataError
 from .io import matrix_and_genes
 from .validate import check_library_sizes, check_values
@@ -28,11 +27,20 @@ MODEL_ENV = "SCCSA_MODEL"
 
 
 def default_bundle_path() -> Path:
-    """The bundle ``sccsa-infer`` uses without ``--model``: ``$SCCSA_MODEL`` or the shipped one."""
+    """The bundle ``sccsa-infer`` uses without ``--model``: ``$SCCSA_MODEL``, else the model
+    shipped inside the installed package, else ``models/default`` of a source checkout."""
     override = os.environ.get(MODEL_ENV)
     if override:
         return Path(override)
-    return Path(str(resources.files("sccsa_infer.default_model")))
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "default_model", here.parents[1] / "models" / "default"):
+        if (candidate / METADATA_FILE).is_file():
+            return candidate
+    raise BundleError(
+        "No default model is installed with this sccsa; pass --model BUNDLE (or set $"
+        + MODEL_ENV
+        + ") to a bundle written by `sccsa-train`."
+    )
 
 
 @dataclass

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-DEFAULT_CHANNELS = (16, 32, 64)
+from .options import DEFAULT_CHANNELS
+
 KERNELS = (5, 5, 3)
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import anndata as ad
 import click
 import numpy as np
-import torch
 
 from sccsa_infer import __version__
 from sccsa_infer.atomic import atomic_output, check_writable
@@ -21,9 +20,7 @@ from sccsa_infer.io import read_h5ad
 from sccsa_infer.metrics import evaluate
 from sccsa_infer.validate import INPUT_KINDS
 
-from .cae import DEFAULT_CHANNELS
-from .genes import GENE_ORDERS, GENE_SELECTIONS
-from .sacc import CC_MODES
+from .options import CC_MODES, GENE_ORDERS, GENE_SELECTIONS
 
 
 class ClusterCount(click.ParamType):
@@ -113,8 +110,14 @@ def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_select
       sccsa-train pbmc.h5ad -k 8 --eval-key cell_type --seed 1 --out m/ --write-adata pbmc_sccsa.h5ad
       sccsa-train rpkm.h5ad -k 7 --input-kind abundance --out m/
     """
-    from .estimator import SCCSA
+    try:
+        import torch
 
+        from .estimator import SCCSA
+    except ImportError as exc:
+        raise click.ClickException(
+            f"sccsa-train needs the training extra ({exc.name or exc} is missing): pip install 'sccsa[train]'"
+        ) from None
     started = time.perf_counter()
     if not overwrite and out.exists():
         raise InputDataError(f"{out} already exists; choose another --out or pass --overwrite.")

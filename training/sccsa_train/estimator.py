@@ -17,15 +17,14 @@ from sccsa_infer.errors import InputDataError
 from sccsa_infer.validate import INPUT_KINDS, check_values
 
 from . import n_clusters as n_clusters_estimation
-from .cae import DEFAULT_CHANNELS
 from .fit import History, Schedule, embed_all, resolve_device, seed_everything, train
-from .genes import GENE_ORDERS, GENE_SELECTIONS, GenePanel, build_panel, fit_selector
+from .genes import GenePanel, build_panel, fit_selector
 from .graph import ServingGraph
 from .model import SCCSANet
 from .objective import ObjectiveWeights
+from .options import CC_MODES, DEFAULT_CHANNELS, GENE_ORDERS, GENE_SELECTIONS
 from .preprocess import expression_matrix, library_sizes, prepare
 from .pseudolabels import consensus_labels
-from .sacc import CC_MODES
 
 THRESHOLD_QUANTILE = 0.995
 

@@ -17,10 +17,10 @@ from sklearn.feature_selection import SelectKBest, SelectorMixin, f_classif
 
 from sccsa_infer.errors import InputDataError
 
+from .options import GENE_ORDERS, GENE_SELECTIONS
+
 GeneSelection = Literal["ftest", "hvg"]
 GeneOrder = Literal["correlation", "fscore", "input"]
-GENE_SELECTIONS: tuple[str, ...] = ("ftest", "hvg")
-GENE_ORDERS: tuple[str, ...] = ("correlation", "fscore", "input")
 CLIP = 10.0
 
 

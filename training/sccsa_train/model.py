@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .cae import DEFAULT_CHANNELS, ConvAutoencoder
+from .cae import ConvAutoencoder
+from .options import DEFAULT_CHANNELS
 from .sacc import SACC
 
 

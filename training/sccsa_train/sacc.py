@@ -25,8 +25,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .options import CC_MODES
+
 CCMode = Literal["sa", "fixed", "off"]
-CC_MODES: tuple[str, ...] = ("sa", "fixed", "off")
 
 
 def autocorrelation_fft(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine:
+#   make demo   train on Scanpy's shipped PBMCs, export, label held-out cells with sccsa-infer
+#   make test   run the test suite
+# Both create .venv and install what they need (torch==2.13.0 first, then sccsa[train,test]).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sccsa-installed
+
+.PHONY: demo test test-slow test-all default-model benchmarks clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[train,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) models/build_default.py --out build/demo --demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m "slow or not slow"
+
+default-model: $(STAMP)
+	$(PY) models/build_default.py --out models/default
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf build .pytest_cache

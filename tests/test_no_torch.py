@@ -1,0 +1,46 @@
+"""The serving half imports and labels cells with torch (and the training half) unavailable."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import sccsa_infer
+
+SERVING_MODULES = sorted(p.stem for p in Path(sccsa_infer.__file__).parent.glob("*.py") if p.stem != "__init__")
+
+BLOCKER = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'sccsa_train', 'onnx', 'onnxscript', 'scanpy'):
+            raise ImportError(f'{name} is blocked: the serving half must not import it')
+sys.meta_path.insert(0, Block())
+"""
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKER + code], capture_output=True, text=True, timeout=300)
+
+
+def test_every_serving_module_imports_without_torch():
+    assert "cli" in SERVING_MODULES and "predictor" in SERVING_MODULES
+    code = "import importlib, json\n"
+    code += f"mods = {SERVING_MODULES!r}\n"
+    code += "[importlib.import_module('sccsa_infer.' + m) for m in mods]\n"
+    code += "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sccsa_train'))))\n"
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_labels_cells_without_torch(bundle_dir, query_h5ad, tmp_path):
+    out = tmp_path / "labels.csv"
+    code = (
+        "from sccsa_infer.cli import main\n"
+        f"main([\"predict\", {str(query_h5ad)!r}, \"--model\", {str(bundle_dir)!r}, \"--out\", {str(out)!r}, \"--no-progress\"],"
+        " standalone_mode=True)\n"
+    )
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    assert out.exists() and len(out.read_text().splitlines()) == 151
