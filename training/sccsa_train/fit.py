@@ -37,6 +37,7 @@ class Schedule:
     pretrain_lr: float = 1e-3
     cluster_lr: float = 1e-4
     tol: float = 0.001
+    noise: float = 0.0
     beta_scale: float = 5.0
     kmeans_n_init: int = 20
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
@@ -100,14 +101,16 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 
 def pretrain(net: SCCSANet, x: torch.Tensor, schedule: Schedule, history: History, generator: torch.Generator,
              progress: bool = True) -> None:
-    """Stage 1: reconstruction only."""
+    """Stage 1: reconstruction only (of the clean input from a Gaussian-corrupted one when
+    ``schedule.noise`` > 0: a denoising autoencoder)."""
     optimizer = torch.optim.Adam(net.parameters(), lr=schedule.pretrain_lr)
     net.train()
     for epoch in tqdm(range(schedule.pretrain_epochs), desc="pretrain", unit="epoch", disable=not progress, leave=False):
         started, total = time.perf_counter(), 0.0
         for index in _batches(x.shape[0], schedule.batch_size, generator):
             batch = x[index]
-            out = net(batch)
+            noisy = batch + schedule.noise * torch.randn(batch.shape, generator=generator).to(batch.device) if schedule.noise else batch
+            out = net(noisy)
             loss = reconstruction_loss(out.reconstruction, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

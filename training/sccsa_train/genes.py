@@ -8,6 +8,7 @@ from typing import Literal
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 from scipy.cluster.hierarchy import leaves_list, linkage
@@ -31,7 +32,10 @@ class HighlyVariableGeneSelector(SelectorMixin, BaseEstimator):
     def __init__(self, k: int = 1000):
         self.k = k
 
-    def fit(self, X: sp.spmatrix | np.ndarray, y: object = None) -> HighlyVariableGeneSelector:
+    def fit(self, X: pd.DataFrame | sp.spmatrix | np.ndarray, y: object = None) -> HighlyVariableGeneSelector:
+        if isinstance(X, pd.DataFrame):
+            self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+            X = X.sparse.to_coo() if hasattr(X, "sparse") else X.to_numpy()
         adata = ad.AnnData(X=sp.csr_matrix(X, dtype=np.float32))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -53,8 +57,9 @@ def fit_selector(
     labels: np.ndarray | None,
 ) -> SelectKBest | HighlyVariableGeneSelector:
     """Fit ``SelectKBest(f_classif, k=n_genes)`` on ``labels`` (``method='ftest'``) or the HVG
-    selector; ``feature_names_in_`` records the gene names, as when fitting on a DataFrame."""
+    selector, on a (sparse) DataFrame so that the saved selector knows its gene names."""
     k = min(n_genes, len(genes))
+    frame = pd.DataFrame.sparse.from_spmatrix(sp.csr_matrix(lognorm), columns=list(genes))
     if method == "ftest":
         if labels is None:
             raise ValueError("the F-test needs labels (pseudo-labels or the user's)")
@@ -63,13 +68,12 @@ def fit_selector(
         selector: SelectKBest | HighlyVariableGeneSelector = SelectKBest(f_classif, k=k)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # constant genes within groups give NaN F-scores
-            selector.fit(lognorm, labels)
+            selector.fit(frame, labels)
         selector.scores_ = np.nan_to_num(selector.scores_, nan=0.0)
     elif method == "hvg":
-        selector = HighlyVariableGeneSelector(k=k).fit(lognorm)
+        selector = HighlyVariableGeneSelector(k=k).fit(frame)
     else:
         raise InputDataError(f"Unknown gene selection {method!r}; use one of {', '.join(GENE_SELECTIONS)}.")
-    selector.feature_names_in_ = np.asarray(genes, dtype=object)
     return selector
 
 

@@ -1,0 +1,166 @@
+"""Clustering quality: sccsa (protocols U, S, T) against Scanpy/K-means baselines, in one run.
+
+For every ``.h5ad`` in ``--data`` (default ../shared/data) and every seed:
+
+- ``sccsa`` U: unsupervised (F-test on consensus pseudo-labels, K = number of true labels);
+- ``sccsa`` S: the paper's "supervised" F-test on the TRUE labels (label leakage: reported as such);
+- ``sccsa`` T: reference → query transfer: fit on a stratified 70 % (reference mode, clusters
+  named by their majority label), export the bundle, label the other 30 % through the ONNX
+  model with the serving half; scores are on the 30 % (plus label accuracy);
+- ``leiden_res1``: Scanpy's standard pipeline + Leiden at resolution 1.0;
+- ``leiden_k``: the same graph, Leiden at the resolution that gives K clusters;
+- ``kmeans_pca``: K-means (20 inits) on the 50 principal components.
+
+Results: ``results/clustering.json`` (one record per dataset × method × protocol × seed) and
+``results/clustering.md``. ``--resume`` keeps the records already in the JSON file.
+
+    python benchmarks/clustering.py                       # everything, 3 seeds
+    python benchmarks/clustering.py --datasets pbmc_zheng4k_top2000 --protocols U --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from sklearn.model_selection import train_test_split
+
+from common import (DEFAULT_DATA, RESULTS, Timer, datasets, load, markdown_table, mean_sd, read_records,
+                    run_meta, score, write_json, write_markdown)
+from sccsa_infer import Predictor
+from sccsa_infer.metrics import label_accuracy
+from sccsa_train import SCCSA
+from sccsa_train.preprocess import prepare
+from sccsa_train.pseudolabels import clustering_embedding, leiden, leiden_resolution_for_k
+
+METHOD_ORDER = ["sccsa U", "sccsa S (label leakage)", "sccsa T (30 % query)", "leiden_res1", "leiden_k", "kmeans_pca"]
+
+
+def sccsa_record(adata, labels, k, kind, protocol, seed) -> dict:
+    with Timer() as timer:
+        if protocol == "T":
+            index = np.arange(adata.n_obs)
+            counts = pd.Series(labels).value_counts()
+            stratify = labels if counts.min() >= 2 else None
+            ref_idx, query_idx = train_test_split(index, test_size=0.3, random_state=seed, stratify=stratify)
+            reference, query = adata[np.sort(ref_idx)].copy(), adata[np.sort(query_idx)].copy()
+            model = SCCSA(k, labels_key="cell_type", input_kind=kind, seed=seed, progress=False).fit(reference)
+            with tempfile.TemporaryDirectory() as folder:
+                model.export(Path(folder) / "bundle")
+                result = Predictor(Path(folder) / "bundle").predict(query)
+            truth = labels[np.sort(query_idx)]
+            extra = {"label_accuracy": round(label_accuracy(truth, result.label), 4), "n_query": int(len(truth))}
+            predicted = result.cluster
+        else:
+            model = SCCSA(k, labels_key="cell_type" if protocol == "S" else None, input_kind=kind, seed=seed,
+                          progress=False).fit(adata)
+            truth, predicted, extra = labels, model.labels_, {}
+            extra["alpha_mean"] = round(float(model.alpha_.mean()), 4)
+            extra["alpha_sd"] = round(float(model.alpha_.std()), 4)
+    return {"method": "sccsa", "protocol": protocol, **score(truth, predicted), "seconds": round(timer.seconds, 2), **extra}
+
+
+def baseline_records(adata, labels, k, kind, seed) -> list[dict]:
+    with Timer() as timer:
+        data = prepare(adata, input_kind=kind)
+        embedding = clustering_embedding(data.lognorm, seed=seed)
+    shared = timer.seconds  # preprocessing + PCA + neighbour graph, common to the three baselines
+    records = []
+    with Timer() as timer:
+        predicted = leiden(embedding, 1.0, seed)
+    records.append({"method": "leiden_res1", **score(labels, predicted), "seconds": round(shared + timer.seconds, 2),
+                    "n_clusters": int(predicted.max() + 1)})
+    with Timer() as timer:
+        resolution, predicted = leiden_resolution_for_k(embedding, k, seed)
+    records.append({"method": "leiden_k", **score(labels, predicted), "seconds": round(shared + timer.seconds, 2),
+                    "n_clusters": int(predicted.max() + 1), "resolution": round(resolution, 4)})
+    with Timer() as timer:
+        predicted = KMeans(k, n_init=20, random_state=seed).fit_predict(embedding.obsm["X_pca"])
+    records.append({"method": "kmeans_pca", **score(labels, predicted), "seconds": round(shared + timer.seconds, 2)})
+    return [dict(r, protocol="-") for r in records]
+
+
+def label(record: dict) -> str:
+    if record["method"] != "sccsa":
+        return record["method"]
+    return {"U": "sccsa U", "S": "sccsa S (label leakage)", "T": "sccsa T (30 % query)"}[record["protocol"]]
+
+
+def summarise(records: list[dict]) -> str:
+    frame = pd.DataFrame(records)
+    frame["column"] = [label(r) for r in records]
+    columns = [c for c in METHOD_ORDER if c in set(frame["column"])]
+    parts = []
+    for metric in ("ari", "nmi", "acc", "seconds"):
+        table = frame.pivot_table(index="dataset", columns="column", values=metric, aggfunc=mean_sd)[columns]
+        dataset_means = frame.groupby(["column", "dataset"])[metric].mean().unstack(0)[columns]
+        table.loc["**mean over datasets**"] = [f"**{dataset_means[c].mean():.3f}**" for c in columns]
+        title = {"ari": "ARI", "nmi": "NMI", "acc": "ACC (Hungarian)", "seconds": "Wall time (s)"}[metric]
+        parts.append(f"## {title} (mean ± sd over seeds)\n\n{markdown_table(table)}")
+    seeds = sorted(frame["seed"].unique())
+    best = _baseline_comparison(frame)
+    intro = (f"{frame['dataset'].nunique()} datasets, seeds {', '.join(map(str, seeds))}. K = number of true "
+             "labels for every method except leiden_res1. U never sees the labels; S uses them for the F-test "
+             "(label leakage, as in the paper's supervised protocol); T trains on a stratified 70 % with labels and "
+             "scores the other 30 %, labelled through the exported ONNX model.\n\n" + best)
+    return intro + "\n\n" + "\n\n".join(parts)
+
+
+def _baseline_comparison(frame: pd.DataFrame) -> str:
+    means = frame.groupby(["column", "dataset"])["ari"].mean().unstack(0)
+    baselines = [c for c in ("leiden_res1", "leiden_k", "kmeans_pca") if c in means]
+    if "sccsa U" not in means or not baselines:
+        return ""
+    common = means[["sccsa U", *baselines]].dropna()
+    best_name = max(baselines, key=lambda c: common[c].mean())
+    ours, theirs = common["sccsa U"].mean(), common[best_name].mean()
+    wins = int((common["sccsa U"] > common[best_name]).sum())
+    return (f"Mean ARI over the {len(common)} datasets: sccsa U {ours:.3f}, best baseline ({best_name}) "
+            f"{theirs:.3f}; sccsa U is ahead on {wins} of {len(common)} datasets.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of labelled .h5ad files")
+    parser.add_argument("--datasets", nargs="*", help="only these (file names without .h5ad)")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--protocols", nargs="*", default=["U", "S", "T"], choices=["U", "S", "T"])
+    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="keep and skip records already in the JSON file")
+    parser.add_argument("--out", type=Path, default=RESULTS / "clustering.json")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    records = read_records(args.out) if args.resume else []
+    done = {(r["dataset"], r["method"], r["protocol"], r["seed"]) for r in records}
+    for path in datasets(args.data, args.datasets):
+        adata, labels, k, kind = load(path)
+        for seed in args.seeds:
+            todo = [("sccsa", p) for p in args.protocols]
+            if not args.no_baselines:
+                todo.append(("baselines", "-"))
+            for method, protocol in todo:
+                if (method == "sccsa" and (path.stem, "sccsa", protocol, seed) in done) or (
+                        method == "baselines" and (path.stem, "kmeans_pca", "-", seed) in done):
+                    continue
+                new = ([sccsa_record(adata, labels, k, kind, protocol, seed)] if method == "sccsa"
+                       else baseline_records(adata, labels, k, kind, seed))
+                for record in new:
+                    record = {"dataset": path.stem, "seed": seed, **record}
+                    records = [r for r in records if (r["dataset"], r["method"], r["protocol"], r["seed"]) !=
+                               (record["dataset"], record["method"], record["protocol"], record["seed"])]
+                    records.append(record)
+                    print(record, flush=True)
+                write_json(args.out, records)
+    meta = run_meta()
+    write_json(args.out.with_name("clustering_meta.json"), meta)
+    write_markdown(args.out.with_suffix(".md"), "Clustering quality", summarise(records), meta)
+
+
+if __name__ == "__main__":
+    main()

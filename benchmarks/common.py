@@ -1,0 +1,153 @@
+"""Shared pieces of the benchmark scripts: datasets, metrics, machine description, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from sccsa_infer.metrics import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+LABEL_KEY = "cell_type"
+
+# What the data README says about the values of the files that are not raw counts.
+INPUT_KINDS = {"pollen_simlr_log": "lognorm", "yan_embryo_rpkm": "abundance"}
+
+
+def datasets(folder: Path, names: Iterable[str] | None = None) -> list[Path]:
+    """The ``.h5ad`` files of ``folder`` (optionally only ``names``), sorted by name."""
+    paths = sorted(folder.glob("*.h5ad"))
+    if names:
+        wanted = set(names)
+        paths = [p for p in paths if p.stem in wanted]
+    if not paths:
+        raise SystemExit(f"no .h5ad datasets found in {folder}")
+    return paths
+
+
+def load(path: Path) -> tuple[ad.AnnData, np.ndarray, int, str]:
+    """The dataset, its true labels (as strings), K = number of labels, and its input kind."""
+    adata = ad.read_h5ad(path)
+    labels = adata.obs[LABEL_KEY].astype(str).to_numpy()
+    return adata, labels, len(np.unique(labels)), INPUT_KINDS.get(path.stem, "counts")
+
+
+def score(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """ARI, NMI, ACC (Hungarian) of a clustering."""
+    metrics = evaluate(true, pred)
+    return {k: round(float(metrics[k]), 4) for k in ("ari", "nmi", "acc")}
+
+
+class Timer:
+    """Wall-clock seconds of a ``with`` block."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:
+        threads = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": threads,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def command_line() -> str:
+    """How this script was invoked (recorded next to its results)."""
+    return " ".join(["python", str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0],
+                     *sys.argv[1:]])
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Previously saved records (for --resume), or an empty list."""
+    if not path.exists():
+        return []
+    return list(json.loads(path.read_text()))
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def mean_sd(values: pd.Series) -> str:
+    """'0.812 ± 0.013' (sd over seeds; '±' omitted for a single value)."""
+    values = values.dropna()
+    if len(values) == 0:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of ``frame`` (index included)."""
+    frame = frame.reset_index()
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def write_markdown(path: Path, title: str, body: str, meta: dict[str, Any]) -> None:
+    """A results page: title, body, then how and where it was produced."""
+    footer = (
+        f"\n\nRegenerate with `{meta['command']}` (from the repository root, in `.venv`).\n\n"
+        f"Measured on {meta['machine']['cpu']} ({meta['machine']['cores']} cores, "
+        f"{meta['machine']['memory_gib']} GiB), Python {meta['machine']['python']}, "
+        f"commit {meta['machine']['git_commit']}, {meta['date']}.\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {title}\n\n{body}{footer}")
+
+
+def run_meta() -> dict[str, Any]:
+    return {"command": command_line(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -1,0 +1,202 @@
+"""Speed and memory: training time, ONNX Runtime vs torch eager, 1M-cell streaming, cold start.
+
+1. Training wall time per dataset: the protocol-U records of ``results/clustering.json``
+   (median over seeds) — run ``clustering.py`` first.
+2. Inference throughput of the same PBMC-Zheng4k model in ONNX Runtime (the exported graph,
+   through ``Predictor.run``) and in torch eager (``ServingGraph``), at batch sizes 1, 64 and 1024,
+   in one run with the same number of threads; the ratio is ORT / torch.
+3. ``sccsa-infer predict`` end to end on an ``.h5ad`` of ``--cells`` (default 1,000,000) cells made
+   by replicating the real PBMC-Zheng4k cells (CSR, written in chunks), to .parquet: cells/s and
+   the peak resident memory of the process.
+4. Cold start: a fresh ``python -c "Predictor(bundle)"`` (import + session creation) and a
+   fresh ``sccsa-infer verify`` (import, hashes, session, self-test), median of 5.
+
+Results: ``results/speed.json`` and ``results/speed.md``.
+
+    python benchmarks/speed.py
+    python benchmarks/speed.py --cells 200000 --work /tmp/sccsa-speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from common import DEFAULT_DATA, RESULTS, Timer, markdown_table, read_records, run_meta, write_json, write_markdown
+from sccsa_infer import Predictor
+from sccsa_train import SCCSA
+
+BATCHES = (1, 64, 1024)
+
+
+def training_times(clustering_json: Path) -> list[dict]:
+    records = [r for r in read_records(clustering_json) if r["method"] == "sccsa" and r["protocol"] == "U"]
+    rows = []
+    for dataset in sorted({r["dataset"] for r in records}):
+        seconds = [r["seconds"] for r in records if r["dataset"] == dataset]
+        rows.append({"dataset": dataset, "median_seconds": round(statistics.median(seconds), 1), "runs": len(seconds)})
+    return rows
+
+
+def throughput(model: SCCSA, predictor: Predictor, counts: np.ndarray, totals: np.ndarray, repeats: int) -> list[dict]:
+    graph = model.serving_graph()
+    rows = []
+    for batch in BATCHES:
+        n = 256 if batch == 1 else max(4096, batch * 4)
+        x, t = counts[:n], totals[:n].reshape(-1, 1)
+        xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+
+        def run_ort() -> None:
+            for s in range(0, n, batch):
+                predictor.run(x[s : s + batch], t[s : s + batch])
+
+        def run_torch() -> None:
+            with torch.inference_mode():
+                for s in range(0, n, batch):
+                    graph(xt[s : s + batch], tt[s : s + batch])
+
+        timings = {}
+        for name, fn in (("onnxruntime", run_ort), ("torch_eager", run_torch)):
+            fn()  # warm-up
+            samples = []
+            for _ in range(repeats):
+                with Timer() as timer:
+                    fn()
+                samples.append(timer.seconds)
+            timings[name] = n / statistics.median(samples)
+        rows.append({"batch": batch, "onnxruntime_cells_per_s": round(timings["onnxruntime"]),
+                     "torch_eager_cells_per_s": round(timings["torch_eager"]),
+                     "ratio_ort_over_torch": round(timings["onnxruntime"] / timings["torch_eager"], 2)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def write_replicated_h5ad(path: Path, matrix: sp.csr_matrix, genes: list[str], n_cells: int, chunk: int = 100_000) -> None:
+    """An AnnData .h5ad of ``n_cells`` cells cycling through the rows of ``matrix`` (CSR, chunked)."""
+    from anndata.io import write_elem
+
+    matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    reps = -(-chunk // matrix.shape[0])
+    block = sp.vstack([matrix] * reps).tocsr()[:chunk]
+    with h5py.File(path, "w") as f:
+        group = f.create_group("X")
+        group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": (n_cells, len(genes))})
+        data = group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 20,))
+        indices = group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 20,))
+        indptr = [np.zeros(1, dtype=np.int64)]
+        written = 0
+        for start in range(0, n_cells, chunk):
+            part = block[: min(chunk, n_cells - start)]
+            size = data.shape[0]
+            data.resize((size + part.nnz,))
+            indices.resize((size + part.nnz,))
+            data[size:] = part.data
+            indices[size:] = part.indices
+            indptr.append(part.indptr[1:].astype(np.int64) + written)
+            written += part.nnz
+        group.create_dataset("indptr", data=np.concatenate(indptr))
+        write_elem(f, "obs", pd.DataFrame(index=pd.Index([f"cell{i}" for i in range(n_cells)], name="cell")))
+        write_elem(f, "var", pd.DataFrame(index=pd.Index(genes)))
+        for key in ("obsm", "varm", "layers", "obsp", "varp", "uns"):
+            write_elem(f, key, {})
+
+
+def streaming(bundle: Path, source: sp.csr_matrix, genes: list[str], n_cells: int, work: Path) -> dict:
+    big = work / "replicated.h5ad"
+    with Timer() as timer:
+        write_replicated_h5ad(big, source, genes, n_cells)
+    print(f"wrote {n_cells} cells to {big} ({big.stat().st_size / 2**30:.2f} GiB) in {timer.seconds:.0f} s", flush=True)
+    out = work / "labels.parquet"
+    command = [str(Path(sys.executable).with_name("sccsa-infer")), "predict", str(big), "--model", str(bundle),
+               "--out", str(out), "--no-progress"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with Timer() as timer:
+        subprocess.run(command, check=True, capture_output=True)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    labelled = len(pd.read_parquet(out, columns=["sccsa_cluster"]))
+    return {"cells": n_cells, "labelled": labelled, "file_gib": round(big.stat().st_size / 2**30, 2),
+            "seconds": round(timer.seconds, 1), "cells_per_s": round(n_cells / timer.seconds),
+            "peak_rss_mib": round(max(peak_kib, before) / 1024), "command": " ".join(command[1:])}
+
+
+def cold_start(bundle: Path, repeats: int = 5) -> dict:
+    python = [sys.executable, "-c", f"from sccsa_infer import Predictor; Predictor({str(bundle)!r})"]
+    verify = [str(Path(sys.executable).with_name("sccsa-infer")), "verify", str(bundle)]
+    result = {}
+    for name, command in (("import_and_session_s", python), ("sccsa_infer_verify_s", verify)):
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            samples.append(time.perf_counter() - started)
+        result[name] = round(statistics.median(samples), 2)
+    return result
+
+
+def summarise(payload: dict) -> str:
+    parts = []
+    if payload["training"]:
+        parts.append("## Training wall time (protocol U, default settings, CPU)\n\n"
+                     + markdown_table(pd.DataFrame(payload["training"]).set_index("dataset")))
+    parts.append("## Inference: ONNX Runtime vs torch eager, same model, same threads\n\n"
+                 + markdown_table(pd.DataFrame(payload["throughput"]).set_index("batch")))
+    s = payload["streaming"]
+    parts.append(f"## `sccsa-infer predict` on {s['cells']:,} cells ({s['file_gib']} GiB .h5ad, replicated PBMC-Zheng4k)\n\n"
+                 f"{s['cells_per_s']:,} cells/s end to end ({s['seconds']} s), peak RSS {s['peak_rss_mib']} MiB, "
+                 f"{s['labelled']:,} cells labelled. Command: `sccsa-infer {s['command']}`.")
+    c = payload["cold_start"]
+    parts.append(f"## Cold start (median of 5 fresh processes)\n\nimport + ONNX Runtime session: {c['import_and_session_s']} s; "
+                 f"`sccsa-infer verify` (import, hashes, session, self-test): {c['sccsa_infer_verify_s']} s.")
+    return "\n\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--cells", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    import anndata as ad
+
+    adata = ad.read_h5ad(args.data / "pbmc_zheng4k_top2000.h5ad")
+    with tempfile.TemporaryDirectory() as scratch:
+        work = args.work or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        model = SCCSA(adata.obs["cell_type"].nunique(), seed=0, progress=False).fit(adata)
+        bundle = work / "bundle"
+        model.export(bundle, overwrite=True)
+        predictor = Predictor(bundle, n_threads=torch.get_num_threads())
+        alignment = predictor.align(list(adata.var_names))
+        counts = alignment.take(adata.X)
+        totals = np.asarray(adata.X.sum(axis=1), dtype=np.float32).ravel()
+        payload = {
+            "training": training_times(RESULTS / "clustering.json"),
+            "throughput": throughput(model, predictor, counts, totals, args.repeats),
+            "streaming": streaming(bundle, sp.csr_matrix(adata.X), list(adata.var_names), args.cells, work),
+            "cold_start": cold_start(bundle),
+        }
+    meta = run_meta()
+    payload["meta"] = meta
+    write_json(args.out, payload)
+    write_markdown(args.out.with_suffix(".md"), "Speed and memory", summarise(payload), meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""``sccsa-train`` end to end on a small file: bundle, summary, blinded evaluation, errors."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import synthetic_counts
+from sccsa_train.cli import main
+
+FAST = ["--pretrain-epochs", "20", "--cluster-epochs", "3", "--latent-dim", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def h5ad(tmp_path_factory):
+    path = tmp_path_factory.mktemp("train") / "cells.h5ad"
+    synthetic_counts(n_cells=240, n_genes=60).write_h5ad(path)
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_help_and_version():
+    result = run("--help")
+    assert result.exit_code == 0 and "Examples" in result.output and "--labels-key" in result.output
+    assert run("--version").exit_code == 0
+
+
+def test_train_writes_bundle_adata_and_summary(h5ad, tmp_path):
+    out, labelled = tmp_path / "model", tmp_path / "labelled.h5ad"
+    result = run(h5ad, "-k", "3", "--n-genes", "40", "--eval-key", "cell_type", "--out", out, "--write-adata", labelled, *FAST)
+    assert result.exit_code == 0, result.output
+    assert "ARI" in result.output and "SA-CC alpha" in result.output and "K=3 (given)" in result.output
+    meta = json.loads((out / "bundle.json").read_text())
+    assert "eval_key" not in meta["training"]  # the fit never saw the evaluation labels
+    assert "ari" in meta["metrics"] and meta["training"]["labels_key"] is None
+    report = json.loads((out / "report.json").read_text())
+    assert report["alpha"]["sd"] >= 0 and report["history"]["pretrain"]
+    adata = ad.read_h5ad(labelled)
+    assert "sccsa_cluster" in adata.obs and adata.obsm["X_sccsa"].shape[0] == 240
+
+
+def test_eval_labels_are_hidden_from_the_fit(h5ad, tmp_path, monkeypatch):
+    """--eval-key never reaches SCCSA.fit: the AnnData it gets has no such column."""
+    from sccsa_train import estimator
+
+    seen = []
+    original = estimator.SCCSA.fit
+
+    def spy(self, adata):
+        seen.append(list(adata.obs.columns))
+        return original(self, adata)
+
+    monkeypatch.setattr(estimator.SCCSA, "fit", spy)
+    result = run(h5ad, "-k", "3", "--n-genes", "40", "--eval-key", "cell_type", "--out", tmp_path / "m", *FAST)
+    assert result.exit_code == 0, result.output
+    assert seen == [[]]
+
+
+def test_same_seed_same_bundle_labels(h5ad, tmp_path):
+    for name in ("a", "b"):
+        assert run(h5ad, "-k", "3", "--n-genes", "40", "--seed", "3", "--out", tmp_path / name,
+                   "--write-adata", tmp_path / f"{name}.h5ad", *FAST).exit_code == 0
+    a, b = ad.read_h5ad(tmp_path / "a.h5ad"), ad.read_h5ad(tmp_path / "b.h5ad")
+    np.testing.assert_array_equal(a.obs["sccsa_cluster"].to_numpy(), b.obs["sccsa_cluster"].to_numpy())
+
+
+def test_errors_leave_no_bundle(h5ad, tmp_path):
+    out = tmp_path / "m"
+    cases = [
+        ([tmp_path / "missing.h5ad"], "does not exist"),
+        ([h5ad, "-k", "1000"], "only 240 cells"),
+        ([h5ad, "-k", "3", "--labels-key", "nope"], "labels_key 'nope'"),
+        ([h5ad, "-k", "3", "--eval-key", "nope"], "--eval-key 'nope'"),
+        ([h5ad, "-k", "3", "--layer", "counts"], "Layer 'counts'"),
+        ([h5ad, "-k", "x"], "neither 'auto' nor an integer"),
+    ]
+    for args, message in cases:
+        result = run(*args, "--out", out, *FAST)
+        assert result.exit_code != 0, args
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+        assert not out.exists()
+    result = run(h5ad, "-k", "3", "--out", tmp_path / "nodir" / "m", *FAST)
+    assert result.exit_code != 0 and "does not exist" in result.output
+
+
+def test_existing_bundle_needs_overwrite(h5ad, tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    result = run(h5ad, "-k", "3", "--out", out, *FAST)
+    assert result.exit_code != 0 and "--overwrite" in result.output

@@ -1,0 +1,100 @@
+"""The scikit-learn-style SCCSA estimator: results, determinism, AnnData conventions, errors."""
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.metrics import adjusted_rand_score
+
+from conftest import FAST_TRAINING, synthetic_counts
+from sccsa_infer.errors import InputDataError
+from sccsa_train import SCCSA
+
+
+@pytest.fixture(scope="module")
+def adata():
+    return synthetic_counts(n_cells=240, n_genes=60)
+
+
+@pytest.fixture(scope="module")
+def unsupervised(adata):
+    return SCCSA(3, n_genes=40, seed=1, **FAST_TRAINING).fit(adata)
+
+
+def test_fit_results(unsupervised, adata):
+    model = unsupervised
+    assert model.labels_.shape == (adata.n_obs,) and model.n_clusters_ == 3
+    assert adjusted_rand_score(adata.obs["cell_type"], model.labels_) > 0.9
+    assert model.state_.cluster_names is None  # no labels used
+    assert len(model.genes_) == 40 and model.alpha_.shape == (adata.n_obs,)
+    np.testing.assert_array_equal(model.predict(adata), model.labels_)
+    np.testing.assert_allclose(model.transform(adata), model.state_.latent, atol=1e-4)
+    history = model.history_
+    assert len(history.pretrain) == FAST_TRAINING["pretrain_epochs"] and history.cluster
+    assert all(np.isfinite(h["reconstruction"]) for h in history.pretrain)
+
+
+def test_same_seed_same_labels_other_seed_runs_too(adata, unsupervised):
+    again = SCCSA(3, n_genes=40, seed=1, **FAST_TRAINING).fit(adata)
+    np.testing.assert_array_equal(again.labels_, unsupervised.labels_)
+    np.testing.assert_array_equal(again.state_.latent, unsupervised.state_.latent)
+
+
+def test_fit_does_not_modify_the_input_and_annotate_follows_scanpy(adata, unsupervised):
+    before = adata.copy()
+    SCCSA(3, n_genes=40, seed=2, **FAST_TRAINING).fit(adata)
+    assert (adata.X != before.X).nnz == 0 and list(adata.obs.columns) == list(before.obs.columns)
+    copy = unsupervised.annotate(adata, copy=True)
+    assert "sccsa_cluster" not in adata.obs and copy.obs["sccsa_cluster"].dtype == "category"
+    assert copy.obsm["X_sccsa"].shape == (adata.n_obs, unsupervised.latent_dim)
+    target = adata.copy()
+    assert unsupervised.annotate(target) is None and "sccsa_cluster" in target.obs
+
+
+def test_reference_mode_names_clusters(fitted_model, synthetic):
+    names = fitted_model.state_.cluster_names
+    assert sorted(names) == ["type0", "type1", "type2"]
+    copy = fitted_model.annotate(synthetic, copy=True)
+    assert (copy.obs["sccsa_label"].astype(str) == synthetic.obs["cell_type"].astype(str)).mean() > 0.9
+
+
+def test_auto_k_uses_the_number_of_labels(synthetic):
+    model = SCCSA("auto", labels_key="cell_type", n_genes=30, seed=0, **FAST_TRAINING).fit(synthetic)
+    assert model.n_clusters_ == 3 and model.state_.n_clusters_method.startswith("number of distinct")
+
+
+def test_empty_cells_are_left_out_and_reported(adata):
+    x = adata.X.toarray()
+    x[:2] = 0
+    with_empty = ad.AnnData(X=sp.csr_matrix(x), obs=adata.obs.copy(), var=adata.var.copy())
+    with pytest.warns(UserWarning, match="zero counts"):
+        model = SCCSA(3, n_genes=40, seed=0, **FAST_TRAINING).fit(with_empty)
+    assert (model.labels_[:2] == -1).all() and (model.labels_[2:] >= 0).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_clusters=500), "only 240 cells"),
+    (dict(n_clusters=200), "too few for 200 clusters"),
+    (dict(n_clusters=3, labels_key="nope"), "labels_key 'nope'"),
+    (dict(n_clusters=3, layer="counts"), "Layer 'counts'"),
+    (dict(n_clusters=1), "integer ≥ 2"),
+    (dict(n_clusters=3, genes="pca"), "genes must be one of"),
+    (dict(n_clusters=3, cc="maybe"), "cc must be one of"),
+    (dict(n_clusters=3, alpha=2.0), "alpha must lie"),
+])
+def test_bad_parameters_and_inputs(adata, kwargs, message):
+    with pytest.raises(InputDataError, match=message):
+        SCCSA(**kwargs, **FAST_TRAINING).fit(adata)
+
+
+def test_missing_labels_are_rejected(adata):
+    a = adata.copy()
+    a.obs["partial"] = a.obs["cell_type"].astype(object)
+    a.obs.iloc[0, a.obs.columns.get_loc("partial")] = None
+    with pytest.raises(InputDataError, match="missing label"):
+        SCCSA(3, labels_key="partial", **FAST_TRAINING).fit(a)
+
+
+def test_unfitted_model_says_so(adata):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SCCSA(3).predict(adata)

@@ -1,0 +1,55 @@
+"""Long real-data runs that back the accuracy claims (``make test-slow``; CI runs them)."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.model_selection import train_test_split
+
+from conftest import DATA_DIR, real_dataset
+from sccsa_infer.cli import main as infer_main
+from sccsa_train.cli import main as train_main
+
+pytestmark = pytest.mark.slow
+
+PBMC = DATA_DIR / "pbmc_zheng4k_top2000.h5ad"
+
+
+def test_pbmc_unsupervised_ari_three_seeds(tmp_path):
+    """Issue 3's bar: default settings, labels never seen by the fit, mean ARI >= 0.75 over 3 seeds."""
+    real_dataset("pbmc_zheng4k_top2000")
+    scores = []
+    for seed in (0, 1, 2):
+        out = tmp_path / f"seed{seed}"
+        result = CliRunner().invoke(train_main, [str(PBMC), "-k", "8", "--eval-key", "cell_type", "--seed", str(seed),
+                                                 "--out", str(out), "--no-progress"])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((out / "bundle.json").read_text())["metrics"]
+        report = json.loads((out / "report.json").read_text())
+        assert report["timings_seconds"]["total"] < 600
+        scores.append(metrics["ari"])
+    print("PBMC-Zheng4k ARI per seed:", scores)
+    assert np.mean(scores) >= 0.75
+
+
+def test_pbmc_transfer_70_30_onnx_labels_equal_torch(tmp_path):
+    """Issue 4's bar: train on a stratified 70 %, label the other 30 % through sccsa-infer; the
+    ONNX labels are identical to the torch model's."""
+    from sccsa_train import SCCSA
+
+    adata = real_dataset("pbmc_zheng4k_top2000")
+    train_idx, test_idx = train_test_split(np.arange(adata.n_obs), test_size=0.3, random_state=0,
+                                           stratify=adata.obs["cell_type"])
+    reference, query = adata[np.sort(train_idx)].copy(), adata[np.sort(test_idx)].copy()
+    model = SCCSA(8, seed=0, progress=False).fit(reference)
+    model.export(tmp_path / "bundle")
+    query.write_h5ad(tmp_path / "query.h5ad")
+    out = tmp_path / "labelled.h5ad"
+    result = CliRunner().invoke(infer_main, ["predict", str(tmp_path / "query.h5ad"), "--model", str(tmp_path / "bundle"),
+                                             "--out", str(out), "--eval-key", "cell_type", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    served = ad.read_h5ad(out)
+    np.testing.assert_array_equal(served.obs["sccsa_cluster"].astype(int).to_numpy(), model.predict(query))
+    np.testing.assert_allclose(served.obsm["X_sccsa"], model.transform(query), atol=1e-4, rtol=0)
