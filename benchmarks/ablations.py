@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import (DEFAULT_DATA, RESULTS, Timer, datasets, load, markdown_table, mean_sd, read_records,
-                    run_meta, score, write_json, write_markdown)
+from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, read_records,
+                    score, write_json)
 from sccsa_train import SCCSA
 
 DEFAULT_DATASETS = ["pbmc_zheng4k_top2000", "klein_subset_tmscc", "zeisel_subset_descend"]
@@ -84,9 +84,7 @@ def main() -> None:
                 records.append(record)
                 print(record, flush=True)
                 write_json(args.out, records)
-    meta = run_meta()
-    write_json(args.out.with_name("ablations_meta.json"), meta)
-    write_markdown(args.out.with_suffix(".md"), "Ablations", summarise(records), meta)
+    finish(args.out, "Ablations", summarise(records))
 
 
 if __name__ == "__main__":

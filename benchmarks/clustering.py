@@ -30,8 +30,8 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.model_selection import train_test_split
 
-from common import (DEFAULT_DATA, RESULTS, Timer, datasets, load, markdown_table, mean_sd, read_records,
-                    run_meta, score, write_json, write_markdown)
+from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, read_records,
+                    score, write_json)
 from sccsa_infer import Predictor
 from sccsa_infer.metrics import label_accuracy
 from sccsa_train import SCCSA
@@ -157,9 +157,7 @@ def main() -> None:
                     records.append(record)
                     print(record, flush=True)
                 write_json(args.out, records)
-    meta = run_meta()
-    write_json(args.out.with_name("clustering_meta.json"), meta)
-    write_markdown(args.out.with_suffix(".md"), "Clustering quality", summarise(records), meta)
+    finish(args.out, "Clustering quality", summarise(records))
 
 
 if __name__ == "__main__":

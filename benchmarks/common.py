@@ -150,4 +150,12 @@ def write_markdown(path: Path, title: str, body: str, meta: dict[str, Any]) -> N
 
 
 def run_meta() -> dict[str, Any]:
+    """Command, machine and date of this run."""
     return {"command": command_line(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def finish(out: Path, title: str, summary: str) -> None:
+    """Record this run's metadata beside ``out`` (``*_meta.json``) and write its Markdown page."""
+    meta = run_meta()
+    write_json(out.with_name(out.stem + "_meta.json"), meta)
+    write_markdown(out.with_suffix(".md"), title, summary, meta)

@@ -35,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from common import DEFAULT_DATA, RESULTS, Timer, markdown_table, read_records, run_meta, write_json, write_markdown
+from common import DEFAULT_DATA, RESULTS, Timer, finish, markdown_table, read_records, write_json
 from sccsa_infer import Predictor
 from sccsa_train import SCCSA
 
@@ -192,10 +192,8 @@ def main() -> None:
             "streaming": streaming(bundle, sp.csr_matrix(adata.X), list(adata.var_names), args.cells, work),
             "cold_start": cold_start(bundle),
         }
-    meta = run_meta()
-    payload["meta"] = meta
     write_json(args.out, payload)
-    write_markdown(args.out.with_suffix(".md"), "Speed and memory", summarise(payload), meta)
+    finish(args.out, "Speed and memory", summarise(payload))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def test_clustering_loss_formula():
     d2 = ((z[:, None] - mu[None]) ** 2).sum(-1)
     r = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     # distortion = mean(0, 4) = 2; mean z'z = (1 + 4) / 2 = 2.5
-    torch.testing.assert_close(clustering_loss(d2, r, z, beta=0.5, latent_norm=0.1), torch.tensor(0.5 * (2 - 0.25)))
+    torch.testing.assert_close(clustering_loss(d2, r, z, scale=0.5, latent_norm=0.1), torch.tensor(0.5 * (2 - 0.25)))
 
 
 def test_centroid_update_is_the_weighted_mean_and_keeps_empty_centroids():

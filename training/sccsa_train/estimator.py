@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,7 @@ class SCCSA:
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments (recorded in the bundle as the training options)."""
-        names = self.__init__.__code__.co_varnames[1 : self.__init__.__code__.co_argcount + self.__init__.__code__.co_kwonlyargcount]
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {name: getattr(self, name) for name in names}
 
     def _check_params(self) -> None:

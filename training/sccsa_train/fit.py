@@ -37,7 +37,6 @@ class Schedule:
     pretrain_lr: float = 1e-3
     cluster_lr: float = 1e-4
     tol: float = 0.001
-    noise: float = 0.0
     beta_scale: float = 5.0
     kmeans_n_init: int = 20
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
@@ -101,16 +100,14 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 
 def pretrain(net: SCCSANet, x: torch.Tensor, schedule: Schedule, history: History, generator: torch.Generator,
              progress: bool = True) -> None:
-    """Stage 1: reconstruction only (of the clean input from a Gaussian-corrupted one when
-    ``schedule.noise`` > 0: a denoising autoencoder)."""
+    """Stage 1: reconstruction only."""
     optimizer = torch.optim.Adam(net.parameters(), lr=schedule.pretrain_lr)
     net.train()
     for epoch in tqdm(range(schedule.pretrain_epochs), desc="pretrain", unit="epoch", disable=not progress, leave=False):
         started, total = time.perf_counter(), 0.0
         for index in _batches(x.shape[0], schedule.batch_size, generator):
             batch = x[index]
-            noisy = batch + schedule.noise * torch.randn(batch.shape, generator=generator).to(batch.device) if schedule.noise else batch
-            out = net(noisy)
+            out = net(batch)
             loss = reconstruction_loss(out.reconstruction, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -120,12 +117,14 @@ def pretrain(net: SCCSANet, x: torch.Tensor, schedule: Schedule, history: Histor
 
 
 def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, seed: int) -> np.ndarray:
-    """μ ← K-means (k-means++, ``kmeans_n_init`` restarts) on z; β from the initial distortion."""
+    """μ ← K-means (k-means++, ``kmeans_n_init`` restarts) on z; β and 1/D0 from the initial
+    distortion D0 (mean squared distance to the nearest centroid)."""
     latent, _ = embed_all(net, x)
     kmeans = KMeans(net.n_clusters, n_init=schedule.kmeans_n_init, random_state=seed).fit(latent.cpu().numpy().astype(np.float64))
     net.centroids.copy_(torch.as_tensor(kmeans.cluster_centers_, dtype=net.centroids.dtype))
-    nearest = net.squared_distances(latent).min(dim=1).values.mean()
-    net.beta.fill_(schedule.beta_scale / float(nearest.clamp_min(1e-12)))
+    distortion = float(net.squared_distances(latent).min(dim=1).values.mean().clamp_min(1e-12))
+    net.distortion_scale.fill_(1.0 / distortion)
+    net.beta.fill_(schedule.beta_scale / distortion)
     return kmeans.labels_.astype(np.int64)
 
 
@@ -144,7 +143,7 @@ def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedu
             out = net(batch)
             distances = net.squared_distances(out.latent)
             resp = responsibilities(distances, net.beta)
-            l1 = clustering_loss(distances, resp, out.latent, net.beta, weights.latent_norm)
+            l1 = clustering_loss(distances, resp, out.latent, net.distortion_scale, weights.latent_norm)
             l2 = kl_loss(resp, out.logits)
             l3 = reconstruction_loss(out.reconstruction, batch)
             loss = l1 + weights.kl * l2 + weights.reconstruction * l3

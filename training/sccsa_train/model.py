@@ -23,7 +23,7 @@ class NetOutput:
 
 
 class SCCSANet(nn.Module):
-    """Standardised panel vector → (SA-CC) → CAE latent; centroids μ and β live here as buffers.
+    """Standardised panel vector → (SA-CC) → CAE latent; centroids μ, β and 1/D0 live here as buffers.
 
     ``head`` is the classifier p_ik = softmax(θ_kᵀ z_i + b_k) of paper Eq. 1, trained by the
     KL(R‖P) term.
@@ -38,6 +38,7 @@ class SCCSANet(nn.Module):
         self.head = nn.Linear(latent_dim, n_clusters)
         self.register_buffer("centroids", torch.zeros(n_clusters, latent_dim))
         self.register_buffer("beta", torch.tensor(1.0))
+        self.register_buffer("distortion_scale", torch.tensor(1.0))
 
     @property
     def n_clusters(self) -> int:

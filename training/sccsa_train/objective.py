@@ -2,16 +2,16 @@
 
     r_ik = softmax_k(−β ‖z_i − μ_k‖²)                        soft k-means responsibilities
     p_ik = softmax_k(θ_kᵀ z_i + b_k)                          the trained classifier head
-    L1   = β · (mean_i Σ_k r_ik ‖z_i − μ_k‖² − λ mean_i z_iᵀ z_i)
+    L1   = (mean_i Σ_k r_ik ‖z_i − μ_k‖² − λ mean_i z_iᵀ z_i) / D0
     L2   = KL(R ‖ P) = mean_i Σ_k r_ik (log r_ik − log p_ik)  (added, not subtracted)
     L3   = mean squared reconstruction error
     L    = L1 + α1 L2 + α2 L3
 
-β is set once, at K-means initialisation, to ``beta_scale`` / (mean squared distance of a cell
-to its nearest centroid), which makes L1 dimensionless (≈ 1 at the start) whatever the latent's
-scale, and lets the same α1/α2 work across datasets. r is treated as the E-step (no gradient
-through it): the gradient of L1 pulls each z towards its responsible centroids. μ is updated in
-closed form (r-weighted means) between epochs.
+D0, the mean squared distance of a cell to its nearest centroid at K-means initialisation, makes
+L1 dimensionless (≈ 1 at the start) whatever the latent's scale, so the same α1/α2 work across
+datasets; β = ``beta_scale`` / D0 sets how soft r is, independently of L1's weight. r is
+treated as the E-step (no gradient through it): the gradient of L1 pulls each z towards its
+responsible centroids. μ is updated in closed form (r-weighted means) between epochs.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def responsibilities(squared_distances: torch.Tensor, beta: torch.Tensor | float
 
 
 def clustering_loss(squared_distances: torch.Tensor, resp: torch.Tensor, latent: torch.Tensor,
-                    beta: torch.Tensor | float, latent_norm: float) -> torch.Tensor:
-    """L1 (scaled by β): soft k-means distortion minus λ times the latent's mean squared norm."""
+                    scale: torch.Tensor | float, latent_norm: float) -> torch.Tensor:
+    """L1 (times ``scale`` = 1/D0): soft k-means distortion minus λ times the latent's mean squared norm."""
     distortion = (resp.detach() * squared_distances).sum(dim=1).mean()
-    return beta * (distortion - latent_norm * latent.square().sum(dim=1).mean())
+    return scale * (distortion - latent_norm * latent.square().sum(dim=1).mean())
 
 
 def kl_loss(resp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
