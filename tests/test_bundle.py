@@ -4,6 +4,7 @@ import json
 import shutil
 import zipfile
 
+import numpy as np
 import onnx
 import pytest
 
@@ -119,3 +120,20 @@ def test_write_refuses_to_overwrite_and_leaves_nothing_on_failure(bundle_dir, tm
         write_bundle(tmp_path / "broken", broken, files)
     assert not (tmp_path / "broken").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_lognorm_bundle_keeps_the_two_inputs_contract(synthetic, tmp_path):
+    """With --input-kind lognorm the graph skips normalisation but still takes total_counts."""
+    import scipy.sparse as sp
+
+    from conftest import FAST_TRAINING
+    from sccsa_train import SCCSA
+
+    lognorm = synthetic.copy()
+    lognorm.X = sp.csr_matrix(np.log1p(synthetic.X.toarray()))
+    model = SCCSA(3, n_genes=30, input_kind="lognorm", seed=0, **FAST_TRAINING).fit(lognorm)
+    model.export(tmp_path / "b")
+    predictor = Predictor(tmp_path / "b")
+    assert [i.name for i in predictor.session.get_inputs()] == ["counts", "total_counts"]
+    result = predictor.predict(lognorm)
+    np.testing.assert_array_equal(result.cluster, model.predict(lognorm))
