@@ -89,8 +89,9 @@ def write_replicated_h5ad(path: Path, matrix: sp.csr_matrix, genes: list[str], n
     from anndata.io import write_elem
 
     matrix = sp.csr_matrix(matrix, dtype=np.float32)
-    reps = -(-chunk // matrix.shape[0])
-    block = sp.vstack([matrix] * reps).tocsr()[:chunk]
+    reps = max(1, chunk // matrix.shape[0])
+    chunk = reps * matrix.shape[0]  # whole copies per chunk, so the cycle continues across chunks
+    block = sp.vstack([matrix] * reps).tocsr()
     with h5py.File(path, "w") as f:
         group = f.create_group("X")
         group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": (n_cells, len(genes))})
