@@ -142,7 +142,8 @@ def write_markdown(path: Path, title: str, body: str, meta: dict[str, Any]) -> N
     footer = (
         f"\n\nRegenerate with `{meta['command']}` (from the repository root, in `.venv`).\n\n"
         f"Measured on {meta['machine']['cpu']} ({meta['machine']['cores']} cores, "
-        f"{meta['machine']['memory_gib']} GiB), Python {meta['machine']['python']}, "
+        f"{meta['machine']['memory_gib']} GiB, {meta['machine']['torch_threads']} torch thread(s) per process), "
+        f"Python {meta['machine']['python']}, "
         f"commit {meta['machine']['git_commit']}, {meta['date']}.\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
