@@ -97,7 +97,7 @@ def summarise(records: list[dict]) -> str:
     columns = [c for c in METHOD_ORDER if c in set(frame["column"])]
     parts = []
     for metric in ("ari", "nmi", "acc", "seconds"):
-        table = frame.pivot_table(index="dataset", columns="column", values=metric, aggfunc=mean_sd)[columns]
+        table = frame.pivot_table(index="dataset", columns="column", values=metric, aggfunc=mean_sd)[columns].fillna("–")
         dataset_means = frame.groupby(["column", "dataset"])[metric].mean().unstack(0)[columns]
         table.loc["**mean over datasets**"] = [f"**{dataset_means[c].mean():.3f}**" for c in columns]
         title = {"ari": "ARI", "nmi": "NMI", "acc": "ACC (Hungarian)", "seconds": "Wall time (s)"}[metric]
@@ -108,7 +108,17 @@ def summarise(records: list[dict]) -> str:
              "labels for every method except leiden_res1. U never sees the labels; S uses them for the F-test "
              "(label leakage, as in the paper's supervised protocol); T trains on a stratified 70 % with labels and "
              "scores the other 30 %, labelled through the exported ONNX model.\n\n" + best)
-    return intro + "\n\n" + "\n\n".join(parts)
+    return intro + " " + _coverage(frame, columns) + "\n\n" + "\n\n".join(parts)
+
+
+def _coverage(frame: pd.DataFrame, columns: list[str]) -> str:
+    """How many seeds each method has per dataset (a value without ± comes from one seed)."""
+    seeds = frame.groupby(["column", "dataset"])["seed"].nunique()
+    parts = []
+    for column in columns:
+        counts = seeds[column].value_counts().sort_index(ascending=False)
+        parts.append(f"{column}: " + ", ".join(f"{n} seed(s) on {m} dataset(s)" for n, m in counts.items()))
+    return "Seeds run: " + "; ".join(parts) + ". A value without ± comes from one seed."
 
 
 def _baseline_comparison(frame: pd.DataFrame) -> str:
