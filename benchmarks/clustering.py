@@ -98,8 +98,9 @@ def summarise(records: list[dict]) -> str:
     parts = []
     for metric in ("ari", "nmi", "acc", "seconds"):
         table = frame.pivot_table(index="dataset", columns="column", values=metric, aggfunc=mean_sd)[columns].fillna("–")
-        dataset_means = frame.groupby(["column", "dataset"])[metric].mean().unstack(0)[columns]
-        table.loc["**mean over datasets**"] = [f"**{dataset_means[c].mean():.3f}**" for c in columns]
+        dataset_means = frame.groupby(["column", "dataset"])[metric].mean().unstack(0)[columns].dropna()
+        row = f"**mean over the {len(dataset_means)} datasets every method ran on**"
+        table.loc[row] = [f"**{dataset_means[c].mean():.3f}**" for c in columns]
         title = {"ari": "ARI", "nmi": "NMI", "acc": "ACC (Hungarian)", "seconds": "Wall time (s)"}[metric]
         parts.append(f"## {title} (mean ± sd over seeds)\n\n{markdown_table(table)}")
     seeds = sorted(frame["seed"].unique())
