@@ -135,6 +135,10 @@ def _baseline_comparison(frame: pd.DataFrame) -> str:
             f"{theirs:.3f}; sccsa U is ahead on {wins} of {len(common)} datasets.")
 
 
+def _key(record: dict) -> tuple:
+    return record["dataset"], record["method"], record["protocol"], record["seed"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of labelled .h5ad files")
@@ -144,11 +148,18 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--resume", action="store_true", help="keep and skip records already in the JSON file")
     parser.add_argument("--out", type=Path, default=RESULTS / "clustering.json")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="add the records of these JSON files (e.g. shards run in parallel with --out) and report")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
+    if args.merge:
+        merged = {_key(r): r for path in [args.out, *args.merge] for r in read_records(path)}
+        write_json(args.out, list(merged.values()))
+        finish(args.out, "Clustering quality", summarise(list(merged.values())))
+        return
     records = read_records(args.out) if args.resume else []
-    done = {(r["dataset"], r["method"], r["protocol"], r["seed"]) for r in records}
+    done = {_key(r) for r in records}
     for path in datasets(args.data, args.datasets):
         adata, labels, k, kind = load(path)
         for seed in args.seeds:
@@ -163,8 +174,7 @@ def main() -> None:
                        else baseline_records(adata, labels, k, kind, seed))
                 for record in new:
                     record = {"dataset": path.stem, "seed": seed, **record}
-                    records = [r for r in records if (r["dataset"], r["method"], r["protocol"], r["seed"]) !=
-                               (record["dataset"], record["method"], record["protocol"], record["seed"])]
+                    records = [r for r in records if _key(r) != _key(record)]
                     records.append(record)
                     print(record, flush=True)
                 write_json(args.out, records)

@@ -140,7 +140,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def write_markdown(path: Path, title: str, body: str, meta: dict[str, Any]) -> None:
     """A results page: title, body, then how and where it was produced."""
     footer = (
-        f"\n\nRegenerate with `{meta['command']}` (from the repository root, in `.venv`).\n\n"
+        f"\n\nWritten by `{meta['command']}` (from the repository root, in `.venv`; benchmarks/README.md says "
+        "how to regenerate it).\n\n"
         f"Measured on {meta['machine']['cpu']} ({meta['machine']['cores']} cores, "
         f"{meta['machine']['memory_gib']} GiB, {meta['machine']['torch_threads']} torch thread(s) per process), "
         f"Python {meta['machine']['python']}, "
