@@ -5,7 +5,9 @@ Variants, each against the default (F-test genes, SA-CC, correlation gene order)
 - gene selection: ``--genes hvg`` (Scanpy highly variable genes) instead of the F-test;
 - coefficient compression: fixed α ∈ {0, 0.25, 0.5, 0.75, 1} (the paper's "fixed CC";
   α = 1 is expression only, α = 0 autocorrelation only) and ``--cc off``;
-- gene order: ``fscore`` and ``input`` instead of ``correlation``.
+- gene order: ``fscore`` and ``input`` instead of ``correlation``;
+- centroid initialisation: ``init='labels'`` (latent means of the consensus pseudo-labels)
+  instead of K-means on the latent.
 
 Results: ``results/ablations.json`` and ``results/ablations.md``.
 
@@ -37,9 +39,10 @@ VARIANTS: dict[str, dict] = {
     "cc off": {"cc": "off"},
     "order fscore": {"gene_order": "fscore"},
     "order input": {"gene_order": "input"},
+    "init labels": {"init": "labels"},
 }
 GROUPS = {"default": "—", "hvg": "gene selection", "cc off": "coefficient compression",
-          "order fscore": "gene order", "order input": "gene order"}
+          "order fscore": "gene order", "order input": "gene order", "init labels": "centroid initialisation"}
 
 
 def summarise(records: list[dict]) -> str:

@@ -98,3 +98,45 @@ def test_missing_labels_are_rejected(adata):
 def test_unfitted_model_says_so(adata):
     with pytest.raises(RuntimeError, match="not fitted"):
         SCCSA(3).predict(adata)
+
+
+def test_label_initialisation_puts_each_centroid_at_its_labels_mean_latent():
+    import torch
+
+    from sccsa_train.fit import Schedule, embed_all, initialise_centroids
+    from sccsa_train.model import SCCSANet
+
+    torch.manual_seed(0)
+    net = SCCSANet(16, 3, latent_dim=4, attention_dim=8, channels=(4, 4, 4))
+    x = torch.randn(60, 16)
+    start = np.arange(60) % 3
+    labels = initialise_centroids(net, x, Schedule(beta_scale=2.0), seed=0, start_labels=start)
+    latent, _ = embed_all(net, x)
+    expected = torch.stack([latent[torch.as_tensor(start) == k].mean(0) for k in range(3)])
+    torch.testing.assert_close(net.centroids, expected)
+    distances = net.squared_distances(latent)
+    np.testing.assert_array_equal(labels, distances.argmin(1).numpy())
+    assert float(net.beta) == pytest.approx(2.0 / float(distances.min(1).values.mean()), rel=1e-5)
+
+
+def test_init_labels_orders_clusters_like_the_reference_labels(synthetic):
+    # With no stage 2, cluster k starts (and stays) at the k-th sorted label: names come out in order.
+    model = SCCSA(3, labels_key="cell_type", init="labels", n_genes=30, seed=0,
+                  **{**FAST_TRAINING, "cluster_epochs": 0}).fit(synthetic)
+    assert model.state_.cluster_names == ["type0", "type1", "type2"]
+    assert adjusted_rand_score(synthetic.obs["cell_type"], model.labels_) > 0.9
+
+
+def test_init_labels_without_labels_uses_the_consensus_pseudo_labels(adata):
+    model = SCCSA(3, genes="hvg", init="labels", n_genes=40, seed=0, **FAST_TRAINING).fit(adata)
+    assert model.state_.pseudo_labels is not None  # computed for the start even though HVGs need no labels
+    assert adjusted_rand_score(adata.obs["cell_type"], model.labels_) > 0.9
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_clusters=2, labels_key="cell_type", init="labels"), "labels have 3 classes and n_clusters is 2"),
+    (dict(n_clusters=3, init="random"), "init must be one of"),
+])
+def test_bad_init(adata, kwargs, message):
+    with pytest.raises(InputDataError, match=message):
+        SCCSA(**kwargs, **FAST_TRAINING).fit(adata)

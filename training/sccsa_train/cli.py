@@ -20,7 +20,7 @@ from sccsa_infer.io import read_h5ad
 from sccsa_infer.metrics import evaluate
 from sccsa_infer.validate import INPUT_KINDS
 
-from .options import CC_MODES, GENE_ORDERS, GENE_SELECTIONS
+from .options import CC_MODES, CENTROID_INITS, GENE_ORDERS, GENE_SELECTIONS
 
 
 class ClusterCount(click.ParamType):
@@ -78,6 +78,9 @@ class ClusterCount(click.ParamType):
 @click.option("--cluster-lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True), help="Stage 2 learning rate.")
 @click.option("--beta-scale", default=5.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Softness of r: beta = beta_scale / (mean squared distance to the nearest centroid at init).")
+@click.option("--init", "centroid_init", type=click.Choice(CENTROID_INITS), default="kmeans", show_default=True,
+              help="Initial centroids: K-means on the pretrained latent, or the latent means of the labels the "
+                   "gene selection used (consensus pseudo-labels, or --labels-key).")
 @click.option("--kl-weight", default=1.0, show_default=True, type=click.FloatRange(0), help="alpha1, weight of KL(R||P).")
 @click.option("--recon-weight", default=100.0, show_default=True, type=click.FloatRange(0), help="alpha2, weight of the reconstruction MSE.")
 @click.option("--latent-norm-weight", default=0.0, show_default=True, type=click.FloatRange(0), help="lambda of the -lambda*z'z term.")
@@ -95,7 +98,7 @@ class ClusterCount(click.ParamType):
 def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_selection: str, labels_key: str | None,
          gene_order: str, cc: str, alpha: float, latent_dim: int, input_kind: str, layer: str | None, total_counts_key: str | None,
          pretrain_epochs: int, cluster_epochs: int, tol: float, batch_size: int, lr: float, cluster_lr: float,
-         beta_scale: float, kl_weight: float, recon_weight: float, latent_norm_weight: float, seed: int, device: str,
+         beta_scale: float, centroid_init: str, kl_weight: float, recon_weight: float, latent_norm_weight: float, seed: int, device: str,
          threads: int | None, eval_key: str | None, write_adata: Path | None, overwrite: bool, progress: bool) -> None:
     """Fit scCompressSA on DATA (.h5ad, cells × genes, raw counts by default) and export a bundle.
 
@@ -137,7 +140,8 @@ def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_select
                   cc=cc, alpha=alpha, latent_dim=latent_dim, input_kind=input_kind, layer=layer,
                   total_counts_key=total_counts_key,
                   pretrain_epochs=pretrain_epochs, cluster_epochs=cluster_epochs, batch_size=batch_size, lr=lr,
-                  cluster_lr=cluster_lr, tol=tol, beta_scale=beta_scale, kl_weight=kl_weight,
+                  cluster_lr=cluster_lr, tol=tol, beta_scale=beta_scale, init=centroid_init,
+                  kl_weight=kl_weight,
                   reconstruction_weight=recon_weight, latent_norm_weight=latent_norm_weight, seed=seed,
                   device=device, progress=progress)
     labels = model.fit_predict(blinded)

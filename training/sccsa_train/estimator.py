@@ -23,7 +23,7 @@ from .genes import GenePanel, build_panel, fit_selector
 from .graph import ServingGraph
 from .model import SCCSANet
 from .objective import ObjectiveWeights
-from .options import CC_MODES, DEFAULT_CHANNELS, GENE_ORDERS, GENE_SELECTIONS
+from .options import CC_MODES, CENTROID_INITS, DEFAULT_CHANNELS, GENE_ORDERS, GENE_SELECTIONS
 from .preprocess import expression_matrix, library_sizes, prepare
 from .pseudolabels import consensus_labels
 
@@ -88,6 +88,7 @@ class SCCSA:
         cluster_lr: float = 1e-4,
         tol: float = 0.001,
         beta_scale: float = 5.0,
+        init: str = "kmeans",
         kl_weight: float = 1.0,
         reconstruction_weight: float = 100.0,
         latent_norm_weight: float = 0.0,
@@ -116,6 +117,7 @@ class SCCSA:
         self.cluster_lr = cluster_lr
         self.tol = tol
         self.beta_scale = beta_scale
+        self.init = init
         self.kl_weight = kl_weight
         self.reconstruction_weight = reconstruction_weight
         self.latent_norm_weight = latent_norm_weight
@@ -136,6 +138,8 @@ class SCCSA:
             raise InputDataError(f"gene_order must be one of {', '.join(GENE_ORDERS)}, not {self.gene_order!r}.")
         if self.cc not in CC_MODES:
             raise InputDataError(f"cc must be one of {', '.join(CC_MODES)}, not {self.cc!r}.")
+        if self.init not in CENTROID_INITS:
+            raise InputDataError(f"init must be one of {', '.join(CENTROID_INITS)}, not {self.init!r}.")
         if self.input_kind not in INPUT_KINDS:
             raise InputDataError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, not {self.input_kind!r}.")
         if not 0.0 <= self.alpha <= 1.0:
@@ -169,7 +173,7 @@ class SCCSA:
         mark = time.perf_counter()
         pseudo = None
         selection_labels = user_labels
-        if self.genes == "ftest" and user_labels is None:
+        if user_labels is None and (self.genes == "ftest" or self.init == "labels"):
             pseudo = consensus_labels(lognorm, k, seed=self.seed).labels
             selection_labels = pseudo
         selector = fit_selector(lognorm, data.genes, self.n_genes, self.genes, selection_labels)
@@ -182,7 +186,9 @@ class SCCSA:
         net = SCCSANet(len(panel.genes), k, latent_dim=self.latent_dim, cc=self.cc, alpha=self.alpha,
                        attention_dim=self.attention_dim, channels=self.channels, batch_norm=self.batch_norm).to(device)
         x = torch.from_numpy(panel.standardise(panel_values)).to(device)
-        labels, history = train(net, x, self._schedule(), seed=self.seed, progress=self.progress)
+        start_labels = _start_labels(selection_labels, k) if self.init == "labels" else None
+        labels, history = train(net, x, self._schedule(), seed=self.seed, progress=self.progress,
+                                start_labels=start_labels)
         timings["train"] = time.perf_counter() - mark
 
         latent, alpha = embed_all(net, x)
@@ -321,6 +327,17 @@ class SCCSA:
         from .export import export_bundle
 
         return export_bundle(self, path, metrics=metrics or {}, overwrite=overwrite)
+
+
+def _start_labels(labels: np.ndarray, k: int) -> np.ndarray:
+    """``labels`` as integers 0..K-1 (init='labels' needs exactly K distinct labels)."""
+    names, codes = np.unique(labels, return_inverse=True)
+    if len(names) != k:
+        raise InputDataError(
+            f"init='labels' starts one centroid per label, but the labels have {len(names)} classes and "
+            f"n_clusters is {k}; set n_clusters to {len(names)} (or 'auto') or use init='kmeans'."
+        )
+    return codes.astype(np.int64)
 
 
 def _thresholds(distance: np.ndarray, labels: np.ndarray, k: int, quantile: float = THRESHOLD_QUANTILE) -> np.ndarray:

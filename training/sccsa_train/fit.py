@@ -1,7 +1,8 @@
-"""The two-stage training schedule: pretrain the autoencoder (+SA-CC), K-means-initialise μ,
-then optimise the joint objective until fewer than ``tol`` of the labels change per epoch.
+"""The two-stage training schedule: pretrain the autoencoder (+SA-CC), initialise μ (K-means, or
+the means of the labels gene selection used), then optimise the joint objective until fewer
+than ``tol`` of the labels change per epoch.
 
-Ground-truth labels never enter this module: nothing here can select epochs or models by them.
+Evaluation labels never enter this module: nothing here can select epochs or models by them.
 """
 
 from __future__ import annotations
@@ -116,16 +117,25 @@ def pretrain(net: SCCSANet, x: torch.Tensor, schedule: Schedule, history: Histor
         history.pretrain.append({"epoch": epoch, "reconstruction": total / x.shape[0], "seconds": time.perf_counter() - started})
 
 
-def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, seed: int) -> np.ndarray:
-    """μ ← K-means (k-means++, ``kmeans_n_init`` restarts) on z; β and 1/D0 from the initial
-    distortion D0 (mean squared distance to the nearest centroid)."""
+def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, seed: int,
+                         start_labels: np.ndarray | None = None) -> np.ndarray:
+    """μ ← K-means (k-means++, ``kmeans_n_init`` restarts) on z, or, given ``start_labels``
+    (integers 0..K-1), the mean z of each label; β and 1/D0 from the initial distortion D0 (mean
+    squared distance to the nearest centroid). Returns the nearest-centroid labels."""
     latent, _ = embed_all(net, x)
-    kmeans = KMeans(net.n_clusters, n_init=schedule.kmeans_n_init, random_state=seed).fit(latent.cpu().numpy().astype(np.float64))
-    net.centroids.copy_(torch.as_tensor(kmeans.cluster_centers_, dtype=net.centroids.dtype))
+    if start_labels is None:
+        kmeans = KMeans(net.n_clusters, n_init=schedule.kmeans_n_init, random_state=seed)
+        kmeans.fit(latent.cpu().numpy().astype(np.float64))
+        net.centroids.copy_(torch.as_tensor(kmeans.cluster_centers_, dtype=net.centroids.dtype))
+        labels = kmeans.labels_.astype(np.int64)
+    else:
+        groups = torch.as_tensor(start_labels, device=latent.device)
+        net.centroids.copy_(torch.stack([latent[groups == k].mean(dim=0) for k in range(net.n_clusters)]))
+        labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy().astype(np.int64)
     distortion = float(net.squared_distances(latent).min(dim=1).values.mean().clamp_min(1e-12))
     net.distortion_scale.fill_(1.0 / distortion)
     net.beta.fill_(schedule.beta_scale / distortion)
-    return kmeans.labels_.astype(np.int64)
+    return labels
 
 
 def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedule, history: History,
@@ -167,8 +177,10 @@ def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedu
     return labels
 
 
-def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, progress: bool = True) -> tuple[np.ndarray, History]:
-    """Run both stages on standardised inputs ``x`` (on the net's device); return labels and history."""
+def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, progress: bool = True,
+          start_labels: np.ndarray | None = None) -> tuple[np.ndarray, History]:
+    """Run both stages on standardised inputs ``x`` (on the net's device); return labels and history.
+    ``start_labels`` (0..K-1 per row) initialise μ as label means instead of K-means."""
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
     history = History()
@@ -176,7 +188,7 @@ def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, 
     pretrain(net, x, schedule, history, generator, progress)
     history.seconds["pretrain"] = time.perf_counter() - started
     mark = time.perf_counter()
-    labels = initialise_centroids(net, x, schedule, seed)
+    labels = initialise_centroids(net, x, schedule, seed, start_labels)
     history.beta = float(net.beta)
     history.seconds["kmeans_init"] = time.perf_counter() - mark
     mark = time.perf_counter()
