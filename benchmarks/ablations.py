@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, read_records,
-                    score, write_json)
+                    score, seed_coverage, write_json)
 from sccsa_train import SCCSA
 
 DEFAULT_DATASETS = ["pbmc_zheng4k_top2000", "klein_subset_tmscc", "zeisel_subset_descend"]
@@ -57,7 +57,8 @@ def summarise(records: list[dict]) -> str:
     alpha = frame[frame["variant"] == "default"].groupby("dataset")[["alpha_mean", "alpha_sd"]].mean().round(3)
     parts.append("## Learned SA-CC α (default variant): mean and sd over cells, averaged over seeds\n\n" + markdown_table(alpha))
     return (f"Protocol U on {frame['dataset'].nunique()} datasets, seeds {', '.join(map(str, sorted(frame['seed'].unique())))}; "
-            "each row changes one option of the default.\n\n" + "\n\n".join(parts))
+            "each row changes one option of the default. " + seed_coverage(frame, "variant", order) + "\n\n"
+            + "\n\n".join(parts))
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from sklearn.cluster import KMeans
 from sklearn.model_selection import train_test_split
 
 from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, read_records,
-                    score, write_json)
+                    score, seed_coverage, write_json)
 from sccsa_infer import Predictor
 from sccsa_infer.metrics import label_accuracy
 from sccsa_train import SCCSA
@@ -109,17 +109,7 @@ def summarise(records: list[dict]) -> str:
              "labels for every method except leiden_res1. U never sees the labels; S uses them for the F-test "
              "(label leakage, as in the paper's supervised protocol); T trains on a stratified 70 % with labels and "
              "scores the other 30 %, labelled through the exported ONNX model.\n\n" + best)
-    return intro + " " + _coverage(frame, columns) + "\n\n" + "\n\n".join(parts)
-
-
-def _coverage(frame: pd.DataFrame, columns: list[str]) -> str:
-    """How many seeds each method has per dataset (a value without ± comes from one seed)."""
-    seeds = frame.groupby(["column", "dataset"])["seed"].nunique()
-    parts = []
-    for column in columns:
-        counts = seeds[column].value_counts().sort_index(ascending=False)
-        parts.append(f"{column}: " + ", ".join(f"{n} seed(s) on {m} dataset(s)" for n, m in counts.items()))
-    return "Seeds run: " + "; ".join(parts) + ". A value without ± comes from one seed."
+    return intro + " " + seed_coverage(frame, "column", columns) + "\n\n" + "\n\n".join(parts)
 
 
 def _baseline_comparison(frame: pd.DataFrame) -> str:

@@ -118,6 +118,16 @@ def write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def seed_coverage(frame: pd.DataFrame, column: str, names: list[str]) -> str:
+    """How many seeds each of ``names`` (values of ``frame[column]``) has per dataset."""
+    seeds = frame.groupby([column, "dataset"])["seed"].nunique()
+    parts = []
+    for name in names:
+        counts = seeds[name].value_counts().sort_index(ascending=False)
+        parts.append(f"{name}: " + ", ".join(f"{n} seed(s) on {m} dataset(s)" for n, m in counts.items()))
+    return "Seeds run: " + "; ".join(parts) + ". A value without ± comes from one seed."
+
+
 def mean_sd(values: pd.Series) -> str:
     """'0.812 ± 0.013' (sd over seeds; '±' omitted for a single value)."""
     values = values.dropna()
