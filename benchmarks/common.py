@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -99,8 +100,8 @@ def _git_commit() -> str | None:
 
 def command_line() -> str:
     """How this script was invoked (recorded next to its results)."""
-    return " ".join(["python", str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0],
-                     *sys.argv[1:]])
+    return shlex.join(["python", str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0],
+                       *sys.argv[1:]])
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

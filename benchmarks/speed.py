@@ -151,7 +151,7 @@ def summarise(payload: dict) -> str:
     parts = []
     if payload["training"]:
         parts.append("## Training wall time (protocol U, default settings, CPU)\n\nMedians of the protocol-U records of "
-                     "[clustering.json](clustering.json), measured under the conditions its footer states.\n\n"
+                     "`benchmarks/results/clustering.json`, measured under the conditions its footer states.\n\n"
                      + markdown_table(pd.DataFrame(payload["training"]).set_index("dataset")))
     parts.append("## Inference: ONNX Runtime vs torch eager, same model, same threads\n\n"
                  + markdown_table(pd.DataFrame(payload["throughput"]).set_index("batch")))

@@ -20,13 +20,13 @@ def section(page: Path, headings: tuple[str, ...], level: str = "###") -> str:
     if not page.exists():
         return f"_{page.name} not generated yet._"
     text = page.read_text()
-    body = text.split("\n", 1)[1]
+    body = text.split("\n", 1)[1].split("\n\nWritten by ", 1)[0]
     intro = body.split("\n## ", 1)[0].strip()
     chunks = re.split(r"\n(?=## )", body)
     kept = [c.strip().replace("## ", f"{level} ", 1) for c in chunks if any(c.strip().startswith(f"## {h}") for h in headings)]
     footer = text.strip().splitlines()[-1]
     link = f"Full tables: [{page.relative_to(ROOT)}]({page.relative_to(ROOT)})."
-    return "\n\n".join([intro, *kept, link, footer])
+    return "\n\n".join(part for part in [intro, *kept, link, footer] if part)
 
 
 def main() -> None:
