@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow -rP
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow"
