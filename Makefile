@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -rP
+	$(PY) -m pytest -m slow -rP --show-capture=stdout
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow"

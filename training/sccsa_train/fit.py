@@ -127,15 +127,16 @@ def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, see
         kmeans = KMeans(net.n_clusters, n_init=schedule.kmeans_n_init, random_state=seed)
         kmeans.fit(latent.cpu().numpy().astype(np.float64))
         net.centroids.copy_(torch.as_tensor(kmeans.cluster_centers_, dtype=net.centroids.dtype))
-        labels = kmeans.labels_.astype(np.int64)
     else:
         groups = torch.as_tensor(start_labels, device=latent.device)
         net.centroids.copy_(torch.stack([latent[groups == k].mean(dim=0) for k in range(net.n_clusters)]))
-        labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy().astype(np.int64)
-    distortion = float(net.squared_distances(latent).min(dim=1).values.mean().clamp_min(1e-12))
+    distances = net.squared_distances(latent)
+    distortion = float(distances.min(dim=1).values.mean().clamp_min(1e-12))
     net.distortion_scale.fill_(1.0 / distortion)
     net.beta.fill_(schedule.beta_scale / distortion)
-    return labels
+    if start_labels is None:
+        return kmeans.labels_.astype(np.int64)
+    return distances.argmin(dim=1).cpu().numpy().astype(np.int64)
 
 
 def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedule, history: History,
