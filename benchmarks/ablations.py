@@ -13,6 +13,7 @@ Results: ``results/ablations.json`` and ``results/ablations.md``.
 
     python benchmarks/ablations.py
     python benchmarks/ablations.py --datasets pbmc_zheng4k_top2000 --seeds 0 --variants default hvg
+    python benchmarks/ablations.py --merge shard1.json shard2.json   # runs split over processes with --out
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, read_records,
-                    score, seed_coverage, write_json)
+from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
+                    read_records, score, seed_coverage, write_json)
 from sccsa_train import SCCSA
 
 DEFAULT_DATASETS = ["pbmc_zheng4k_top2000", "klein_subset_tmscc", "zeisel_subset_descend"]
@@ -61,6 +62,10 @@ def summarise(records: list[dict]) -> str:
             + "\n\n".join(parts))
 
 
+def _key(record: dict) -> tuple:
+    return record["dataset"], record["variant"], record["seed"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -69,11 +74,16 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "ablations.json")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="add the records of these JSON files (e.g. shards run in parallel with --out) and report")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
+    if args.merge:
+        finish(args.out, "Ablations", summarise(merge_records(args.out, args.merge, _key)))
+        return
     records = read_records(args.out) if args.resume else []
-    done = {(r["dataset"], r["variant"], r["seed"]) for r in records}
+    done = {_key(r) for r in records}
     for path in datasets(args.data, args.datasets):
         adata, labels, k, kind = load(path)
         for seed in args.seeds:

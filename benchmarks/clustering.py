@@ -30,8 +30,8 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.model_selection import train_test_split
 
-from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, read_records,
-                    score, seed_coverage, write_json)
+from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
+                    read_records, score, seed_coverage, write_json)
 from sccsa_infer import Predictor
 from sccsa_infer.metrics import label_accuracy
 from sccsa_train import SCCSA
@@ -144,9 +144,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     if args.merge:
-        merged = {_key(r): r for path in [args.out, *args.merge] for r in read_records(path)}
-        write_json(args.out, list(merged.values()))
-        finish(args.out, "Clustering quality", summarise(list(merged.values())))
+        finish(args.out, "Clustering quality", summarise(merge_records(args.out, args.merge, _key)))
         return
     records = read_records(args.out) if args.resume else []
     done = {_key(r) for r in records}

@@ -9,7 +9,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return list(json.loads(path.read_text()))
+
+
+def merge_records(out: Path, shards: Iterable[Path], key: Callable[[dict], tuple]) -> list[dict[str, Any]]:
+    """The records of ``out`` and ``shards`` (runs split over processes with ``--out``), one per ``key``
+    (a later file wins), written back to ``out``."""
+    merged = {key(r): r for path in [out, *shards] for r in read_records(path)}
+    records = list(merged.values())
+    write_json(out, records)
+    return records
 
 
 def write_json(path: Path, payload: Any) -> None:
