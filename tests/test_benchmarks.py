@@ -1,0 +1,93 @@
+"""The benchmark scripts' result contract (record fields, method/protocol names, shards merged),
+run end to end on two small synthetic datasets with short training."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import sys
+
+import pytest
+
+from conftest import FAST_TRAINING, REPO, synthetic_counts
+
+pytest.importorskip("torch")
+pytest.importorskip("leidenalg")
+
+RECORD_FIELDS = {"dataset", "method", "protocol", "seed", "ari", "nmi", "acc", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("benchmark_data")
+    synthetic_counts(n_cells=150, seed=1).write_h5ad(folder / "tiny_a.h5ad")
+    synthetic_counts(n_cells=120, n_clusters=4, seed=2, population_seed=3).write_h5ad(folder / "tiny_b.h5ad")
+    return folder
+
+
+def script(name: str, monkeypatch):
+    """A benchmark script as a module, its SCCSA trained with the test suite's short schedule."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    module = importlib.import_module(name)
+    from sccsa_train import SCCSA
+
+    monkeypatch.setattr(module, "SCCSA", functools.partial(SCCSA, **FAST_TRAINING))
+    return module
+
+
+def run(module, monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", [f"benchmarks/{module.__name__}.py", *args])
+    module.main()
+
+
+def records(path) -> list[dict]:
+    return json.loads(path.read_text())
+
+
+def test_clustering_records_follow_the_contract(data_dir, tmp_path, monkeypatch):
+    clustering = script("clustering", monkeypatch)
+    out = tmp_path / "clustering.json"
+    run(clustering, monkeypatch, "--data", str(data_dir), "--seeds", "0", "--protocols", "U", "T", "--out", str(out))
+
+    found = records(out)
+    assert all(RECORD_FIELDS <= set(r) for r in found)
+    assert {(r["dataset"], r["method"], r["protocol"]) for r in found} == {
+        (d, m, p) for d in ("tiny_a", "tiny_b")
+        for m, p in [("sccsa", "U"), ("sccsa", "T"), ("leiden_res1", "-"), ("leiden_k", "-"), ("kmeans_pca", "-")]}
+    assert all(-1 <= r["ari"] <= 1 and 0 <= r["nmi"] <= 1 and 0 <= r["acc"] <= 1 for r in found)
+    transfer = [r for r in found if r["protocol"] == "T"]
+    assert [r["n_query"] for r in sorted(transfer, key=lambda r: r["dataset"])] == [45, 36]  # the 30 % query
+    page = (tmp_path / "clustering.md").read_text()
+    assert "| sccsa U | sccsa T (30 % query) |" in page.replace("dataset | ", "")
+    assert json.loads((tmp_path / "clustering_meta.json").read_text())["command"].startswith("python benchmarks/")
+
+
+def test_label_starts_are_kept_apart_and_shards_merge(data_dir, tmp_path, monkeypatch):
+    clustering = script("clustering", monkeypatch)
+    main, shard = tmp_path / "clustering.json", tmp_path / "shard.json"
+    run(clustering, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_a", "--seeds", "0", "--protocols", "U",
+        "--no-baselines", "--out", str(main))
+    run(clustering, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_a", "--seeds", "0", "--protocols", "U",
+        "--no-baselines", "--init", "labels", "--out", str(shard))
+    assert [(r["method"], r["protocol"]) for r in records(shard)] == [("sccsa_init_labels", "U")]
+
+    run(clustering, monkeypatch, "--out", str(main), "--merge", str(shard))
+    assert sorted(r["method"] for r in records(main)) == ["sccsa", "sccsa_init_labels"]
+    assert "sccsa U (init labels)" in (tmp_path / "clustering.md").read_text()
+
+
+def test_ablation_shards_merge_into_one_table(data_dir, tmp_path, monkeypatch):
+    ablations = script("ablations", monkeypatch)
+    first, second = tmp_path / "ablations.json", tmp_path / "seed1.json"
+    common = ["--data", str(data_dir), "--datasets", "tiny_b", "--variants", "default", "cc off"]
+    run(ablations, monkeypatch, *common, "--seeds", "0", "--out", str(first))
+    run(ablations, monkeypatch, *common, "--seeds", "1", "--out", str(second))
+    run(ablations, monkeypatch, "--out", str(first), "--merge", str(second))
+
+    merged = records(first)
+    assert sorted((r["variant"], r["seed"]) for r in merged) == [("cc off", 0), ("cc off", 1), ("default", 0),
+                                                                 ("default", 1)]
+    assert all(r["alpha_mean"] == 1.0 for r in merged if r["variant"] == "cc off")
+    assert "Seeds run: default: 2 seed(s) on 1 dataset(s); cc off: 2 seed(s) on 1 dataset(s)" in (
+        tmp_path / "ablations.md").read_text()
