@@ -1,12 +1,16 @@
 """The scikit-learn-style SCCSA estimator: results, determinism, AnnData conventions, errors."""
 
+import os
+import subprocess
+import sys
+
 import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import FAST_TRAINING, synthetic_counts
+from conftest import FAST_TRAINING, REPO, synthetic_counts
 from sccsa_infer.errors import InputDataError
 from sccsa_train import SCCSA
 
@@ -38,6 +42,30 @@ def test_same_seed_same_labels_other_seed_runs_too(adata, unsupervised):
     again = SCCSA(3, n_genes=40, seed=1, **FAST_TRAINING).fit(adata)
     np.testing.assert_array_equal(again.labels_, unsupervised.labels_)
     np.testing.assert_array_equal(again.state_.latent, unsupervised.state_.latent)
+
+
+THREADS_SEEN_BY_TRAINING = """
+import torch
+import sccsa_train.estimator as estimator
+from conftest import FAST_TRAINING, synthetic_counts
+seen, train = [], estimator.train
+def spy(*args, **kwargs):
+    seen.append(torch.get_num_threads())
+    return train(*args, **kwargs)
+estimator.train = spy
+estimator.SCCSA(3, n_genes=40, seed=0, **FAST_TRAINING).fit(synthetic_counts(n_cells=120))
+print(seen, torch.get_num_threads())
+"""
+
+
+def test_training_keeps_the_thread_count_the_user_set():
+    # Scanpy's numba kernels start numba's OpenMP layer, which resets the OpenMP runtime torch
+    # shares to NUMBA_NUM_THREADS threads; training must still use the one thread asked for.
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="3", PYTHONPATH=str(REPO / "tests"))
+    result = subprocess.run([sys.executable, "-c", THREADS_SEEN_BY_TRAINING], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["[1]", "1"]
 
 
 def test_fit_does_not_modify_the_input_and_annotate_follows_scanpy(adata, unsupervised):

@@ -18,7 +18,7 @@ from sccsa_infer.errors import InputDataError
 from sccsa_infer.validate import INPUT_KINDS, check_values
 
 from . import n_clusters as n_clusters_estimation
-from .fit import History, Schedule, embed_all, resolve_device, seed_everything, train
+from .fit import History, Schedule, embed_all, resolve_device, seed_everything, torch_threads_kept, train
 from .genes import GenePanel, build_panel, fit_selector
 from .graph import ServingGraph
 from .model import SCCSANet
@@ -163,22 +163,24 @@ class SCCSA:
         self._check_params()
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        data = prepare(adata, layer=self.layer, input_kind=self.input_kind, total_counts_key=self.total_counts_key)
-        fit_rows = np.flatnonzero(~data.empty_cells)
-        lognorm = data.lognorm[fit_rows]
-        user_labels = self._user_labels(adata, fit_rows)
-        k, k_method = self._resolve_k(lognorm, len(fit_rows), user_labels)
-        timings["preprocess"] = time.perf_counter() - started
+        with torch_threads_kept():  # Scanpy below may reset torch's threads (see torch_threads_kept)
+            data = prepare(adata, layer=self.layer, input_kind=self.input_kind,
+                           total_counts_key=self.total_counts_key)
+            fit_rows = np.flatnonzero(~data.empty_cells)
+            lognorm = data.lognorm[fit_rows]
+            user_labels = self._user_labels(adata, fit_rows)
+            k, k_method = self._resolve_k(lognorm, len(fit_rows), user_labels)
+            timings["preprocess"] = time.perf_counter() - started
 
-        mark = time.perf_counter()
-        pseudo = None
-        selection_labels = user_labels
-        if user_labels is None and (self.genes == "ftest" or self.init == "labels"):
-            pseudo = consensus_labels(lognorm, k, seed=self.seed).labels
-            selection_labels = pseudo
-        selector = fit_selector(lognorm, data.genes, self.n_genes, self.genes, selection_labels)
-        panel, panel_values = build_panel(lognorm, data.genes, selector, self.gene_order)
-        timings["gene_selection"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            pseudo = None
+            selection_labels = user_labels
+            if user_labels is None and (self.genes == "ftest" or self.init == "labels"):
+                pseudo = consensus_labels(lognorm, k, seed=self.seed).labels
+                selection_labels = pseudo
+            selector = fit_selector(lognorm, data.genes, self.n_genes, self.genes, selection_labels)
+            panel, panel_values = build_panel(lognorm, data.genes, selector, self.gene_order)
+            timings["gene_selection"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         device = resolve_device(self.device)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +66,22 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Restore torch's intra-op thread count after the block.
+
+    Scanpy's numba kernels start numba's OpenMP threading layer, which shares the OpenMP runtime
+    with torch and sets it to one thread per core: without this, training ignores
+    ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` (``sccsa-train --threads``) once Scanpy ran.
+    """
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def resolve_device(device: str) -> torch.device:
