@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
-                    read_records, score, seed_coverage, write_json)
+                    read_records, score, seed_coverage, training_threads, write_json)
 from sccsa_train import SCCSA
 
 DEFAULT_DATASETS = ["pbmc_zheng4k_top2000", "klein_subset_tmscc", "zeisel_subset_descend"]
@@ -80,7 +80,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     if args.merge:
-        finish(args.out, "Ablations", summarise(merge_records(args.out, args.merge, _key)))
+        finish(args.out, "Ablations", summarise(merge_records(args.out, args.merge, _key)), merged=True)
         return
     records = read_records(args.out) if args.resume else []
     done = {_key(r) for r in records}
@@ -93,7 +93,8 @@ def main() -> None:
                 with Timer() as timer:
                     model = SCCSA(k, input_kind=kind, seed=seed, progress=False, **VARIANTS[variant]).fit(adata)
                 record = {"dataset": path.stem, "variant": variant, "seed": seed, **score(labels, model.labels_),
-                          "seconds": round(timer.seconds, 2), "alpha_mean": round(float(model.alpha_.mean()), 4),
+                          "seconds": round(timer.seconds, 2), "torch_threads": training_threads(),
+                          "alpha_mean": round(float(model.alpha_.mean()), 4),
                           "alpha_sd": round(float(model.alpha_.std()), 4)}
                 records.append(record)
                 print(record, flush=True)

@@ -36,7 +36,7 @@ from sklearn.cluster import KMeans
 from sklearn.model_selection import train_test_split
 
 from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
-                    read_records, score, seed_coverage, write_json)
+                    read_records, score, seed_coverage, training_threads, write_json)
 from sccsa_infer import Predictor
 from sccsa_infer.metrics import label_accuracy
 from sccsa_train import SCCSA
@@ -76,7 +76,7 @@ def sccsa_record(adata, labels, k, kind, protocol, seed, init="kmeans") -> dict:
             extra["alpha_mean"] = round(float(model.alpha_.mean()), 4)
             extra["alpha_sd"] = round(float(model.alpha_.std()), 4)
     return {"method": sccsa_method(init), "protocol": protocol, **score(truth, predicted),
-            "seconds": round(timer.seconds, 2), **extra}
+            "seconds": round(timer.seconds, 2), "torch_threads": training_threads(), **extra}
 
 
 def baseline_records(adata, labels, k, kind, seed) -> list[dict]:
@@ -164,7 +164,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     if args.merge:
-        finish(args.out, "Clustering quality", summarise(merge_records(args.out, args.merge, _key)))
+        finish(args.out, "Clustering quality", summarise(merge_records(args.out, args.merge, _key)), merged=True)
         return
     records = read_records(args.out) if args.resume else []
     done = {_key(r) for r in records}

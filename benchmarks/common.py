@@ -163,7 +163,7 @@ def write_markdown(path: Path, title: str, body: str, meta: dict[str, Any]) -> N
         f"\n\nWritten by `{meta['command']}` (from the repository root, in `.venv`; benchmarks/README.md says "
         "how to regenerate it).\n\n"
         f"Measured on {meta['machine']['cpu']} ({meta['machine']['cores']} cores, "
-        f"{meta['machine']['memory_gib']} GiB, {meta['machine']['torch_threads']} torch thread(s) per process), "
+        f"{meta['machine']['memory_gib']} GiB, {_threads(meta['machine']['torch_threads'])}), "
         f"Python {meta['machine']['python']}, "
         f"commit {meta['machine']['git_commit']}, {meta['date']}.\n"
     )
@@ -171,13 +171,34 @@ def write_markdown(path: Path, title: str, body: str, meta: dict[str, Any]) -> N
     path.write_text(f"# {title}\n\n{body}{footer}")
 
 
+def _threads(threads: int | None) -> str:
+    if threads is None:
+        return "merged from runs in several processes: benchmarks/README.md says how they ran"
+    return f"{threads} torch thread(s) per process"
+
+
 def run_meta() -> dict[str, Any]:
     """Command, machine and date of this run."""
     return {"command": command_line(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def finish(out: Path, title: str, summary: str) -> None:
-    """Record this run's metadata beside ``out`` (``*_meta.json``) and write its Markdown page."""
+def training_threads() -> int | None:
+    """torch's intra-op threads now (recorded with each trained model's result)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.get_num_threads()
+
+
+def finish(out: Path, title: str, summary: str, *, merged: bool = False) -> None:
+    """Record this run's metadata beside ``out`` (``*_meta.json``) and write its Markdown page.
+
+    ``merged``: the records come from other processes (shards), so this process's thread count
+    says nothing about them; the page then points to the records' own ``torch_threads``.
+    """
     meta = run_meta()
+    if merged:
+        meta["machine"]["torch_threads"] = None
     write_json(out.with_name(out.stem + "_meta.json"), meta)
     write_markdown(out.with_suffix(".md"), title, summary, meta)

@@ -56,6 +56,7 @@ def test_clustering_records_follow_the_contract(data_dir, tmp_path, monkeypatch)
         (d, m, p) for d in ("tiny_a", "tiny_b")
         for m, p in [("sccsa", "U"), ("sccsa", "T"), ("leiden_res1", "-"), ("leiden_k", "-"), ("kmeans_pca", "-")]}
     assert all(-1 <= r["ari"] <= 1 and 0 <= r["nmi"] <= 1 and 0 <= r["acc"] <= 1 for r in found)
+    assert all(r["torch_threads"] >= 1 for r in found if r["method"] == "sccsa")
     transfer = [r for r in found if r["protocol"] == "T"]
     assert [r["n_query"] for r in sorted(transfer, key=lambda r: r["dataset"])] == [45, 36]  # the 30 % query
     page = (tmp_path / "clustering.md").read_text()
@@ -74,7 +75,8 @@ def test_label_starts_are_kept_apart_and_shards_merge(data_dir, tmp_path, monkey
 
     run(clustering, monkeypatch, "--out", str(main), "--merge", str(shard))
     assert sorted(r["method"] for r in records(main)) == ["sccsa", "sccsa_init_labels"]
-    assert "sccsa U (init labels)" in (tmp_path / "clustering.md").read_text()
+    page = (tmp_path / "clustering.md").read_text()
+    assert "sccsa U (init labels)" in page and "merged from runs in several processes" in page
 
 
 def test_ablation_shards_merge_into_one_table(data_dir, tmp_path, monkeypatch):
