@@ -1,10 +1,12 @@
 """Speed and memory: training time, ONNX Runtime vs torch eager, 1M-cell streaming, cold start.
 
-1. Training wall time per dataset: the protocol-U records of ``results/clustering.json``
-   (median over seeds) — run ``clustering.py`` first.
+1. Training wall time per dataset: ``SCCSA.fit`` with the default settings (protocol U, K = the
+   number of true labels, seed 0) on every dataset, one after another in this process, with the
+   stage times and the number of stage-2 epochs from the fitted model's history.
 2. Inference throughput of the same PBMC-Zheng4k model in ONNX Runtime (the exported graph,
    through ``Predictor.run``) and in torch eager (``ServingGraph``), at batch sizes 1, 64 and 1024,
-   in one run with the same number of threads; the ratio is ORT / torch.
+   in one run with the same number of threads; cells/s from the median of ``--repeats`` timed
+   passes, the two runtimes' passes interleaved; the ratio is ORT / torch.
 3. ``sccsa-infer predict`` end to end on an ``.h5ad`` of ``--cells`` (default 1,000,000) cells made
    by replicating the real PBMC-Zheng4k cells (CSR, written in chunks), to .parquet: cells/s and
    the peak resident memory of the process.
@@ -14,13 +16,12 @@
 Results: ``results/speed.json`` and ``results/speed.md``.
 
     python benchmarks/speed.py
-    python benchmarks/speed.py --cells 200000 --work /tmp/sccsa-speed
+    python benchmarks/speed.py --cells 200000 --work /tmp/sccsa-speed --datasets goolam pollen_simlr_log
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,19 +36,26 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from common import DEFAULT_DATA, RESULTS, Timer, finish, markdown_table, read_records, write_json
+from common import DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, write_json
 from sccsa_infer import Predictor
 from sccsa_train import SCCSA
 
 BATCHES = (1, 64, 1024)
 
 
-def training_times(clustering_json: Path) -> list[dict]:
-    records = [r for r in read_records(clustering_json) if r["method"] == "sccsa" and r["protocol"] == "U"]
+def training_times(paths: list[Path]) -> list[dict]:
+    """Fit the default model (seed 0) on every dataset; wall time of ``fit`` and of its stages."""
     rows = []
-    for dataset in sorted({r["dataset"] for r in records}):
-        seconds = [r["seconds"] for r in records if r["dataset"] == dataset]
-        rows.append({"dataset": dataset, "median_seconds": round(statistics.median(seconds), 1), "runs": len(seconds)})
+    for path in paths:
+        adata, _, k, kind = load(path)
+        with Timer() as timer:
+            model = SCCSA(k, input_kind=kind, seed=0, progress=False).fit(adata)
+        history = model.history_
+        stages = {f"{name}_s": round(seconds, 1) for name, seconds in history.seconds.items()}
+        rows.append({"dataset": path.stem, "cells": adata.n_obs, "genes_in": adata.n_vars, "seconds": round(timer.seconds, 1),
+                     "preprocess_and_genes_s": round(timer.seconds - sum(history.seconds.values()), 1), **stages,
+                     "cluster_epochs": len(history.cluster), "converged": history.converged})
+        print(f"trained {path.stem} in {timer.seconds:.0f} s", flush=True)
     return rows
 
 
@@ -68,15 +76,16 @@ def throughput(model: SCCSA, predictor: Predictor, counts: np.ndarray, totals: n
                 for s in range(0, n, batch):
                     graph(xt[s : s + batch], tt[s : s + batch])
 
-        timings = {}
-        for name, fn in (("onnxruntime", run_ort), ("torch_eager", run_torch)):
+        runners = {"onnxruntime": run_ort, "torch_eager": run_torch}
+        samples: dict[str, list[float]] = {name: [] for name in runners}
+        for fn in runners.values():
             fn()  # warm-up
-            samples = []
-            for _ in range(repeats):
+        for repeat in range(repeats):  # interleaved, alternating which goes first: drift hits both alike
+            for name in (list(runners) if repeat % 2 == 0 else list(runners)[::-1]):
                 with Timer() as timer:
-                    fn()
-                samples.append(timer.seconds)
-            timings[name] = n / statistics.median(samples)
+                    runners[name]()
+                samples[name].append(timer.seconds)
+        timings = {name: n / statistics.median(seconds) for name, seconds in samples.items()}
         rows.append({"batch": batch, "onnxruntime_cells_per_s": round(timings["onnxruntime"]),
                      "torch_eager_cells_per_s": round(timings["torch_eager"]),
                      "ratio_ort_over_torch": round(timings["onnxruntime"] / timings["torch_eager"], 2)})
@@ -115,6 +124,27 @@ def write_replicated_h5ad(path: Path, matrix: sp.csr_matrix, genes: list[str], n
             write_elem(f, key, {})
 
 
+# Run argv[1:] from this small interpreter and print the child's peak RSS (KiB). A child's ru_maxrss
+# also counts the memory of the process that forked it, so the benchmark process (which holds the
+# data and a trained model) must not be the one that starts sccsa-infer.
+PEAK_RSS_LAUNCHER = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+child.returncode = os.waitstatus_to_exitcode(status)
+print(usage.ru_maxrss)
+sys.exit(child.returncode)
+"""
+
+
+def run_for_peak_rss(command: list[str]) -> int:
+    """Run ``command`` to completion; its peak resident memory in KiB."""
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, *command], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return int(done.stdout.split()[-1])
+
+
 def streaming(bundle: Path, source: sp.csr_matrix, genes: list[str], n_cells: int, work: Path) -> dict:
     big = work / "replicated.h5ad"
     with Timer() as timer:
@@ -123,14 +153,12 @@ def streaming(bundle: Path, source: sp.csr_matrix, genes: list[str], n_cells: in
     out = work / "labels.parquet"
     command = [str(Path(sys.executable).with_name("sccsa-infer")), "predict", str(big), "--model", str(bundle),
                "--out", str(out), "--no-progress"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     with Timer() as timer:
-        subprocess.run(command, check=True, capture_output=True)
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        peak_kib = run_for_peak_rss(command)
     labelled = len(pd.read_parquet(out, columns=["sccsa_cluster"]))
     return {"cells": n_cells, "labelled": labelled, "file_gib": round(big.stat().st_size / 2**30, 2),
             "seconds": round(timer.seconds, 1), "cells_per_s": round(n_cells / timer.seconds),
-            "peak_rss_mib": round(max(peak_kib, before) / 1024), "command": " ".join(command[1:])}
+            "peak_rss_mib": round(peak_kib / 1024), "command": " ".join(command[1:])}
 
 
 def cold_start(bundle: Path, repeats: int = 5) -> dict:
@@ -150,14 +178,19 @@ def cold_start(bundle: Path, repeats: int = 5) -> dict:
 def summarise(payload: dict) -> str:
     parts = []
     if payload["training"]:
-        parts.append("## Training wall time (protocol U, default settings, CPU)\n\nMedians of the protocol-U records of "
-                     "`benchmarks/results/clustering.json`, measured under the conditions its footer states.\n\n"
+        parts.append("## Training wall time (protocol U, default settings, seed 0, CPU)\n\n`SCCSA.fit` on each dataset "
+                     "in turn, alone on the machine with the threads the footer states. `seconds` is the whole fit; "
+                     "the stages are preprocessing + consensus pseudo-labels + F-test, pretraining, the K-means "
+                     "initialisation of μ, and stage 2 (`cluster_epochs` of at most 100; `converged`: fewer than "
+                     "0.1 % of the labels changed in the last one).\n\n"
                      + markdown_table(pd.DataFrame(payload["training"]).set_index("dataset")))
-    parts.append("## Inference: ONNX Runtime vs torch eager, same model, same threads\n\n"
+    parts.append("## Inference: ONNX Runtime vs torch eager, same model, same threads\n\nCells/s from the median of "
+                 f"{payload['repeats']} timed passes over the same cells per runtime, the passes of the two runtimes "
+                 "interleaved.\n\n"
                  + markdown_table(pd.DataFrame(payload["throughput"]).set_index("batch")))
     s = payload["streaming"]
     parts.append(f"## `sccsa-infer predict` on {s['cells']:,} cells ({s['file_gib']} GiB .h5ad, replicated PBMC-Zheng4k)\n\n"
-                 f"{s['cells_per_s']:,} cells/s end to end ({s['seconds']} s), peak RSS {s['peak_rss_mib']} MiB, "
+                 f"{s['cells_per_s']:,} cells/s end to end ({s['seconds']} s), peak RSS of that process {s['peak_rss_mib']} MiB, "
                  f"{s['labelled']:,} cells labelled. Command: `sccsa-infer {s['command']}`.")
     c = payload["cold_start"]
     parts.append(f"## Cold start (median of 5 fresh processes)\n\nimport + ONNX Runtime session: {c['import_and_session_s']} s; "
@@ -168,8 +201,9 @@ def summarise(payload: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--datasets", nargs="*", help="datasets to time training on (default: every .h5ad in --data)")
     parser.add_argument("--cells", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per runtime and batch size (median)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     args = parser.parse_args()
@@ -189,7 +223,8 @@ def main() -> None:
         counts = alignment.take(adata.X)
         totals = np.asarray(adata.X.sum(axis=1), dtype=np.float32).ravel()
         payload = {
-            "training": training_times(RESULTS / "clustering.json"),
+            "training": training_times(datasets(args.data, args.datasets)),
+            "repeats": args.repeats,
             "throughput": throughput(model, predictor, counts, totals, args.repeats),
             "streaming": streaming(bundle, sp.csr_matrix(adata.X), list(adata.var_names), args.cells, work),
             "cold_start": cold_start(bundle),

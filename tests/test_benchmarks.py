@@ -93,3 +93,16 @@ def test_ablation_shards_merge_into_one_table(data_dir, tmp_path, monkeypatch):
     assert all(r["alpha_mean"] == 1.0 for r in merged if r["variant"] == "cc off")
     assert "Seeds run: default: 2 seed(s) on 1 dataset(s); cc off: 2 seed(s) on 1 dataset(s)" in (
         tmp_path / "ablations.md").read_text()
+
+
+def test_speed_times_every_training_stage(data_dir, monkeypatch):
+    speed = script("speed", monkeypatch)
+    rows = speed.training_times(sorted(data_dir.glob("*.h5ad")))
+
+    assert [r["dataset"] for r in rows] == ["tiny_a", "tiny_b"]
+    for row in rows:
+        stages = [row[k] for k in ("preprocess_and_genes_s", "pretrain_s", "kmeans_init_s", "cluster_s")]
+        assert all(s >= 0 for s in stages)
+        assert sum(stages) == pytest.approx(row["seconds"], abs=0.3)  # each rounded to 0.1 s
+        assert 1 <= row["cluster_epochs"] <= FAST_TRAINING["cluster_epochs"]
+    assert (rows[0]["cells"], rows[1]["cells"]) == (150, 120)
