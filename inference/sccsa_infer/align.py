@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputDataError, SccsaWarning
+from .errors import InputDataError, SccsaWarning, shorten
 from .validate import check_gene_names, normalise_gene_name
 
 DEFAULT_MIN_COVERAGE = 0.5
@@ -71,8 +71,8 @@ def align_genes(
     index = np.array([position.get(normalise_gene_name(g), -1) for g in panel], dtype=np.int64)
     alignment = GeneAlignment(panel=tuple(panel), source_index=index, n_query_genes=len(query_genes))
     if alignment.coverage < min_coverage:
-        example = ", ".join(query_genes[:3])
-        wanted = ", ".join(list(panel)[:3])
+        example = ", ".join(shorten(g) for g in query_genes[:3])
+        wanted = ", ".join(shorten(g) for g in list(panel)[:3])
         raise InputDataError(
             f"Only {alignment.n_found} of the model's {len(panel)} genes ({alignment.coverage:.0%}) were "
             f"found in {source}, below the required {min_coverage:.0%}. The query's genes look like "
@@ -82,7 +82,7 @@ def align_genes(
         )
     if alignment.n_found < len(panel):
         missing = alignment.missing_genes
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        shown = ", ".join(shorten(g) for g in missing[:5]) + (" ..." if len(missing) > 5 else "")
         warnings.warn(
             f"{len(missing)} of the model's {len(panel)} genes ({1 - alignment.coverage:.1%}) are missing "
             f"from {source} and are treated as zero counts: {shown}",

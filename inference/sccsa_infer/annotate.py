@@ -10,11 +10,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .align import DEFAULT_MIN_COVERAGE
-from .atomic import check_writable
+from .atomic import check_no_overlap, check_writable
 from .bundle import sha256_bytes
 from .errors import InputDataError, SccsaWarning
-from .io import TABLE_SUFFIXES, format_suffix, open_cells, write_h5ad_result, write_table
-from .metrics import evaluate, label_accuracy
+from .io import TABLE_SUFFIXES, format_suffix, is_sccsa_output, open_cells, write_h5ad_result, write_table
+from .metrics import check_eval_labels, evaluate, label_accuracy
+from .validate import warn_duplicate_cells
 from .predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor
 
 
@@ -52,11 +53,13 @@ def annotate_file(
     outformat_suffix = format_suffix(out)
     if outformat_suffix != ".h5ad" and outformat_suffix not in TABLE_SUFFIXES:
         raise InputDataError(f"Cannot write {out}: the output must end in .h5ad, .csv, .tsv or .parquet.")
-    check_writable(out, overwrite=overwrite)
-    if out.exists() and data.exists() and out.resolve() == data.resolve():
-        raise InputDataError(f"--out {out} is the input file; sccsa never overwrites its input. Choose another name.")
+    check_no_overlap(out, [data, predictor.bundle.source])
+    check_writable(out, overwrite=overwrite, replaceable=is_sccsa_output)
     with open_cells(data, layer=layer, gene_key=gene_key) as source:
         truth = source.obs_column(eval_key) if eval_key is not None else None
+        if truth is not None:
+            check_eval_labels(truth.to_numpy(), eval_key)
+        warn_duplicate_cells(source.obs_names, str(data))
         library = source.obs_column(total_counts_key).to_numpy() if total_counts_key is not None else None
         alignment = predictor.align(source.var_names, min_coverage=min_coverage, source=str(data))
         bundle = predictor.bundle
@@ -85,9 +88,9 @@ def annotate_file(
                     "cluster_names": bundle.cluster_names or [],
                 }
             }
-            write_h5ad_result(source, out, result.obs_columns(), {"X_sccsa": result.latent}, uns)
+            write_h5ad_result(source, out, result.obs_columns(), {"X_sccsa": result.latent}, uns, overwrite=overwrite)
         else:
-            write_table(result.to_frame(source.obs_names, latent=with_latent), out)
+            write_table(result.to_frame(source.obs_names, latent=with_latent), out, overwrite=overwrite)
     sizes = np.bincount(result.cluster, minlength=bundle.n_clusters)
     summary = AnnotationSummary(
         n_cells=len(result),

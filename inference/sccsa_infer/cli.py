@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -17,30 +13,9 @@ from . import __version__
 from .align import DEFAULT_MIN_COVERAGE
 from .annotate import annotate_file
 from .bundle import load_bundle
-from .errors import SccsaError
+from .clierrors import friendly_errors
 from .predictor import DEFAULT_BATCH_SIZE, MODEL_ENV, Predictor, default_bundle_path
 from .selftest import run_selftest
-
-
-def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
-    click.echo(f"Warning: {message}", err=True)
-
-
-def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn sccsa's own errors into a one-paragraph message and exit status 1; print
-    warnings as one line on stderr."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")
-            warnings.showwarning = _show_warning
-            try:
-                return command(*args, **kwargs)
-            except SccsaError as exc:
-                raise click.ClickException(str(exc)) from None
-
-    return wrapper
 
 
 MODEL_HELP = (

@@ -25,3 +25,10 @@ class OutputError(SccsaError, OSError):
 
 class SccsaWarning(UserWarning):
     """Something the user should know about that does not stop the run."""
+
+
+def shorten(name: object, width: int = 40) -> str:
+    """``name`` cut to ``width`` characters, for messages that quote user data (gene names can
+    be thousands of characters long)."""
+    text = str(name)
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import scipy.sparse as sp
 from anndata.io import read_elem, sparse_dataset, write_elem
 
 from .atomic import atomic_output
-from .errors import InputDataError, OutputError, SccsaWarning
+from .errors import InputDataError, OutputError, SccsaWarning, shorten
 
 READABLE_SUFFIXES = (".h5ad", ".h5", ".csv", ".tsv", ".csv.gz", ".tsv.gz", ".mtx", ".mtx.gz")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -239,10 +240,14 @@ def _read_csv(path: Path, gene_key: str | None) -> InMemorySource:
         frame = pd.read_csv(path, sep=sep, index_col=0)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise InputDataError(f"{path} is not a readable {sep!r}-separated table ({exc}).") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise InputDataError(f"{path} is truncated or not a valid compressed table ({exc}); re-create or re-download it.") from None
+    if frame.shape[0] == 0:
+        raise InputDataError(f"{path} has a header but no cell rows; nothing to label.")
     non_numeric = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
         raise InputDataError(
-            f"{path}: columns {', '.join(map(str, non_numeric[:5]))} are not numeric. The table must have cells "
+            f"{path}: columns {', '.join(shorten(c) for c in non_numeric[:5])} are not numeric. The table must have cells "
             "as rows, cell ids in the first column and one numeric column per gene."
         )
     return InMemorySource(path, frame.to_numpy(dtype=np.float32), [str(c) for c in frame.columns], pd.DataFrame(index=frame.index.astype(str)))
@@ -250,8 +255,11 @@ def _read_csv(path: Path, gene_key: str | None) -> InMemorySource:
 
 def _read_lines(path: Path) -> list[str]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt") as handle:
-        return [line.rstrip("\n") for line in handle if line.strip()]
+    try:
+        with opener(path, "rt") as handle:
+            return [line.rstrip("\n") for line in handle if line.strip()]
+    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError, OSError) as exc:
+        raise InputDataError(f"{path} is truncated or unreadable ({exc}); re-create or re-download it.") from None
 
 
 def _read_mtx(path: Path, gene_key: str | None) -> InMemorySource:
@@ -270,7 +278,13 @@ def _read_mtx(path: Path, gene_key: str | None) -> InMemorySource:
         raise InputDataError(f"--gene-key for .mtx input must be gene_ids or gene_symbols, not {gene_key!r}.")
     genes = [c[min(column, len(c) - 1)] for c in columns]
     cells = [line.split("\t")[0] for line in _read_lines(barcodes)]
-    matrix = sp.csr_matrix(scipy.io.mmread(str(mtx)).T, dtype=np.float32)
+    try:
+        matrix = sp.csr_matrix(scipy.io.mmread(str(mtx)).T, dtype=np.float32)
+    except (ValueError, IndexError, EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise InputDataError(
+            f"{mtx} is not a readable Matrix Market file ({exc}); it is truncated or corrupt. Re-create or "
+            "re-download it."
+        ) from None
     if matrix.shape != (len(cells), len(genes)):
         raise InputDataError(
             f"{mtx} is {matrix.shape[1]} genes × {matrix.shape[0]} cells but lists {len(genes)} genes and "
@@ -285,6 +299,11 @@ def open_cells(path: str | Path, *, layer: str | None = None, gene_key: str | No
     if not path.exists():
         raise InputDataError(f"Input {path} does not exist. Check the path.")
     suffix = format_suffix(path)
+    if path.is_dir() and suffix in READABLE_SUFFIXES:
+        raise InputDataError(
+            f"{path} is a folder, not a {suffix} file. Pass the file itself (or, for a Matrix Market folder, a "
+            "folder without a file extension in its name)."
+        )
     if path.is_dir() or suffix in (".mtx", ".mtx.gz"):
         source: CellSource = _read_mtx(path, gene_key)
     elif suffix in (".csv", ".tsv", ".csv.gz", ".tsv.gz"):
@@ -369,13 +388,16 @@ def write_h5ad_result(
     obs_columns: Mapping[str, Any],
     obsm: Mapping[str, np.ndarray],
     uns: Mapping[str, Any],
+    *,
+    overwrite: bool = True,
 ) -> None:
     """Write the input plus new obs/obsm/uns entries to ``out`` (.h5ad), atomically.
 
     For .h5ad input the file is copied byte for byte and only the new entries are written
-    into the copy, so memory stays bounded and every other field survives unchanged.
+    into the copy, so memory stays bounded and every other field survives unchanged. An
+    existing ``out`` is replaced only with ``overwrite`` and only if sccsa wrote it.
     """
-    with atomic_output(out) as tmp:
+    with atomic_output(out, overwrite=overwrite, replaceable=is_sccsa_output) as tmp:
         if isinstance(source, H5adSource):
             shutil.copyfile(source.path, tmp)
             with h5py.File(tmp, "r+") as f:
@@ -407,12 +429,13 @@ def write_h5ad_result(
             adata.write_h5ad(tmp)
 
 
-def write_table(table: pd.DataFrame, out: Path) -> None:
-    """Write ``table`` as .csv/.tsv/.parquet (chosen by suffix), atomically."""
+def write_table(table: pd.DataFrame, out: Path, *, overwrite: bool = True) -> None:
+    """Write ``table`` as .csv/.tsv/.parquet (chosen by suffix), atomically. An existing ``out``
+    is replaced only with ``overwrite`` and only if sccsa wrote it."""
     suffix = format_suffix(out)
     if suffix not in TABLE_SUFFIXES:
         raise OutputError(f"Cannot write {out}: use an .h5ad, .csv, .tsv or .parquet output name.")
-    with atomic_output(out) as tmp:
+    with atomic_output(out, overwrite=overwrite, replaceable=is_sccsa_output) as tmp:
         if suffix == ".parquet":
             try:
                 table.to_parquet(tmp)
@@ -420,3 +443,27 @@ def write_table(table: pd.DataFrame, out: Path) -> None:
                 raise OutputError("Writing .parquet needs pyarrow: pip install pyarrow (or write .csv).") from None
         else:
             table.to_csv(tmp, sep="\t" if suffix == ".tsv" else ",", index_label="cell")
+
+
+OUTPUT_MARK = "sccsa_cluster"
+
+
+def is_sccsa_output(path: Path) -> bool:
+    """True when ``path`` is a result file that sccsa wrote (the only kind ``--out`` replaces):
+    an .h5ad with ``uns['sccsa']`` or ``obs['sccsa_cluster']``, or a table with that column."""
+    suffix = format_suffix(path)
+    try:
+        if suffix == ".h5ad":
+            with h5py.File(path, "r") as f:
+                return "uns/sccsa" in f or f"obs/{OUTPUT_MARK}" in f
+        if suffix in (".csv", ".tsv"):
+            with open(path, "rb") as handle:
+                header = handle.readline(2**20).decode("utf-8", "replace").rstrip("\r\n")
+            return OUTPUT_MARK in header.split("\t" if suffix == ".tsv" else ",")
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return OUTPUT_MARK in pq.read_schema(path).names
+    except Exception:  # noqa: BLE001 - unreadable as our format means: not ours
+        return False
+    return False

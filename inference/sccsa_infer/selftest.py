@@ -17,8 +17,10 @@ LATENT_RTOL = 1e-4
 def run_selftest(predictor: Any) -> dict[str, Any]:
     """Run ``selftest.npz`` through ``predictor`` (a :class:`~sccsa_infer.predictor.Predictor`).
 
-    Raises :class:`BundleError` if the labels differ or the latent coordinates differ by more
-    than ``LATENT_ATOL + LATENT_RTOL * |expected|``.
+    The stored cells go through the same gene-name alignment as any query (bundles exported
+    before the gene names were stored are run in panel order, and the report says so).
+    Raises :class:`BundleError` if the genes do not match, the labels differ or the latent
+    coordinates differ by more than ``LATENT_ATOL + LATENT_RTOL * |expected|``.
     """
     bundle = predictor.bundle
     if SELFTEST_FILE not in bundle.members:
@@ -26,16 +28,29 @@ def run_selftest(predictor: Any) -> dict[str, Any]:
     try:
         with np.load(io.BytesIO(bundle.members[SELFTEST_FILE]), allow_pickle=False) as stored:
             case = {key: stored[key] for key in ("counts", "total_counts", "label", "latent")}
+            genes = [str(g) for g in stored["genes"]] if "genes" in stored.files else None
     except (ValueError, OSError, KeyError) as exc:
         raise BundleError(f"{bundle.source}: {SELFTEST_FILE} is unreadable ({exc}); the bundle is corrupt.") from None
-    outputs = predictor.run(case["counts"], case["total_counts"])
-    mismatched = int((outputs["label"] != case["label"]).sum())
-    diff = np.abs(outputs["latent"] - case["latent"])
+    if genes is None:
+        outputs = predictor.run(case["counts"], case["total_counts"])
+        label, latent = outputs["label"], outputs["latent"]
+    else:
+        alignment = predictor.align(genes, min_coverage=0.0, source=f"{bundle.source} {SELFTEST_FILE}")
+        if alignment.n_found != len(bundle.genes) or len(genes) != len(bundle.genes):
+            raise BundleError(
+                f"{bundle.source}: the self-test cells' {len(genes)} genes are not the bundle's {len(bundle.genes)} "
+                "genes; the gene list in the metadata was edited. Restore the original bundle or re-export it."
+            )
+        part = predictor.predict_chunk(case["counts"], alignment, total_counts=case["total_counts"].ravel())
+        label, latent = part.cluster, part.latent
+    mismatched = int((label != case["label"]).sum())
+    diff = np.abs(latent - case["latent"])
     worst = float(diff.max()) if diff.size else 0.0
     if mismatched or not np.all(diff <= LATENT_ATOL + LATENT_RTOL * np.abs(case["latent"])):
+        cause = ("This ONNX Runtime build computes the model differently, or the bundle's gene order was edited; "
+                 "restore the original bundle, or report it with `sccsa-infer info --json` output.")
         raise BundleError(
             f"{bundle.source}: self-test failed: {mismatched} of {len(case['label'])} labels differ and the latent "
-            f"coordinates differ by up to {worst:.2e} from those recorded at export. This ONNX Runtime build "
-            "computes the model differently; report it with `sccsa-infer info --json` output."
+            f"coordinates differ by up to {worst:.2e} from those recorded at export. {cause}"
         )
-    return {"n_cells": int(len(case["label"])), "max_latent_diff": worst}
+    return {"n_cells": int(len(case["label"])), "max_latent_diff": worst, "genes_checked": genes is not None}

@@ -7,6 +7,7 @@ the first offending cell/gene and says how to fix the input.
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
@@ -14,7 +15,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputDataError
+from .errors import InputDataError, SccsaWarning, shorten
 
 InputKind = Literal["counts", "abundance", "lognorm"]
 INPUT_KINDS: tuple[str, ...] = ("counts", "abundance", "lognorm")
@@ -39,7 +40,7 @@ def _locate(matrix: np.ndarray | sp.spmatrix, flat_index: int) -> tuple[int, int
 def _name(names: Sequence[str] | None, index: int, what: str) -> str:
     if names is None:
         return f"{what} #{index}"
-    return f"{what} '{names[index]}'"
+    return f"{what} '{shorten(names[index])}'"
 
 
 def check_values(
@@ -119,7 +120,7 @@ def check_gene_names(
         raise InputDataError(f"{source} has no genes (zero columns); nothing can be labelled.")
     if all(n.strip().lstrip("-").replace(".", "", 1).isdigit() for n in names):
         raise InputDataError(
-            f"The gene names of {source} are numbers only ({', '.join(names[:3])}, ...): the real "
+            f"The gene names of {source} are numbers only ({', '.join(shorten(n) for n in names[:3])}, ...): the real "
             "gene identifiers were lost. Put gene symbols or Ensembl ids in var_names, or name the "
             "var column that holds them with --gene-key / gene_key=."
         )
@@ -132,7 +133,7 @@ def check_gene_names(
     counts = Counter(normalise_gene_name(n) for n in names)
     duplicated = sorted(k for k, c in counts.items() if c > 1 and (relevant is None or k in relevant))
     if duplicated:
-        shown = ", ".join(duplicated[:5]) + (" ..." if len(duplicated) > 5 else "")
+        shown = ", ".join(shorten(d) for d in duplicated[:5]) + (" ..." if len(duplicated) > 5 else "")
         raise InputDataError(
             f"{source} has {len(duplicated)} duplicated gene name(s) (compared case-insensitively, "
             f"Ensembl versions ignored): {shown}. Make them unique "
@@ -159,3 +160,17 @@ def check_library_sizes(totals: Sequence[float] | np.ndarray, row_sums: np.ndarr
             "leave the option out to use the row sums."
         )
     return values
+
+
+def warn_duplicate_cells(cell_names: Sequence[str], source: str) -> None:
+    """Warn when cell names repeat: results keyed by cell name would be ambiguous."""
+    counts = Counter(str(n) for n in cell_names)
+    repeated = [n for n, c in counts.items() if c > 1]
+    if repeated:
+        warnings.warn(
+            f"{source} has {len(repeated)} duplicated cell name(s) (e.g. {shorten(repeated[0])!r}); results are "
+            "written in row order, but tables keyed by cell name will be ambiguous. Make them unique "
+            "(adata.obs_names_make_unique()).",
+            SccsaWarning,
+            stacklevel=2,
+        )

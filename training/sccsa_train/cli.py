@@ -13,11 +13,12 @@ import click
 import numpy as np
 
 from sccsa_infer import __version__
-from sccsa_infer.atomic import atomic_output, check_writable
-from sccsa_infer.cli import friendly_errors
+from sccsa_infer.atomic import atomic_output, check_no_overlap, check_writable
+from sccsa_infer.bundle import replaceable_bundle
+from sccsa_infer.clierrors import friendly_errors
 from sccsa_infer.errors import InputDataError
-from sccsa_infer.io import read_h5ad
-from sccsa_infer.metrics import evaluate
+from sccsa_infer.io import is_sccsa_output, read_h5ad
+from sccsa_infer.metrics import check_eval_labels, evaluate
 from sccsa_infer.validate import INPUT_KINDS
 
 from .options import CC_MODES, CENTROID_INITS, GENE_ORDERS, GENE_SELECTIONS
@@ -92,7 +93,9 @@ class ClusterCount(click.ParamType):
               help="obs column of true labels, read only AFTER training to print ARI/NMI/ACC (never used by the fit).")
 @click.option("--write-adata", type=click.Path(path_type=Path), default=None,
               help="Also write the training data with obs['sccsa_cluster'] and obsm['X_sccsa'] to this .h5ad.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out bundle.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out bundle (only an sccsa bundle or an empty folder) and --write-adata "
+                   "file (only one sccsa wrote); anything else is refused before training.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @friendly_errors
 def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_selection: str, labels_key: str | None,
@@ -113,6 +116,8 @@ def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_select
       sccsa-train pbmc.h5ad -k 8 --eval-key cell_type --seed 1 --out m/ --write-adata pbmc_sccsa.h5ad
       sccsa-train rpkm.h5ad -k 7 --input-kind abundance --out m/
     """
+    started = time.perf_counter()
+    _check_paths(data, out, write_adata, overwrite)
     try:
         import torch
 
@@ -121,12 +126,6 @@ def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_select
         raise click.ClickException(
             f"sccsa-train needs the training extra ({exc.name or exc} is missing): pip install 'sccsa[train]'"
         ) from None
-    started = time.perf_counter()
-    if not overwrite and out.exists():
-        raise InputDataError(f"{out} already exists; choose another --out or pass --overwrite.")
-    check_writable(out, overwrite=True, directory=out.suffix != ".zip")
-    if write_adata is not None:
-        check_writable(write_adata)
     if threads:
         torch.set_num_threads(threads)
     adata = read_h5ad(data)
@@ -135,6 +134,7 @@ def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_select
         if eval_key not in adata.obs.columns:
             raise InputDataError(f"--eval-key {eval_key!r} is not an obs column; available: {', '.join(adata.obs.columns)}.")
         truth = adata.obs[eval_key].to_numpy()
+        check_eval_labels(truth, eval_key)
     blinded = adata if eval_key in (None, labels_key) else _without_obs_column(adata, eval_key)
     model = SCCSA(n_clusters, n_genes=n_genes, genes=gene_selection, labels_key=labels_key, gene_order=gene_order,
                   cc=cc, alpha=alpha, latent_dim=latent_dim, input_kind=input_kind, layer=layer,
@@ -149,12 +149,27 @@ def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_select
     if truth is not None:
         fitted = labels >= 0
         metrics = {k: v for k, v in evaluate(truth[fitted], labels[fitted]).items() if k != "n_cells"}
-    path = model.export(out, metrics=metrics, overwrite=overwrite)
-    if write_adata is not None:
+    if write_adata is None:
+        path = model.export(out, metrics=metrics, overwrite=overwrite)
+    else:  # both written before either is renamed into place: a failure leaves neither
         labelled = model.annotate(adata, copy=True)
-        with atomic_output(write_adata) as tmp:
+        with atomic_output(write_adata, overwrite=overwrite, replaceable=is_sccsa_output) as tmp:
             labelled.write_h5ad(tmp)
+            path = model.export(out, metrics=metrics, overwrite=overwrite)
     _print_summary(model, labels, metrics, eval_key, path, time.perf_counter() - started)
+
+
+def _check_paths(data: Path, out: Path, write_adata: Path | None, overwrite: bool) -> None:
+    """Every path check, before torch is imported and long before training: the input exists,
+    and no output may replace the input, a folder holding it, or a file sccsa did not write."""
+    if not data.exists():
+        raise InputDataError(f"Input {data} does not exist. Check the path.")
+    check_no_overlap(out, [data])
+    check_writable(out, overwrite=overwrite, directory=out.suffix != ".zip", replaceable=replaceable_bundle)
+    if write_adata is not None:
+        check_no_overlap(write_adata, [data], option="--write-adata")
+        check_no_overlap(out, [write_adata], role="the --write-adata file")
+        check_writable(write_adata, overwrite=overwrite, replaceable=is_sccsa_output, option="--write-adata")
 
 
 def _without_obs_column(adata: ad.AnnData, key: str) -> ad.AnnData:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ import pandas as pd
 import torch
 
 from sccsa_infer.align import align_genes
-from sccsa_infer.errors import InputDataError
-from sccsa_infer.validate import INPUT_KINDS, check_values
+from sccsa_infer.errors import InputDataError, SccsaWarning
+from sccsa_infer.validate import INPUT_KINDS, check_values, warn_duplicate_cells
 
 from . import n_clusters as n_clusters_estimation
 from .fit import History, Schedule, embed_all, resolve_device, seed_everything, torch_threads_kept, train
@@ -24,10 +25,11 @@ from .graph import ServingGraph
 from .model import SCCSANet
 from .objective import ObjectiveWeights
 from .options import CC_MODES, CENTROID_INITS, DEFAULT_CHANNELS, GENE_ORDERS, GENE_SELECTIONS
-from .preprocess import expression_matrix, library_sizes, prepare
+from .preprocess import MIN_CELLS_PER_GENE, expression_matrix, library_sizes, prepare
 from .pseudolabels import consensus_labels
 
 THRESHOLD_QUANTILE = 0.995
+MIN_CELLS_PER_CLUSTER = 10
 
 
 @dataclass
@@ -168,6 +170,13 @@ class SCCSA:
                            total_counts_key=self.total_counts_key)
             fit_rows = np.flatnonzero(~data.empty_cells)
             lognorm = data.lognorm[fit_rows]
+            warn_duplicate_cells(adata.obs_names, "the training data")
+            if self.n_genes > len(data.genes):
+                warnings.warn(
+                    f"n_genes={self.n_genes} but only {len(data.genes)} genes are expressed in at least "
+                    f"{MIN_CELLS_PER_GENE} cells; the model reads all {len(data.genes)} of them.",
+                    SccsaWarning, stacklevel=2,
+                )
             user_labels = self._user_labels(adata, fit_rows)
             k, k_method = self._resolve_k(lognorm, len(fit_rows), user_labels)
             timings["preprocess"] = time.perf_counter() - started
@@ -242,6 +251,12 @@ class SCCSA:
         if n_cells < 2 * k:
             raise InputDataError(
                 f"{n_cells} cells are too few for {k} clusters (need at least {2 * k}); lower --n-clusters."
+            )
+        if n_cells < MIN_CELLS_PER_CLUSTER * k:
+            warnings.warn(
+                f"Only {n_cells} cells for {k} clusters (fewer than {MIN_CELLS_PER_CLUSTER} per cluster): clusters of "
+                "one or two cells and unstable centroids are likely. Train on more cells or ask for fewer clusters.",
+                SccsaWarning, stacklevel=3,
             )
         return k, method
 

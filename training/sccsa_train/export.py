@@ -102,7 +102,10 @@ def with_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> bytes:
 
 def selftest_case(estimator: SCCSA) -> bytes:
     """``selftest.npz``: the most clearly assigned training cells of each cluster plus one empty
-    cell, with the labels and latents the torch serving graph gives them."""
+    cell, their gene names, and the labels and latents the torch serving graph gives them.
+
+    The genes are stored so that ``sccsa-infer verify`` feeds the cells through gene-name
+    alignment: a bundle whose gene list was reordered or renamed then fails its self-test."""
     state = estimator.state_
     graph = estimator.serving_graph()
     with torch.no_grad():
@@ -118,7 +121,8 @@ def selftest_case(estimator: SCCSA) -> bytes:
     with torch.no_grad():
         label, _, latent, _ = graph(torch.from_numpy(counts), torch.from_numpy(totals))
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, counts=counts, total_counts=totals, label=label.numpy(), latent=latent.numpy())
+    np.savez_compressed(buffer, counts=counts, total_counts=totals, label=label.numpy(), latent=latent.numpy(),
+                        genes=np.asarray(state.panel.genes, dtype=str))
     return buffer.getvalue()
 
 
