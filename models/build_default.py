@@ -14,7 +14,6 @@ torch model, whose labels the ONNX graph reproduces) are stored in the bundle's 
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,10 +59,8 @@ def main() -> int:
     metrics = heldout_metrics(model, query)
     print("held-out 30 %: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()), flush=True)
     bundle = args.out / "bundle" if args.demo else args.out
-    if bundle.exists():
-        shutil.rmtree(bundle)
     bundle.parent.mkdir(parents=True, exist_ok=True)
-    model.export(bundle, metrics=metrics)
+    model.export(bundle, metrics=metrics, overwrite=True)  # replaces only an earlier sccsa bundle
     print(f"model bundle written to {bundle}", flush=True)
     if not args.demo:
         return 0

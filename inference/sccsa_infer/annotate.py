@@ -13,7 +13,7 @@ from .align import DEFAULT_MIN_COVERAGE
 from .atomic import check_no_overlap, check_writable
 from .bundle import sha256_bytes
 from .errors import InputDataError, SccsaWarning
-from .io import TABLE_SUFFIXES, format_suffix, is_sccsa_output, open_cells, write_h5ad_result, write_table
+from .io import OWN_RESULTS, TABLE_SUFFIXES, format_suffix, open_cells, write_h5ad_result, write_table
 from .metrics import check_eval_labels, evaluate, label_accuracy
 from .validate import warn_duplicate_cells
 from .predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor
@@ -54,7 +54,7 @@ def annotate_file(
     if outformat_suffix != ".h5ad" and outformat_suffix not in TABLE_SUFFIXES:
         raise InputDataError(f"Cannot write {out}: the output must end in .h5ad, .csv, .tsv or .parquet.")
     check_no_overlap(out, [data, predictor.bundle.source])
-    check_writable(out, overwrite=overwrite, replaceable=is_sccsa_output)
+    check_writable(out, overwrite=overwrite, replaceable=OWN_RESULTS)
     with open_cells(data, layer=layer, gene_key=gene_key) as source:
         truth = source.obs_column(eval_key) if eval_key is not None else None
         if truth is not None:

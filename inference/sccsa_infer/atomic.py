@@ -8,8 +8,8 @@ already exists is swapped with the new one in one atomic step (Linux ``renameat2
 never a mix. Temporaries left behind by a killed process are removed by the next write to
 the same target on the same host.
 
-Nothing is ever replaced that the caller's ``replaceable`` predicate does not accept: the
-CLIs only replace bundles and result files that sccsa itself wrote.
+Nothing is ever replaced that the caller's :class:`ReplaceRule` does not accept: the CLIs
+only replace bundles and result files that sccsa itself wrote.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import OutputError
@@ -45,7 +46,14 @@ _WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quo
 _WRITE_FAILURE_TEXT = {"No space left": errno.ENOSPC, "Disk quota": errno.EDQUOT, "File too large": errno.EFBIG,
                        "errno = 28": errno.ENOSPC, "errno = 27": errno.EFBIG}
 
-Replaceable = Callable[[Path], bool]
+
+
+@dataclass(frozen=True)
+class ReplaceRule:
+    """Which existing outputs may be replaced (``accepts``), and how an error names them."""
+
+    accepts: Callable[[Path], bool]
+    what: str
 
 
 def absolute(path: str | os.PathLike[str]) -> Path:
@@ -93,13 +101,13 @@ def check_writable(
     *,
     overwrite: bool = True,
     directory: bool = False,
-    replaceable: Replaceable | None = None,
+    replaceable: ReplaceRule | None = None,
     option: str = "--out",
 ) -> Path:
     """Fail early, with a clear message, when ``target`` cannot be created or may not be replaced.
 
-    An existing ``target`` is replaced only with ``overwrite`` and only when ``replaceable``
-    accepts it (default: nothing existing is replaceable). Returns ``target`` made absolute.
+    An existing ``target`` is replaced only with ``overwrite`` and only when the
+    ``replaceable`` rule accepts it (default: nothing existing is replaceable). Returns ``target`` made absolute.
     """
     shown = target
     target = absolute(target)
@@ -119,8 +127,8 @@ def check_writable(
         if target.is_dir() != directory:
             kind = "folder" if target.is_dir() else "file"
             raise OutputError(f"{shown} exists and is a {kind}; choose another output path.")
-        if replaceable is None or not replaceable(target):
-            what = "an sccsa model bundle or an empty folder" if directory else "a file that sccsa wrote"
+        if replaceable is None or not replaceable.accepts(target):
+            what = replaceable.what if replaceable is not None else "something sccsa may replace"
             raise OutputError(
                 f"{option} {shown} exists and is not {what}; sccsa only replaces its own outputs, so nothing "
                 "was changed. Choose another output path, or move it away yourself."
@@ -215,7 +223,7 @@ def write_failure(exc: BaseException) -> str | None:
     return _WRITE_FAILURES.get(code) if code is not None else None
 
 
-def _commit(tmp: Path, target: Path, *, directory: bool, overwrite: bool, replaceable: Replaceable | None) -> None:
+def _commit(tmp: Path, target: Path, *, directory: bool, overwrite: bool, replaceable: ReplaceRule | None) -> None:
     """Move the finished ``tmp`` onto ``target`` under the parent's lock; re-check ``target``
     there, since another process may have written it while this one worked."""
     with _parent_locked(target.parent):
@@ -243,7 +251,7 @@ def atomic_output(
     *,
     directory: bool = False,
     overwrite: bool = True,
-    replaceable: Replaceable | None = None,
+    replaceable: ReplaceRule | None = None,
 ) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success move it onto ``target``.
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .atomic import atomic_output, is_empty_folder
+from .atomic import ReplaceRule, atomic_output, is_empty_folder
 from .errors import BundleError, SccsaWarning
 
 SCHEMA_VERSION = 1
@@ -359,9 +359,9 @@ def is_sccsa_bundle(path: str | os.PathLike[str]) -> bool:
         members.close()
 
 
-def replaceable_bundle(path: Path) -> bool:
-    """What ``--overwrite`` may replace: an sccsa bundle, or an empty folder."""
-    return is_empty_folder(path) or is_sccsa_bundle(path)
+OWN_BUNDLES = ReplaceRule(lambda path: is_empty_folder(path) or is_sccsa_bundle(path),
+                          "an sccsa model bundle or an empty folder")
+"""What ``--overwrite`` may replace with a bundle."""
 
 
 def write_bundle(
@@ -387,7 +387,7 @@ def write_bundle(
     members = dict(files)
     members[METADATA_FILE] = canonical_json(meta).encode("utf-8")
     as_zip = path.suffix == ".zip"
-    with atomic_output(path, directory=not as_zip, overwrite=overwrite, replaceable=replaceable_bundle) as tmp:
+    with atomic_output(path, directory=not as_zip, overwrite=overwrite, replaceable=OWN_BUNDLES) as tmp:
         if as_zip:
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
                 for name, data in sorted(members.items()):

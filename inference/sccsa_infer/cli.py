@@ -57,7 +57,8 @@ def main() -> None:
 @click.option("--eval-key", default=None, help="obs column with true labels: print ARI/NMI/ACC (and label accuracy).")
 @click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads (default: all cores).")
 @click.option("--with-latent", is_flag=True, help="Also write the latent coordinates into .csv/.tsv/.parquet tables.")
-@click.option("--overwrite/--no-overwrite", default=True, show_default=True, help="Replace an existing --out file.")
+@click.option("--overwrite/--no-overwrite", default=True, show_default=True,
+              help="Replace an existing --out file, if sccsa wrote it (other files are never replaced).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @friendly_errors
 def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_key: str | None,
@@ -138,8 +139,9 @@ def info(bundle: Path | None, as_json: bool) -> None:
 def verify(bundle: Path | None) -> None:
     """Check a bundle's file hashes and metadata, then run its self-test.
 
-    The self-test feeds the cells stored in the bundle at export time through ONNX Runtime
-    here and compares labels and latent coordinates with those recorded at export.
+    The self-test feeds the cells stored in the bundle at export time, matched to the bundle's
+    genes by name, through ONNX Runtime here and compares labels and latent coordinates with
+    those recorded at export.
 
     \b
     Example:
@@ -147,8 +149,10 @@ def verify(bundle: Path | None) -> None:
     """
     predictor = Predictor(bundle or default_bundle_path())
     report = run_selftest(predictor)
+    genes = "through gene-name alignment" if report["genes_checked"] else "in panel order (bundle stores no gene names)"
     click.echo(f"{predictor.bundle.source}: hashes OK, metadata OK, self-test OK "
-               f"({report['n_cells']} cells, labels identical, max latent difference {report['max_latent_diff']:.2e})")
+               f"({report['n_cells']} cells {genes}, labels identical, max latent difference "
+               f"{report['max_latent_diff']:.2e})")
 
 
 if __name__ == "__main__":  # pragma: no cover

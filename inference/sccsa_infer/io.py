@@ -22,7 +22,7 @@ import scipy.io
 import scipy.sparse as sp
 from anndata.io import read_elem, sparse_dataset, write_elem
 
-from .atomic import atomic_output
+from .atomic import ReplaceRule, atomic_output
 from .errors import InputDataError, OutputError, SccsaWarning, shorten
 
 READABLE_SUFFIXES = (".h5ad", ".h5", ".csv", ".tsv", ".csv.gz", ".tsv.gz", ".mtx", ".mtx.gz")
@@ -382,6 +382,34 @@ def read_h5ad(path: str | Path) -> Any:
         raise InputDataError(f"{path} could not be read as AnnData ({exc}); it is truncated or corrupt. Re-create it.") from None
 
 
+OUTPUT_MARK = "sccsa_cluster"
+
+
+def is_sccsa_output(path: Path) -> bool:
+    """True when ``path`` is a result file that sccsa wrote (the only kind ``--out`` replaces):
+    an .h5ad with ``uns['sccsa']`` or ``obs['sccsa_cluster']``, or a table with that column."""
+    suffix = format_suffix(path)
+    try:
+        if suffix == ".h5ad":
+            with h5py.File(path, "r") as f:
+                return "uns/sccsa" in f or f"obs/{OUTPUT_MARK}" in f
+        if suffix in (".csv", ".tsv"):
+            with open(path, "rb") as handle:
+                header = handle.readline(2**20).decode("utf-8", "replace").rstrip("\r\n")
+            return OUTPUT_MARK in header.split("\t" if suffix == ".tsv" else ",")
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return OUTPUT_MARK in pq.read_schema(path).names
+    except Exception:  # noqa: BLE001 - unreadable as our format means: not ours
+        return False
+    return False
+
+
+OWN_RESULTS = ReplaceRule(is_sccsa_output, "a result file that sccsa wrote")
+"""What ``--out`` / ``--write-adata`` may replace."""
+
+
 def write_h5ad_result(
     source: CellSource,
     out: Path,
@@ -397,7 +425,7 @@ def write_h5ad_result(
     into the copy, so memory stays bounded and every other field survives unchanged. An
     existing ``out`` is replaced only with ``overwrite`` and only if sccsa wrote it.
     """
-    with atomic_output(out, overwrite=overwrite, replaceable=is_sccsa_output) as tmp:
+    with atomic_output(out, overwrite=overwrite, replaceable=OWN_RESULTS) as tmp:
         if isinstance(source, H5adSource):
             shutil.copyfile(source.path, tmp)
             with h5py.File(tmp, "r+") as f:
@@ -435,7 +463,7 @@ def write_table(table: pd.DataFrame, out: Path, *, overwrite: bool = True) -> No
     suffix = format_suffix(out)
     if suffix not in TABLE_SUFFIXES:
         raise OutputError(f"Cannot write {out}: use an .h5ad, .csv, .tsv or .parquet output name.")
-    with atomic_output(out, overwrite=overwrite, replaceable=is_sccsa_output) as tmp:
+    with atomic_output(out, overwrite=overwrite, replaceable=OWN_RESULTS) as tmp:
         if suffix == ".parquet":
             try:
                 table.to_parquet(tmp)
@@ -444,26 +472,3 @@ def write_table(table: pd.DataFrame, out: Path, *, overwrite: bool = True) -> No
         else:
             table.to_csv(tmp, sep="\t" if suffix == ".tsv" else ",", index_label="cell")
 
-
-OUTPUT_MARK = "sccsa_cluster"
-
-
-def is_sccsa_output(path: Path) -> bool:
-    """True when ``path`` is a result file that sccsa wrote (the only kind ``--out`` replaces):
-    an .h5ad with ``uns['sccsa']`` or ``obs['sccsa_cluster']``, or a table with that column."""
-    suffix = format_suffix(path)
-    try:
-        if suffix == ".h5ad":
-            with h5py.File(path, "r") as f:
-                return "uns/sccsa" in f or f"obs/{OUTPUT_MARK}" in f
-        if suffix in (".csv", ".tsv"):
-            with open(path, "rb") as handle:
-                header = handle.readline(2**20).decode("utf-8", "replace").rstrip("\r\n")
-            return OUTPUT_MARK in header.split("\t" if suffix == ".tsv" else ",")
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return OUTPUT_MARK in pq.read_schema(path).names
-    except Exception:  # noqa: BLE001 - unreadable as our format means: not ours
-        return False
-    return False

@@ -14,10 +14,10 @@ import numpy as np
 
 from sccsa_infer import __version__
 from sccsa_infer.atomic import atomic_output, check_no_overlap, check_writable
-from sccsa_infer.bundle import replaceable_bundle
+from sccsa_infer.bundle import OWN_BUNDLES
 from sccsa_infer.clierrors import friendly_errors
 from sccsa_infer.errors import InputDataError
-from sccsa_infer.io import is_sccsa_output, read_h5ad
+from sccsa_infer.io import OWN_RESULTS, read_h5ad
 from sccsa_infer.metrics import check_eval_labels, evaluate
 from sccsa_infer.validate import INPUT_KINDS
 
@@ -153,7 +153,7 @@ def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_select
         path = model.export(out, metrics=metrics, overwrite=overwrite)
     else:  # both written before either is renamed into place: a failure leaves neither
         labelled = model.annotate(adata, copy=True)
-        with atomic_output(write_adata, overwrite=overwrite, replaceable=is_sccsa_output) as tmp:
+        with atomic_output(write_adata, overwrite=overwrite, replaceable=OWN_RESULTS) as tmp:
             labelled.write_h5ad(tmp)
             path = model.export(out, metrics=metrics, overwrite=overwrite)
     _print_summary(model, labels, metrics, eval_key, path, time.perf_counter() - started)
@@ -165,11 +165,11 @@ def _check_paths(data: Path, out: Path, write_adata: Path | None, overwrite: boo
     if not data.exists():
         raise InputDataError(f"Input {data} does not exist. Check the path.")
     check_no_overlap(out, [data])
-    check_writable(out, overwrite=overwrite, directory=out.suffix != ".zip", replaceable=replaceable_bundle)
+    check_writable(out, overwrite=overwrite, directory=out.suffix != ".zip", replaceable=OWN_BUNDLES)
     if write_adata is not None:
         check_no_overlap(write_adata, [data], option="--write-adata")
         check_no_overlap(out, [write_adata], role="the --write-adata file")
-        check_writable(write_adata, overwrite=overwrite, replaceable=is_sccsa_output, option="--write-adata")
+        check_writable(write_adata, overwrite=overwrite, replaceable=OWN_RESULTS, option="--write-adata")
 
 
 def _without_obs_column(adata: ad.AnnData, key: str) -> ad.AnnData:
