@@ -26,6 +26,18 @@ LABEL_KEY = "cell_type"
 
 # What the data README says about the values of the files that are not raw counts.
 INPUT_KINDS = {"pollen_simlr_log": "lognorm", "yan_embryo_rpkm": "abundance"}
+SPLIT_FILE = ROOT / "benchmarks" / "split.json"
+
+
+def split_of(dataset: str) -> str:
+    """'tuning' or 'confirmation' (benchmarks/split.json), or 'unsplit' for a dataset not in it."""
+    split = json.loads(SPLIT_FILE.read_text())
+    return next((half for half in ("tuning", "confirmation") if dataset in split[half]), "unsplit")
+
+
+def split_datasets(half: str) -> list[str]:
+    """The datasets of one half of benchmarks/split.json."""
+    return list(json.loads(SPLIT_FILE.read_text())[half])
 
 
 def datasets(folder: Path, names: Iterable[str] | None = None) -> list[Path]:
