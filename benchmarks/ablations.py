@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
+from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, finish, load, markdown_table, mean_sd, merge_records,
                     read_records, score, seed_coverage, training_threads, write_json)
 from sccsa_train import SCCSA
 
@@ -74,12 +74,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "ablations.json")
-    parser.add_argument("--merge", type=Path, nargs="*", default=[],
-                        help="add the records of these JSON files (e.g. shards run in parallel with --out) and report")
+    add_merge_option(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
-    if args.merge:
+    if args.merge is not None:
         finish(args.out, "Ablations", summarise(merge_records(args.out, args.merge, _key)), merged=True)
         return
     records = read_records(args.out) if args.resume else []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -121,6 +122,14 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return list(json.loads(path.read_text()))
+
+
+def add_merge_option(parser: argparse.ArgumentParser) -> None:
+    """``--merge [SHARD ...]``: join shards (runs split over processes with ``--out``) into ``--out`` and
+    rewrite the page; with no shard named, only rewrite the page from ``--out``. Absent: run."""
+    parser.add_argument("--merge", type=Path, nargs="*", default=None, metavar="SHARD",
+                        help="add the records of these JSON files (e.g. shards run in parallel with --out) to --out "
+                             "and rewrite the page; with no file, only rewrite the page")
 
 
 def merge_records(out: Path, shards: Iterable[Path], key: Callable[[dict], tuple]) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-from common import (DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
+from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, finish, load, markdown_table, mean_sd, merge_records,
                     read_records, score, seed_coverage, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train import fit as fit_module
@@ -193,12 +193,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--resume", action="store_true", help="keep and skip dataset × seed pairs already in --out")
     parser.add_argument("--out", type=Path, default=RESULTS / "diagnose.json")
-    parser.add_argument("--merge", type=Path, nargs="*", default=[],
-                        help="add the records of these JSON files (e.g. shards run in parallel with --out) and report")
+    add_merge_option(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
-    if args.merge:
+    if args.merge is not None:
         finish(args.out, "Where the signal is lost", summarise(merge_records(args.out, args.merge, _key)), merged=True)
         return
     records = read_records(args.out) if args.resume else []

@@ -54,11 +54,13 @@ def test_clustering_records_follow_the_contract(data_dir, tmp_path, monkeypatch)
     assert all(RECORD_FIELDS <= set(r) for r in found)
     assert {(r["dataset"], r["method"], r["protocol"]) for r in found} == {
         (d, m, p) for d in ("tiny_a", "tiny_b")
-        for m, p in [("sccsa", "U"), ("sccsa", "T"), ("leiden_res1", "-"), ("leiden_k", "-"), ("kmeans_pca", "-")]}
+        for m, p in [("sccsa", "U"), ("sccsa", "T"), ("leiden_res1", "-"), ("leiden_k", "-"), ("kmeans_pca", "-"),
+                     ("logreg", "T")]}
     assert all(-1 <= r["ari"] <= 1 and 0 <= r["nmi"] <= 1 and 0 <= r["acc"] <= 1 for r in found)
     assert all(r["torch_threads"] >= 1 for r in found if r["method"] == "sccsa")
     transfer = [r for r in found if r["protocol"] == "T"]
-    assert [r["n_query"] for r in sorted(transfer, key=lambda r: r["dataset"])] == [45, 36]  # the 30 % query
+    assert sorted(r["n_query"] for r in transfer) == [36, 36, 45, 45]  # the 30 % query, same for sccsa and logreg
+    assert all(0 <= r["label_accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 for r in transfer)
     page = (tmp_path / "clustering.md").read_text()
     assert "| sccsa U | sccsa T (30 % query) |" in page.replace("dataset | ", "")
     assert json.loads((tmp_path / "clustering_meta.json").read_text())["command"].startswith("python benchmarks/")
@@ -77,6 +79,35 @@ def test_label_starts_are_kept_apart_and_shards_merge(data_dir, tmp_path, monkey
     assert sorted(r["method"] for r in records(main)) == ["sccsa", "sccsa_init_labels"]
     page = (tmp_path / "clustering.md").read_text()
     assert "sccsa U (init labels)" in page and "merged from runs in several processes" in page
+
+
+def test_merge_without_shards_only_rewrites_the_page(data_dir, tmp_path, monkeypatch):
+    clustering = script("clustering", monkeypatch)
+    out = tmp_path / "clustering.json"
+    run(clustering, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_a", "--seeds", "0", "--protocols", "T",
+        "--only", "logreg", "--out", str(out))
+    assert [(r["method"], r["protocol"]) for r in records(out)] == [("logreg", "T")]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--merge must not train")
+
+    monkeypatch.setattr(clustering, "SCCSA", no_training)
+    (tmp_path / "clustering.md").unlink()
+    run(clustering, monkeypatch, "--out", str(out), "--merge")
+    assert len(records(out)) == 1 and "Label transfer" in (tmp_path / "clustering.md").read_text()
+
+
+def test_diagnose_scores_every_stage(data_dir, tmp_path, monkeypatch):
+    diagnose = script("diagnose", monkeypatch)
+    out = tmp_path / "diagnose.json"
+    run(diagnose, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_a", "--seeds", "0", "--out", str(out))
+    found = records(out)
+    default = {r["stage"] for r in found if r["genes"] == "ftest-1000"}
+    assert default == set(diagnose.STAGES)
+    assert {r["genes"] for r in found if r["stage"] == "panel"} == {"ftest-1000", "ftest-2000", "hvg-1000", "hvg-2000"}
+    assert all(-1 <= r["ari"] <= 1 and r["split"] == "unsplit" for r in found)
+    page = (tmp_path / "diagnose.md").read_text()
+    assert "latent_pretrained" in page and "Mean ARI change along the network" in page
 
 
 def test_ablation_shards_merge_into_one_table(data_dir, tmp_path, monkeypatch):
