@@ -34,6 +34,7 @@ default-model: $(STAMP)
 	$(PY) models/build_default.py --out models/default
 
 benchmarks: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[train,test,bench]"
 	$(PY) benchmarks/run_all.py
 
 clean:

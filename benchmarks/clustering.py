@@ -10,6 +10,8 @@ For every ``.h5ad`` in ``--data`` (default ../shared/data) and every seed:
 - ``leiden_res1``: Scanpy's standard pipeline + Leiden at resolution 1.0;
 - ``leiden_k``: the same graph, Leiden at the resolution that gives K clusters;
 - ``kmeans_pca``: K-means (20 inits) on the 50 principal components;
+- ``scvi_kmeans`` / ``scvi_leiden_k``: scVI (the ``bench`` extra) on raw counts, then K-means at K and
+  Leiden at the resolution giving K on its 10-dimensional latent (count datasets only);
 - ``logreg`` (protocol T): a CellTypist-style logistic regression on log1p-normalised, standardised
   counts, trained on the same 70 % as sccsa T and scored on the same 30 % (accuracy, macro-F1, ARI).
 
@@ -33,8 +35,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -50,13 +54,59 @@ from sccsa_train.options import CENTROID_INITS
 from sccsa_train.preprocess import prepare
 from sccsa_train.pseudolabels import clustering_embedding, leiden, leiden_resolution_for_k
 
+COUNTS_ONLY = ("scvi_kmeans", "scvi_leiden_k")  # columns that skip the non-count datasets
 METHOD_ORDER = ["sccsa U", "sccsa S (label leakage)", "sccsa T (30 % query)", "sccsa U (init labels)",
-                "leiden_res1", "leiden_k", "kmeans_pca", "logreg T (30 % query)"]
+                "leiden_res1", "leiden_k", "kmeans_pca", "scvi_kmeans", "scvi_leiden_k", "logreg T (30 % query)"]
 
 
 def sccsa_method(init: str) -> str:
     """The ``method`` of sccsa records: ``sccsa`` for the default K-means start, else ``sccsa_init_<init>``."""
     return "sccsa" if init == "kmeans" else f"sccsa_init_{init}"
+
+
+def scvi_records(adata, labels, k, kind, seed) -> list[dict]:
+    """scVI (scvi-tools' default SCVI, n_latent 10, its default epochs) on raw counts, 2000 seurat_v3
+    highly variable genes where there are more genes, then K-means at K (20 inits) and Leiden at the
+    resolution giving K on its latent. Count data only: scVI models counts."""
+    import scanpy as sc
+    import scvi
+
+    if kind != "counts":
+        return []
+    with Timer() as timer:
+        scvi.settings.seed = seed
+        counts = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32))
+        sc.pp.filter_genes(counts, min_cells=3)
+        sc.pp.filter_cells(counts, min_counts=1)
+        if counts.n_vars > 2000:
+            sc.pp.highly_variable_genes(counts, n_top_genes=2000, flavor="seurat_v3", subset=True)
+        scvi.model.SCVI.setup_anndata(counts)
+        model = scvi.model.SCVI(counts, n_latent=10)
+        model.train(accelerator="cpu", enable_progress_bar=False)
+        counts.obsm["X_scvi"] = model.get_latent_representation()
+    shared = timer.seconds
+    truth = labels[counts.obs_names.astype(int)]
+    records = []
+    with Timer() as timer:
+        predicted = KMeans(k, n_init=20, random_state=seed).fit_predict(counts.obsm["X_scvi"])
+    records.append({"method": "scvi_kmeans", **score(truth, predicted), "seconds": round(shared + timer.seconds, 2)})
+    with Timer() as timer:
+        sc.pp.neighbors(counts, use_rep="X_scvi", random_state=seed)
+        resolution, predicted = leiden_resolution_for_k(counts, k, seed)
+    records.append({"method": "scvi_leiden_k", **score(truth, predicted), "seconds": round(shared + timer.seconds, 2),
+                    "n_clusters": int(predicted.max() + 1), "resolution": round(resolution, 4)})
+    epochs = int(model.history["elbo_train"].shape[0])
+    return [dict(r, protocol="-", n_cells=int(counts.n_obs), epochs=epochs) for r in records]
+
+
+def scvi_available() -> bool:
+    """scVI rows need the ``bench`` extra (scvi-tools); without it they are left out, and said so."""
+    try:
+        import scvi  # noqa: F401
+    except ImportError:
+        print("scvi-tools is not installed (pip install 'sccsa[bench]'): no scVI rows in this run", flush=True)
+        return False
+    return True
 
 
 def transfer_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,9 +202,12 @@ def summarise(records: list[dict]) -> str:
     parts = []
     for metric in ("ari", "nmi", "acc", "seconds"):
         table = frame.pivot_table(index="dataset", columns="column", values=metric, aggfunc=mean_sd)[columns].fillna("–")
-        dataset_means = frame.groupby(["column", "dataset"])[metric].mean().unstack(0)[columns].dropna()
-        row = f"**mean over the {len(dataset_means)} datasets every method ran on**"
-        table.loc[row] = [f"**{dataset_means[c].mean():.3f}**" for c in columns]
+        dataset_means = frame.groupby(["column", "dataset"])[metric].mean().unstack(0)[columns]
+        core = dataset_means.dropna(subset=[c for c in columns if c not in COUNTS_ONLY])
+        row = f"**mean over the {len(core)} datasets every method ran on**" + (
+            " (scVI: the count datasets among them, n)" if set(COUNTS_ONLY) & set(columns) else "")
+        table.loc[row] = [f"**{core[c].mean():.3f}**" + (f" ({core[c].count()})" if core[c].count() < len(core) else "")
+                          for c in columns]
         title = {"ari": "ARI", "nmi": "NMI", "acc": "ACC (Hungarian)", "seconds": "Wall time (s)"}[metric]
         parts.append(f"## {title} (mean ± sd over seeds)\n\n{markdown_table(table)}")
     transfer = _transfer_table(frame)
@@ -204,10 +257,16 @@ def _baseline_comparison(frame: pd.DataFrame) -> str:
     common = means[[*ours, *baselines]].dropna()
     best_name = max(baselines, key=lambda c: common[c].mean())
     wins = ", ".join(f"{c} on {int((common[c] > common[best_name]).sum())}" for c in ours)
+    scvi = ""
+    scvi_columns = [c for c in ("scvi_kmeans", "scvi_leiden_k") if c in means]
+    if scvi_columns:
+        both = means[[*ours, *scvi_columns]].dropna()
+        scvi = (f" On the {len(both)} count datasets scVI ran on (it models counts): "
+                + ", ".join(f"{c} {both[c].mean():.3f}" for c in [*ours, *scvi_columns]) + ".")
     return (f"Mean ARI over the {len(common)} datasets every one of these ran on: "
             + ", ".join(f"{c} {common[c].mean():.3f}" for c in ours)
             + f", best baseline ({best_name}) {common[best_name].mean():.3f}. Ahead of that baseline: {wins} "
-            f"of the {len(common)} datasets.")
+            f"of the {len(common)} datasets." + scvi)
 
 
 def _key(record: dict) -> tuple:
@@ -221,8 +280,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--protocols", nargs="*", default=["U", "S", "T"], choices=["U", "S", "T"])
     parser.add_argument("--no-baselines", action="store_true", help="sccsa only")
-    parser.add_argument("--only", choices=["sccsa", "baselines", "logreg"],
-                        help="run only sccsa, only the clustering baselines, or only the protocol T logistic regression")
+    parser.add_argument("--only", choices=["sccsa", "baselines", "scvi", "logreg"],
+                        help="run only sccsa, the Scanpy baselines, scVI, or the protocol T logistic regression")
     parser.add_argument("--init", choices=CENTROID_INITS, default="kmeans",
                         help="centroid start of sccsa (records of 'labels' get method 'sccsa_init_labels')")
     parser.add_argument("--resume", action="store_true", help="keep and skip records already in the JSON file")
@@ -237,22 +296,27 @@ def main() -> None:
     records = read_records(args.out) if args.resume else []
     done = {_key(r) for r in records}
     sccsa = sccsa_method(args.init)
+    use_scvi = not args.no_baselines and args.only in (None, "scvi") and scvi_available()
     for path in datasets(args.data, args.datasets):
         adata, labels, k, kind = load(path)
         for seed in args.seeds:
             todo = [("sccsa", p) for p in args.protocols]
             if not args.no_baselines:
                 todo.append(("baselines", "-"))
+                if use_scvi:
+                    todo.append(("scvi", "-"))
                 if "T" in args.protocols:
                     todo.append(("logreg", "T"))
             if args.only:
                 todo = [(method, protocol) for method, protocol in todo if method == args.only]
             for method, protocol in todo:
-                recorded = {"sccsa": sccsa, "baselines": "kmeans_pca", "logreg": "logreg"}[method]
+                recorded = {"sccsa": sccsa, "baselines": "kmeans_pca", "scvi": "scvi_kmeans", "logreg": "logreg"}[method]
                 if (path.stem, recorded, protocol, seed) in done:
                     continue
                 if method == "sccsa":
                     new = [sccsa_record(adata, labels, k, kind, protocol, seed, args.init)]
+                elif method == "scvi":
+                    new = scvi_records(adata, labels, k, kind, seed)
                 elif method == "logreg":
                     new = [logreg_record(adata, labels, kind, seed)]
                 else:

@@ -97,6 +97,16 @@ def test_merge_without_shards_only_rewrites_the_page(data_dir, tmp_path, monkeyp
     assert len(records(out)) == 1 and "Label transfer" in (tmp_path / "clustering.md").read_text()
 
 
+def test_scvi_rows_on_count_data_only(data_dir, monkeypatch):
+    pytest.importorskip("scvi", reason="scvi-tools is in the bench extra, not installed here")
+    clustering = script("clustering", monkeypatch)
+    adata, labels, k, _ = clustering.load(data_dir / "tiny_a.h5ad")
+    assert clustering.scvi_records(adata, labels, k, "lognorm", 0) == []
+    found = clustering.scvi_records(adata, labels, k, "counts", 0)
+    assert [r["method"] for r in found] == ["scvi_kmeans", "scvi_leiden_k"]
+    assert all(r["n_cells"] == 150 and r["epochs"] >= 1 and -1 <= r["ari"] <= 1 for r in found)
+
+
 def test_diagnose_scores_every_stage(data_dir, tmp_path, monkeypatch):
     diagnose = script("diagnose", monkeypatch)
     out = tmp_path / "diagnose.json"
