@@ -90,7 +90,7 @@ def main() -> None:
                 if (path.stem, variant, seed) in done:
                     continue
                 with Timer() as timer:
-                    model = SCCSA(k, input_kind=kind, seed=seed, progress=False, **VARIANTS[variant]).fit(adata)
+                    model = SCCSA(k, input_kind=kind, random_state=seed, progress=False, **VARIANTS[variant]).fit(adata)
                 record = {"dataset": path.stem, "variant": variant, "seed": seed, **score(labels, model.labels_),
                           "seconds": round(timer.seconds, 2), "torch_threads": training_threads(),
                           "alpha_mean": round(float(model.alpha_.mean()), 4),

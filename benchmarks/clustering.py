@@ -147,7 +147,7 @@ def sccsa_record(adata, labels, k, kind, protocol, seed, init="kmeans") -> dict:
         if protocol == "T":
             ref_idx, query_idx = transfer_split(labels, seed)
             reference, query = adata[ref_idx].copy(), adata[query_idx].copy()
-            model = SCCSA(k, labels_key="cell_type", input_kind=kind, seed=seed, init=init,
+            model = SCCSA(k, labels_key="cell_type", input_kind=kind, random_state=seed, init=init,
                           progress=False).fit(reference)
             with tempfile.TemporaryDirectory() as folder:
                 model.export(Path(folder) / "bundle")
@@ -156,7 +156,7 @@ def sccsa_record(adata, labels, k, kind, protocol, seed, init="kmeans") -> dict:
             extra = transfer_scores(truth, result.label)
             predicted = result.cluster
         else:
-            model = SCCSA(k, labels_key="cell_type" if protocol == "S" else None, input_kind=kind, seed=seed,
+            model = SCCSA(k, labels_key="cell_type" if protocol == "S" else None, input_kind=kind, random_state=seed,
                           init=init, progress=False).fit(adata)
             truth, predicted, extra = labels, model.labels_, {}
             extra["alpha_mean"] = round(float(model.alpha_.mean()), 4)

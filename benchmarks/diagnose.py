@@ -88,7 +88,7 @@ def trained_stages(adata, kind: str, k: int, seed: int) -> tuple[SCCSA, dict[str
     fit_module.initialise_centroids = capture
     try:
         with Timer() as timer:
-            model = SCCSA(k, input_kind=kind, seed=seed, progress=False).fit(adata)
+            model = SCCSA(k, input_kind=kind, random_state=seed, progress=False).fit(adata)
     finally:
         fit_module.initialise_centroids = original
     captured["sacc_final"], captured["latent_final"] = sacc_and_latent(model.net_, captured["x"].cpu())

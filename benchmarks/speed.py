@@ -48,7 +48,7 @@ def train_timed(path: Path) -> tuple[dict, SCCSA]:
     """Fit the default model (seed 0) on one dataset: the wall time of ``fit`` and of its stages, and the model."""
     adata, _, k, kind = load(path)
     with Timer() as timer:
-        model = SCCSA(k, input_kind=kind, seed=0, progress=False).fit(adata)
+        model = SCCSA(k, input_kind=kind, random_state=0, progress=False).fit(adata)
     history = model.history_
     stages = {f"{name}_s": round(seconds, 1) for name, seconds in history.seconds.items()}
     row = {"dataset": path.stem, "cells": adata.n_obs, "genes_in": adata.n_vars, "seconds": round(timer.seconds, 1),
@@ -216,7 +216,7 @@ def main() -> None:
             model = fitted  # the served model is this same default fit: train it once
     adata, _, k, kind = load(args.data / f"{SERVED}.h5ad")
     if model is None:  # SERVED was left out of --datasets
-        model = SCCSA(k, input_kind=kind, seed=0, progress=False).fit(adata)
+        model = SCCSA(k, input_kind=kind, random_state=0, progress=False).fit(adata)
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)

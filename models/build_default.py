@@ -27,7 +27,7 @@ from sccsa_infer.metrics import evaluate, label_accuracy
 from sccsa_train import SCCSA
 from sccsa_train.datasets import LABELS_KEY, pbmc68k_counts
 
-SETTINGS = dict(n_genes=500, labels_key=LABELS_KEY, total_counts_key="n_counts", seed=0)
+SETTINGS = dict(n_genes=500, labels_key=LABELS_KEY, total_counts_key="n_counts", random_state=0)
 
 
 def heldout_metrics(model: SCCSA, query) -> dict[str, float]:

@@ -66,7 +66,7 @@ def fitted_model(synthetic: ad.AnnData):
     pytest.importorskip("torch")
     from sccsa_train import SCCSA
 
-    return SCCSA(3, labels_key="cell_type", n_genes=40, seed=0, **FAST_TRAINING).fit(synthetic)
+    return SCCSA(3, labels_key="cell_type", n_genes=40, random_state=0, **FAST_TRAINING).fit(synthetic)
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,7 @@ def test_lognorm_bundle_keeps_the_two_inputs_contract(synthetic, tmp_path):
 
     lognorm = synthetic.copy()
     lognorm.X = sp.csr_matrix(np.log1p(synthetic.X.toarray()))
-    model = SCCSA(3, n_genes=30, input_kind="lognorm", seed=0, **FAST_TRAINING).fit(lognorm)
+    model = SCCSA(3, n_genes=30, input_kind="lognorm", random_state=0, **FAST_TRAINING).fit(lognorm)
     model.export(tmp_path / "b")
     predictor = Predictor(tmp_path / "b")
     assert [i.name for i in predictor.session.get_inputs()] == ["counts", "total_counts"]

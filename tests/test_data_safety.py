@@ -97,7 +97,7 @@ def test_overwrite_replaces_only_bundles_and_empty_folders(data_dir, tmp_path):
     assert result.exit_code != 0 and "already exists" in result.output
     result = train(cells, "-k", "3", "--out", empty, "--overwrite", "--seed", "1", *FAST)
     assert result.exit_code == 0, result.output
-    assert json.loads((empty / "bundle.json").read_text())["training"]["seed"] == 1
+    assert json.loads((empty / "bundle.json").read_text())["training"]["random_state"] == 1
     assert first and no_temporaries(tmp_path)
 
 

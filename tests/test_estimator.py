@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import FAST_TRAINING, REPO, synthetic_counts
-from sccsa_infer.errors import InputDataError
+from sccsa_infer.errors import InputDataError, InvalidParameterError
 from sccsa_train import SCCSA
 
 
@@ -22,7 +22,7 @@ def adata():
 
 @pytest.fixture(scope="module")
 def unsupervised(adata):
-    return SCCSA(3, n_genes=40, seed=1, **FAST_TRAINING).fit(adata)
+    return SCCSA(3, n_genes=40, random_state=1, **FAST_TRAINING).fit(adata)
 
 
 def test_fit_results(unsupervised, adata):
@@ -39,7 +39,7 @@ def test_fit_results(unsupervised, adata):
 
 
 def test_same_seed_same_labels_other_seed_runs_too(adata, unsupervised):
-    again = SCCSA(3, n_genes=40, seed=1, **FAST_TRAINING).fit(adata)
+    again = SCCSA(3, n_genes=40, random_state=1, **FAST_TRAINING).fit(adata)
     np.testing.assert_array_equal(again.labels_, unsupervised.labels_)
     np.testing.assert_array_equal(again.state_.latent, unsupervised.state_.latent)
 
@@ -53,7 +53,7 @@ def spy(*args, **kwargs):
     seen.append(torch.get_num_threads())
     return train(*args, **kwargs)
 estimator.train = spy
-estimator.SCCSA(3, n_genes=40, seed=0, **FAST_TRAINING).fit(synthetic_counts(n_cells=120))
+estimator.SCCSA(3, n_genes=40, random_state=0, **FAST_TRAINING).fit(synthetic_counts(n_cells=120))
 print(seen, torch.get_num_threads())
 """
 
@@ -70,7 +70,7 @@ def test_training_keeps_the_thread_count_the_user_set():
 
 def test_fit_does_not_modify_the_input_and_annotate_follows_scanpy(adata, unsupervised):
     before = adata.copy()
-    SCCSA(3, n_genes=40, seed=2, **FAST_TRAINING).fit(adata)
+    SCCSA(3, n_genes=40, random_state=2, **FAST_TRAINING).fit(adata)
     assert (adata.X != before.X).nnz == 0 and list(adata.obs.columns) == list(before.obs.columns)
     copy = unsupervised.annotate(adata, copy=True)
     assert "sccsa_cluster" not in adata.obs and copy.obs["sccsa_cluster"].dtype == "category"
@@ -87,7 +87,7 @@ def test_reference_mode_names_clusters(fitted_model, synthetic):
 
 
 def test_auto_k_uses_the_number_of_labels(synthetic):
-    model = SCCSA("auto", labels_key="cell_type", n_genes=30, seed=0, **FAST_TRAINING).fit(synthetic)
+    model = SCCSA("auto", labels_key="cell_type", n_genes=30, random_state=0, **FAST_TRAINING).fit(synthetic)
     assert model.n_clusters_ == 3 and model.state_.n_clusters_method.startswith("number of distinct")
 
 
@@ -96,7 +96,7 @@ def test_empty_cells_are_left_out_and_reported(adata):
     x[:2] = 0
     with_empty = ad.AnnData(X=sp.csr_matrix(x), obs=adata.obs.copy(), var=adata.var.copy())
     with pytest.warns(UserWarning, match="zero counts"):
-        model = SCCSA(3, n_genes=40, seed=0, **FAST_TRAINING).fit(with_empty)
+        model = SCCSA(3, n_genes=40, random_state=0, **FAST_TRAINING).fit(with_empty)
     assert (model.labels_[:2] == -1).all() and (model.labels_[2:] >= 0).all()
 
 
@@ -105,14 +105,28 @@ def test_empty_cells_are_left_out_and_reported(adata):
     (dict(n_clusters=200), "too few for 200 clusters"),
     (dict(n_clusters=3, labels_key="nope"), "labels_key 'nope'"),
     (dict(n_clusters=3, layer="counts"), "Layer 'counts'"),
-    (dict(n_clusters=1), "integer ≥ 2"),
-    (dict(n_clusters=3, genes="pca"), "genes must be one of"),
-    (dict(n_clusters=3, cc="maybe"), "cc must be one of"),
-    (dict(n_clusters=3, alpha=2.0), "alpha must lie"),
 ])
-def test_bad_parameters_and_inputs(adata, kwargs, message):
+def test_bad_inputs(adata, kwargs, message):
     with pytest.raises(InputDataError, match=message):
         SCCSA(**kwargs, **FAST_TRAINING).fit(adata)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_clusters=1), "n_clusters=1 is invalid: expected 'auto' or an integer ≥ 2"),
+    (dict(n_clusters=3, genes="pca"), "genes='pca' is invalid: expected one of ftest, hvg"),
+    (dict(n_clusters=3, cc="maybe"), "expected one of sa, fixed, off"),
+    (dict(n_clusters=3, alpha=2.0), "alpha=2.0 is invalid: must be ≤ 1"),
+    (dict(n_clusters=3, lr=0.0), "lr=0.0 is invalid: must be > 0"),
+    (dict(n_clusters=3, channels=(8, 0, 8)), "three positive integers"),
+    (dict(n_clusters=3, batch_norm="yes"), "expected True or False"),
+    (dict(n_clusters=3, init="random"), "init='random' is invalid"),
+])
+def test_bad_parameters_raise_invalid_parameter_error_before_any_work(adata, kwargs, message, monkeypatch):
+    from sccsa_train import estimator
+
+    monkeypatch.setattr(estimator, "prepare", lambda *a, **k: pytest.fail("validated after work started"))
+    with pytest.raises(InvalidParameterError, match=message):
+        SCCSA(**kwargs).fit(adata)
 
 
 def test_missing_labels_are_rejected(adata):
@@ -124,7 +138,9 @@ def test_missing_labels_are_rejected(adata):
 
 
 def test_unfitted_model_says_so(adata):
-    with pytest.raises(RuntimeError, match="not fitted"):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="not fitted"):
         SCCSA(3).predict(adata)
 
 
@@ -149,21 +165,20 @@ def test_label_initialisation_puts_each_centroid_at_its_labels_mean_latent():
 
 def test_init_labels_orders_clusters_like_the_reference_labels(synthetic):
     # With no stage 2, cluster k starts (and stays) at the k-th sorted label: names come out in order.
-    model = SCCSA(3, labels_key="cell_type", init="labels", n_genes=30, seed=0,
+    model = SCCSA(3, labels_key="cell_type", init="labels", n_genes=30, random_state=0,
                   **{**FAST_TRAINING, "cluster_epochs": 0}).fit(synthetic)
     assert model.state_.cluster_names == ["type0", "type1", "type2"]
     assert adjusted_rand_score(synthetic.obs["cell_type"], model.labels_) > 0.9
 
 
 def test_init_labels_without_labels_uses_the_consensus_pseudo_labels(adata):
-    model = SCCSA(3, genes="hvg", init="labels", n_genes=40, seed=0, **FAST_TRAINING).fit(adata)
+    model = SCCSA(3, genes="hvg", init="labels", n_genes=40, random_state=0, **FAST_TRAINING).fit(adata)
     assert model.state_.pseudo_labels is not None  # computed for the start even though HVGs need no labels
     assert adjusted_rand_score(adata.obs["cell_type"], model.labels_) > 0.9
 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(n_clusters=2, labels_key="cell_type", init="labels"), "labels have 3 classes and n_clusters is 2"),
-    (dict(n_clusters=3, init="random"), "init must be one of"),
 ])
 def test_bad_init(adata, kwargs, message):
     with pytest.raises(InputDataError, match=message):

@@ -19,7 +19,7 @@ def split_pbmc(tmp_path_factory):
     train_idx, test_idx = train_test_split(np.arange(adata.n_obs), test_size=0.3, random_state=0,
                                            stratify=adata.obs["cell_type"])
     reference, query = adata[np.sort(train_idx)].copy(), adata[np.sort(test_idx)].copy()
-    model = SCCSA(8, n_genes=400, pretrain_epochs=5, cluster_epochs=3, seed=0, progress=False).fit(reference)
+    model = SCCSA(8, n_genes=400, pretrain_epochs=5, cluster_epochs=3, random_state=0, progress=False).fit(reference)
     folder = tmp_path_factory.mktemp("parity")
     model.export(folder / "bundle")
     query.write_h5ad(folder / "query.h5ad")

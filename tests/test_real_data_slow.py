@@ -46,7 +46,7 @@ def test_pbmc_transfer_70_30_onnx_labels_equal_torch(tmp_path):
     train_idx, test_idx = train_test_split(np.arange(adata.n_obs), test_size=0.3, random_state=0,
                                            stratify=adata.obs["cell_type"])
     reference, query = adata[np.sort(train_idx)].copy(), adata[np.sort(test_idx)].copy()
-    model = SCCSA(8, seed=0, progress=False).fit(reference)
+    model = SCCSA(8, random_state=0, progress=False).fit(reference)
     model.export(tmp_path / "bundle")
     query.write_h5ad(tmp_path / "query.h5ad")
     out = tmp_path / "labelled.h5ad"

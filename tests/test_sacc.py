@@ -59,7 +59,7 @@ def test_alpha_varies_across_real_cells_after_training():
     from sccsa_train import SCCSA
 
     adata = real_dataset("pbmc_zheng4k_top2000")
-    model = SCCSA(8, n_genes=400, pretrain_epochs=4, cluster_epochs=2, seed=0, progress=False).fit(adata)
+    model = SCCSA(8, n_genes=400, pretrain_epochs=4, cluster_epochs=2, random_state=0, progress=False).fit(adata)
     alpha = model.alpha_
     assert alpha.std() > 0.01
     assert np.quantile(alpha, 0.95) - np.quantile(alpha, 0.05) > 0.05

@@ -9,9 +9,16 @@ from .versions import package_version
 
 __version__ = package_version("sccsa") or "0+unknown"
 
-from .annotate import AnnotationSummary, annotate_file  # noqa: E402
+from .annotate import AnnotationSummary, annotate, annotate_file  # noqa: E402
 from .bundle import Bundle, load_bundle, write_bundle  # noqa: E402
-from .errors import BundleError, InputDataError, OutputError, SccsaError, SccsaWarning  # noqa: E402
+from .errors import (  # noqa: E402
+    BundleError,
+    InputDataError,
+    InvalidParameterError,
+    OutputError,
+    SccsaError,
+    SccsaWarning,
+)
 from .metrics import evaluate  # noqa: E402
 from .predictor import Prediction, Predictor  # noqa: E402
 
@@ -20,11 +27,13 @@ __all__ = [
     "Bundle",
     "BundleError",
     "InputDataError",
+    "InvalidParameterError",
     "OutputError",
     "Prediction",
     "Predictor",
     "SccsaError",
     "SccsaWarning",
+    "annotate",
     "annotate_file",
     "evaluate",
     "load_bundle",

@@ -1,22 +1,27 @@
-"""Stream a cells file through a :class:`Predictor` and write the labelled result."""
+"""Label cells and record the results, Scanpy style: a whole AnnData in memory (:func:`annotate`,
+CellTypist's one call) or a file of any size streamed to another file (:func:`annotate_file`)."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .align import DEFAULT_MIN_COVERAGE
 from .atomic import check_no_overlap, check_writable
-from .bundle import sha256_bytes
+from .bundle import Bundle, sha256_bytes
 from .errors import InputDataError, SccsaWarning
-from .io import OWN_RESULTS, TABLE_SUFFIXES, format_suffix, open_cells, write_h5ad_result, write_table
+from .io import OWN_RESULTS, TABLE_SUFFIXES, format_suffix, open_cells, read_h5ad, write_h5ad_result, write_table
 from .metrics import check_eval_labels, evaluate, label_accuracy
 from .validate import warn_duplicate_cells
-from .predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor
+from .predictor import DEFAULT_BATCH_SIZE, KEY_ADDED, Prediction, Predictor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,6 +67,8 @@ def annotate_file(
         warn_duplicate_cells(source.obs_names, str(data))
         library = source.obs_column(total_counts_key).to_numpy() if total_counts_key is not None else None
         alignment = predictor.align(source.var_names, min_coverage=min_coverage, source=str(data))
+        log.info("labelling %d cells of %s in chunks of %d (gene coverage %.1f%%)", source.n_obs, data, batch_size,
+                 100 * alignment.coverage)
         bundle = predictor.bundle
         result = Prediction.empty(source.n_obs, bundle.n_clusters, bundle.latent_dim, bundle.cluster_names)
         empty = np.zeros(source.n_obs, dtype=bool)
@@ -80,15 +87,10 @@ def annotate_file(
                 stacklevel=2,
             )
         if outformat_suffix == ".h5ad":
-            uns = {
-                "sccsa": {
-                    "model": bundle.source,
-                    "model_sha256": sha256_bytes(bundle.model_bytes),
-                    "gene_coverage": alignment.coverage,
-                    "cluster_names": bundle.cluster_names or [],
-                }
-            }
-            write_h5ad_result(source, out, result.obs_columns(), {"X_sccsa": result.latent}, uns, overwrite=overwrite)
+            params = {"layer": layer, "gene_key": gene_key, "total_counts_key": total_counts_key,
+                      "min_coverage": min_coverage}
+            uns = {KEY_ADDED: run_record(bundle, alignment.coverage, params)}
+            write_h5ad_result(source, out, result.obs_columns(), result.obsm(), uns, overwrite=overwrite)
         else:
             write_table(result.to_frame(source.obs_names, latent=with_latent), out, overwrite=overwrite)
     sizes = np.bincount(result.cluster, minlength=bundle.n_clusters)
@@ -104,3 +106,58 @@ def annotate_file(
         if result.label is not None:
             summary.metrics["label_accuracy"] = label_accuracy(truth.to_numpy(), result.label)
     return summary
+
+
+def run_record(bundle: Bundle, coverage: float, params: dict[str, Any]) -> dict[str, Any]:
+    """What ``uns[key_added]`` holds after labelling: the model, its hash, the gene coverage and
+    the parameters of the call (Scanpy records ``uns[key]['params']`` the same way)."""
+    return {
+        "params": {k: ("" if v is None else v) for k, v in params.items()},  # h5ad cannot store None
+        "model": bundle.source,
+        "model_sha256": sha256_bytes(bundle.model_bytes),
+        "gene_coverage": float(coverage),
+        "cluster_names": bundle.cluster_names or [],
+    }
+
+
+def annotate(
+    data: Any,
+    model: str | Path | Predictor | None = None,
+    *,
+    key_added: str = KEY_ADDED,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    total_counts_key: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
+    copy: bool = False,
+) -> Any:
+    """Label the cells of an AnnData (or of an ``.h5ad`` path, read whole) with a model bundle
+    (default: the shipped model) and return the AnnData with ``obs['{key_added}_cluster']``,
+    ``_label``, ``_confidence``, ``_distance``, ``_unassigned``, ``obsm['X_{key_added}']`` and
+    ``uns[key_added]`` (model, hash, gene coverage, ``params``). An AnnData passed in is written
+    into (or into a copy with ``copy=True``); a file on disk is never modified.
+
+    >>> import sccsa_infer
+    >>> adata = sccsa_infer.annotate("pbmc.h5ad", key_added="pbmc")   # doctest: +SKIP
+    >>> adata.obs["pbmc_label"].value_counts()                        # doctest: +SKIP
+    """
+    import anndata
+
+    if isinstance(data, (str, Path)):
+        adata = read_h5ad(data)
+    elif isinstance(data, anndata.AnnData):
+        adata = data.copy() if copy else data
+    else:
+        raise InputDataError(f"annotate() takes an AnnData or an .h5ad path, not {type(data).__name__}.")
+    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    result = predictor.predict(adata, layer=layer, gene_key=gene_key, total_counts=total_counts_key,
+                               batch_size=batch_size, min_coverage=min_coverage)
+    for key, values in result.obs_columns(key_added).items():
+        adata.obs[key] = values
+    adata.obsm.update(result.obsm(key_added))
+    params = {"key_added": key_added, "layer": layer, "gene_key": gene_key, "total_counts_key": total_counts_key,
+              "min_coverage": min_coverage}
+    adata.uns[key_added] = run_record(predictor.bundle, result.gene_coverage or 0.0, params)
+    log.info("annotated %d cells with %s as %r", adata.n_obs, predictor.bundle.source, key_added)
+    return adata

@@ -13,7 +13,7 @@ from . import __version__
 from .align import DEFAULT_MIN_COVERAGE
 from .annotate import annotate_file
 from .bundle import load_bundle
-from .clierrors import friendly_errors
+from .clierrors import friendly_errors, verbosity_options
 from .predictor import DEFAULT_BATCH_SIZE, MODEL_ENV, Predictor, default_bundle_path
 from .selftest import run_selftest
 
@@ -60,6 +60,7 @@ def main() -> None:
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True,
               help="Replace an existing --out file, if sccsa wrote it (other files are never replaced).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@verbosity_options
 @friendly_errors
 def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_key: str | None,
             total_counts_key: str | None, batch_size: int,
@@ -101,6 +102,7 @@ def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_k
 @main.command()
 @click.argument("bundle", required=False, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole metadata as JSON.")
+@verbosity_options
 @friendly_errors
 def info(bundle: Path | None, as_json: bool) -> None:
     """Show what a model bundle contains (default: the shipped model).
@@ -123,9 +125,11 @@ def info(bundle: Path | None, as_json: bool) -> None:
     click.echo(f"input         {loaded.input_kind}, {len(genes)} genes ({', '.join(genes[:5])}, ...)")
     click.echo(f"clusters      {loaded.n_clusters}" + (f": {', '.join(names)}" if names else " (unnamed)"))
     click.echo(f"latent dim    {loaded.latent_dim}")
-    for label, key in (("genes", "gene_selection"), ("gene order", "gene_order"), ("cc", "cc"),
-                       ("labels key", "labels_key"), ("trained on", "n_cells"), ("seed", "seed")):
-        if key in training:
+    for label, keys in (("genes", ("genes",)), ("gene order", ("gene_order",)), ("cc", ("cc",)),
+                        ("labels key", ("labels_key",)), ("trained on", ("n_cells",)),
+                        ("random state", ("random_state", "seed"))):  # 'seed': bundles before 0.2
+        key = next((k for k in keys if k in training), None)
+        if key is not None:
             click.echo(f"{label:<14}{training[key]}")
     if meta.get("metrics"):
         click.echo("metrics       " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in meta["metrics"].items()))
@@ -135,6 +139,7 @@ def info(bundle: Path | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("bundle", required=False, type=click.Path(path_type=Path))
+@verbosity_options
 @friendly_errors
 def verify(bundle: Path | None) -> None:
     """Check a bundle's file hashes and metadata, then run its self-test.

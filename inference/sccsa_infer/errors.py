@@ -15,6 +15,11 @@ class InputDataError(SccsaError, ValueError):
     """The cells × genes data cannot be used as given (values, genes, shape)."""
 
 
+class InvalidParameterError(SccsaError, ValueError, TypeError):
+    """A parameter of the estimator or an option of a CLI is out of its range or choices
+    (the name scikit-learn gives the same error)."""
+
+
 class BundleError(SccsaError):
     """A model bundle is missing, corrupt, tampered with or of an unknown schema."""
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ from .io import matrix_and_genes
 from .validate import check_library_sizes, check_values
 from .versions import warn_on_version_mismatch
 
+log = logging.getLogger(__name__)
+
 UNASSIGNED = "unassigned"
+KEY_ADDED = "sccsa"  # prefix of every obs/obsm/uns key sccsa writes (Scanpy's key_added)
 DEFAULT_BATCH_SIZE = 4096
 MODEL_ENV = "SCCSA_MODEL"
 
@@ -54,6 +58,26 @@ class Prediction:
     latent: np.ndarray
     prob: np.ndarray
     cluster_names: list[str] | None = None
+    gene_coverage: float | None = None
+
+    @classmethod
+    def from_outputs(cls, raw: Mapping[str, np.ndarray], thresholds: np.ndarray, cluster_names: list[str] | None,
+                     empty: np.ndarray) -> Prediction:
+        """Results from the graph's outputs (``label``, ``prob``, ``latent``, ``distance``): the one
+        place where confidence and ``unassigned`` are derived, for ONNX Runtime and torch alike.
+        ``empty`` marks cells with no counts in the model's genes (always unassigned)."""
+        cluster = np.asarray(raw["label"]).astype(np.int64)
+        distance = np.asarray(raw["distance"]).astype(np.float32)
+        prob = np.asarray(raw["prob"]).astype(np.float32)
+        return cls(
+            cluster=cluster,
+            confidence=prob.max(axis=1),
+            distance=distance,
+            unassigned=(distance > np.asarray(thresholds, dtype=np.float32)[cluster]) | np.asarray(empty, dtype=bool),
+            latent=np.asarray(raw["latent"]).astype(np.float32),
+            prob=prob,
+            cluster_names=cluster_names,
+        )
 
     @classmethod
     def empty(cls, n: int, n_clusters: int, latent_dim: int, cluster_names: list[str] | None) -> Prediction:
@@ -84,26 +108,33 @@ class Prediction:
         names = np.asarray(self.cluster_names, dtype=object)[self.cluster]
         return np.where(self.unassigned, UNASSIGNED, names)
 
-    def obs_columns(self) -> dict[str, Any]:
-        """The ``obs`` columns sccsa writes, keyed as in the output files."""
+    def obs_columns(self, key_added: str = KEY_ADDED) -> dict[str, Any]:
+        """The ``obs`` columns sccsa writes (``{key_added}_cluster``, ``_label`` when the model has
+        names, ``_confidence``, ``_distance``, ``_unassigned``): the one output schema of the CLI,
+        :func:`sccsa_infer.annotate` and ``SCCSA.annotate``."""
         k = self.prob.shape[1]
         columns: dict[str, Any] = {
-            "sccsa_cluster": pd.Categorical(self.cluster.astype(str), categories=[str(i) for i in range(k)]),
+            f"{key_added}_cluster": pd.Categorical(self.cluster.astype(str), categories=[str(i) for i in range(k)]),
         }
         if self.cluster_names is not None:
             categories = list(dict.fromkeys([*self.cluster_names, UNASSIGNED]))
-            columns["sccsa_label"] = pd.Categorical(self.label, categories=categories)
-        columns["sccsa_confidence"] = self.confidence
-        columns["sccsa_distance"] = self.distance
-        columns["sccsa_unassigned"] = self.unassigned
+            columns[f"{key_added}_label"] = pd.Categorical(self.label, categories=categories)
+        columns[f"{key_added}_confidence"] = self.confidence
+        columns[f"{key_added}_distance"] = self.distance
+        columns[f"{key_added}_unassigned"] = self.unassigned
         return columns
 
-    def to_frame(self, index: Sequence[str] | pd.Index | None = None, *, latent: bool = False) -> pd.DataFrame:
-        """A table of the obs columns (plus ``sccsa_latent_*`` columns with ``latent``)."""
-        frame = pd.DataFrame(self.obs_columns(), index=None if index is None else pd.Index(index))
+    def obsm(self, key_added: str = KEY_ADDED) -> dict[str, np.ndarray]:
+        """The ``obsm`` entry sccsa writes: the latent coordinates as ``X_{key_added}``."""
+        return {f"X_{key_added}": self.latent}
+
+    def to_frame(self, index: Sequence[str] | pd.Index | None = None, *, latent: bool = False,
+                 key_added: str = KEY_ADDED) -> pd.DataFrame:
+        """A table of the obs columns (plus ``{key_added}_latent_*`` columns with ``latent``)."""
+        frame = pd.DataFrame(self.obs_columns(key_added), index=None if index is None else pd.Index(index))
         if latent:
             for j in range(self.latent.shape[1]):
-                frame[f"sccsa_latent_{j}"] = self.latent[:, j]
+                frame[f"{key_added}_latent_{j}"] = self.latent[:, j]
         return frame
 
 
@@ -139,6 +170,8 @@ class Predictor:
             raise BundleError(f"{bundle.source}: model.onnx cannot be loaded by ONNX Runtime ({exc}).") from None
         self._check_contract()
         self.thresholds = np.asarray(bundle.thresholds, dtype=np.float32)
+        log.info("loaded model %s: %d genes, K=%d, input %s, ONNX Runtime %s", bundle.source, len(bundle.genes),
+                 bundle.n_clusters, bundle.input_kind, ort.__version__)
         warn_on_version_mismatch(bundle.metadata.get("versions", {}), bundle.source)
 
     def _check_contract(self) -> None:
@@ -193,18 +226,7 @@ class Predictor:
             totals = check_library_sizes(total_counts, totals, "total_counts")
         panel = alignment.take(matrix)
         raw = self.run(panel, totals)
-        distance = raw["distance"].astype(np.float32)
-        cluster = raw["label"].astype(np.int64)
-        empty = panel.sum(axis=1) == 0
-        return Prediction(
-            cluster=cluster,
-            confidence=raw["prob"].max(axis=1).astype(np.float32),
-            distance=distance,
-            unassigned=(distance > self.thresholds[cluster]) | empty,
-            latent=raw["latent"].astype(np.float32),
-            prob=raw["prob"].astype(np.float32),
-            cluster_names=self.bundle.cluster_names,
-        )
+        return Prediction.from_outputs(raw, self.thresholds, self.bundle.cluster_names, panel.sum(axis=1) == 0)
 
     def predict(
         self,
@@ -236,4 +258,5 @@ class Predictor:
             totals = None if total_counts is None else np.asarray(total_counts)[start : start + batch_size]
             part = self.predict_chunk(matrix[start : start + batch_size], alignment, total_counts=totals, row_offset=start)
             result.put(start, part)
+        result.gene_coverage = alignment.coverage
         return result

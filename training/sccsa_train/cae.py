@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .options import DEFAULT_CHANNELS
+from .options import default
 
 KERNELS = (5, 5, 3)
 
@@ -27,8 +27,8 @@ def _half(size: int) -> int:
 class ConvAutoencoder(nn.Module):
     """Encoder/decoder pair; ``encode`` gives z, ``decode`` gives the reconstructed vector."""
 
-    def __init__(self, n_genes: int, latent_dim: int = 10, channels: tuple[int, int, int] = DEFAULT_CHANNELS,
-                 batch_norm: bool = True):
+    def __init__(self, n_genes: int, latent_dim: int = default("latent_dim"),
+                 channels: tuple[int, int, int] = default("channels"), batch_norm: bool = default("batch_norm")):
         super().__init__()
         self.n_genes = n_genes
         self.side = math.ceil(math.sqrt(n_genes))

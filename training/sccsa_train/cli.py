@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,12 @@ import numpy as np
 from sccsa_infer import __version__
 from sccsa_infer.atomic import atomic_output, check_no_overlap, check_writable
 from sccsa_infer.bundle import OWN_BUNDLES
-from sccsa_infer.clierrors import friendly_errors
+from sccsa_infer.clierrors import friendly_errors, verbosity_options
 from sccsa_infer.errors import InputDataError
 from sccsa_infer.io import OWN_RESULTS, read_h5ad
 from sccsa_infer.metrics import check_eval_labels, evaluate
-from sccsa_infer.validate import INPUT_KINDS
 
-from .options import CC_MODES, CENTROID_INITS, GENE_ORDERS, GENE_SELECTIONS
+from .options import OPTIONS, Option
 
 
 class ClusterCount(click.ParamType):
@@ -41,53 +41,58 @@ class ClusterCount(click.ParamType):
         return k
 
 
+class Channels(click.ParamType):
+    """Three positive integers, e.g. ``16,32,64``."""
+
+    name = "C1,C2,C3"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            channels = tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not three comma-separated integers", param, ctx)
+        if len(channels) != 3 or min(channels) < 1:
+            self.fail(f"{value!r} is not three positive integers", param, ctx)
+        return channels  # type: ignore[return-value]
+
+
+def _click_type(option: Option) -> Any:
+    if option.kind == "k":
+        return ClusterCount()
+    if option.kind == "channels":
+        return Channels()
+    if option.choices:
+        return click.Choice(option.choices)
+    if option.kind is int:
+        return click.IntRange(None if option.low is None else int(option.low), option.high)
+    if option.kind is float:
+        return click.FloatRange(option.low, option.high, min_open=option.low_open)
+    return str
+
+
+def table_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one click option per entry of :data:`OPTIONS` (flag = parameter name with dashes)."""
+    for option in reversed(OPTIONS):
+        if option.kind is bool:
+            flags = [f"{option.flag}/--no-{option.flag[2:]}"]
+            decorator = click.option(*flags, option.name, default=option.default, show_default=True, help=option.help)
+        else:
+            flags = [option.flag, *option.aliases, *([option.short] if option.short else [])]
+            shown = ",".join(map(str, option.default)) if option.kind == "channels" else option.default
+            decorator = click.option(*flags, option.name, type=_click_type(option), default=option.default,
+                                     show_default=shown if option.default is not None else False, help=option.help)
+        command = decorator(command)
+    return command
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="sccsa-train")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Where to write the model bundle: a folder, or a file name ending in .zip.")
-@click.option("--n-clusters", "-k", type=ClusterCount(), default="auto", show_default=True,
-              help="Number of clusters K, or 'auto' (the number of --labels-key classes when given, "
-                   "else estimated from the data: see README).")
-@click.option("--n-genes", default=1000, show_default=True, type=click.IntRange(4),
-              help="Number of genes the model reads (F-test or HVG selection).")
-@click.option("--genes", "gene_selection", type=click.Choice(GENE_SELECTIONS), default="ftest", show_default=True,
-              help="ftest: SelectKBest(f_classif) on pseudo-labels (or --labels-key); hvg: Scanpy highly variable genes.")
-@click.option("--labels-key", default=None,
-              help="obs column of known cell types: the F-test uses them (reference-atlas mode) and clusters get their names.")
-@click.option("--gene-order", type=click.Choice(GENE_ORDERS), default="correlation", show_default=True,
-              help="Order of genes in the 1-D signal/2-D image: correlation (co-expressed genes adjacent), fscore, input.")
-@click.option("--cc", type=click.Choice(CC_MODES), default="sa", show_default=True,
-              help="Coefficient compression: sa (self-attention, per-cell alpha), fixed (--alpha), off (no autocorrelation).")
-@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1),
-              help="Weight of the expression channel with --cc fixed (1 = expression only).")
-@click.option("--latent-dim", default=10, show_default=True, type=click.IntRange(2), help="Latent dimension L.")
-@click.option("--input-kind", type=click.Choice(INPUT_KINDS), default="counts", show_default=True,
-              help="counts: raw integer counts; abundance: RPKM/FPKM/TPM (normalised + log1p like counts); "
-                   "lognorm: already log1p-normalised (used as is).")
-@click.option("--layer", default=None, help="Use adata.layers[LAYER] instead of X (e.g. counts).")
-@click.option("--total-counts-key", default=None,
-              help="obs column with each cell's library size over ALL genes, for files that hold only a subset of "
-                   "genes (default: the row sums). Serving then needs the same option or full-gene queries.")
-@click.option("--pretrain-epochs", default=60, show_default=True, type=click.IntRange(1), help="Stage 1 epochs.")
-@click.option("--cluster-epochs", default=100, show_default=True, type=click.IntRange(0),
-              help="Stage 2 maximum epochs (stops earlier when < --tol of labels change).")
-@click.option("--tol", default=0.001, show_default=True, type=click.FloatRange(0, 1),
-              help="Stage 2 stops when fewer than this fraction of labels change in an epoch.")
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(2))
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True), help="Stage 1 learning rate.")
-@click.option("--cluster-lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True), help="Stage 2 learning rate.")
-@click.option("--beta-scale", default=5.0, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Softness of r: beta = beta_scale / (mean squared distance to the nearest centroid at init).")
-@click.option("--init", "centroid_init", type=click.Choice(CENTROID_INITS), default="kmeans", show_default=True,
-              help="Initial centroids: K-means on the pretrained latent, or the latent means of the labels the "
-                   "gene selection used (consensus pseudo-labels, or --labels-key).")
-@click.option("--kl-weight", default=1.0, show_default=True, type=click.FloatRange(0), help="alpha1, weight of KL(R||P).")
-@click.option("--recon-weight", default=100.0, show_default=True, type=click.FloatRange(0), help="alpha2, weight of the reconstruction MSE.")
-@click.option("--latent-norm-weight", default=0.0, show_default=True, type=click.FloatRange(0), help="lambda of the -lambda*z'z term.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same labels on CPU).")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
-              help="auto uses a CUDA GPU when torch sees one.")
+@table_options
 @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for torch (default: torch's choice).")
 @click.option("--eval-key", default=None,
               help="obs column of true labels, read only AFTER training to print ARI/NMI/ACC (never used by the fit).")
@@ -96,13 +101,10 @@ class ClusterCount(click.ParamType):
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing --out bundle (only an sccsa bundle or an empty folder) and --write-adata "
                    "file (only one sccsa wrote); anything else is refused before training.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@verbosity_options
 @friendly_errors
-def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_selection: str, labels_key: str | None,
-         gene_order: str, cc: str, alpha: float, latent_dim: int, input_kind: str, layer: str | None, total_counts_key: str | None,
-         pretrain_epochs: int, cluster_epochs: int, tol: float, batch_size: int, lr: float, cluster_lr: float,
-         beta_scale: float, centroid_init: str, kl_weight: float, recon_weight: float, latent_norm_weight: float, seed: int, device: str,
-         threads: int | None, eval_key: str | None, write_adata: Path | None, overwrite: bool, progress: bool) -> None:
+def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write_adata: Path | None, overwrite: bool,
+         **params: Any) -> None:
     """Fit scCompressSA on DATA (.h5ad, cells × genes, raw counts by default) and export a bundle.
 
     Steps: QC + normalise/log1p (Scanpy), F-test gene selection on consensus pseudo-labels
@@ -113,7 +115,7 @@ def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_select
     Examples:
       sccsa-train pbmc.h5ad -k 8 --out pbmc_model/
       sccsa-train atlas.h5ad --labels-key cell_type --layer counts --out atlas_model.zip
-      sccsa-train pbmc.h5ad -k 8 --eval-key cell_type --seed 1 --out m/ --write-adata pbmc_sccsa.h5ad
+      sccsa-train pbmc.h5ad -k 8 --eval-key cell_type --random-state 1 --out m/ --write-adata pbmc_sccsa.h5ad
       sccsa-train rpkm.h5ad -k 7 --input-kind abundance --out m/
     """
     started = time.perf_counter()
@@ -135,15 +137,8 @@ def main(data: Path, out: Path, n_clusters: int | str, n_genes: int, gene_select
             raise InputDataError(f"--eval-key {eval_key!r} is not an obs column; available: {', '.join(adata.obs.columns)}.")
         truth = adata.obs[eval_key].to_numpy()
         check_eval_labels(truth, eval_key)
-    blinded = adata if eval_key in (None, labels_key) else _without_obs_column(adata, eval_key)
-    model = SCCSA(n_clusters, n_genes=n_genes, genes=gene_selection, labels_key=labels_key, gene_order=gene_order,
-                  cc=cc, alpha=alpha, latent_dim=latent_dim, input_kind=input_kind, layer=layer,
-                  total_counts_key=total_counts_key,
-                  pretrain_epochs=pretrain_epochs, cluster_epochs=cluster_epochs, batch_size=batch_size, lr=lr,
-                  cluster_lr=cluster_lr, tol=tol, beta_scale=beta_scale, init=centroid_init,
-                  kl_weight=kl_weight,
-                  reconstruction_weight=recon_weight, latent_norm_weight=latent_norm_weight, seed=seed,
-                  device=device, progress=progress)
+    blinded = adata if eval_key in (None, params["labels_key"]) else _without_obs_column(adata, eval_key)
+    model = SCCSA(**params)
     labels = model.fit_predict(blinded)
     metrics = {}
     if truth is not None:

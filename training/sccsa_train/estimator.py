@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -14,9 +14,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
 from sccsa_infer.align import align_genes
+from sccsa_infer.bundle import OUTPUT_NAMES
 from sccsa_infer.errors import InputDataError, SccsaWarning
-from sccsa_infer.validate import INPUT_KINDS, check_values, warn_duplicate_cells
+from sccsa_infer.predictor import KEY_ADDED, Prediction
+from sccsa_infer.validate import check_values, warn_duplicate_cells
 
 from . import n_clusters as n_clusters_estimation
 from .fit import History, Schedule, embed_all, resolve_device, seed_everything, torch_threads_kept, train
@@ -24,11 +29,14 @@ from .genes import GenePanel, build_panel, fit_selector
 from .graph import ServingGraph
 from .model import SCCSANet
 from .objective import ObjectiveWeights
-from .options import CC_MODES, CENTROID_INITS, DEFAULT_CHANNELS, GENE_ORDERS, GENE_SELECTIONS
+from .options import default, validate
 from .preprocess import MIN_CELLS_PER_GENE, expression_matrix, library_sizes, prepare
 from .pseudolabels import consensus_labels
 
+log = logging.getLogger(__name__)
+
 THRESHOLD_QUANTILE = 0.995
+PREDICT_CHUNK = 4096
 MIN_CELLS_PER_CLUSTER = 10
 
 
@@ -54,49 +62,52 @@ class FittedState:
     n_cells: int
 
 
-class SCCSA:
+class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
     """scCompressSA clustering of single cells (Zhang et al., BMC Genomics 2024).
 
-    Parameters mirror ``sccsa-train``'s options. ``fit`` never modifies the AnnData it is given;
-    use :meth:`annotate` to write ``obs['sccsa_cluster']`` / ``obsm['X_sccsa']`` into one.
+    A scikit-learn estimator (``clone``, ``get_params``/``set_params``, grid search, pipelines)
+    whose ``X`` is an AnnData of raw counts (or ``layer``): gene names matter, so a bare matrix is
+    not enough. Parameters, their ranges and defaults are :data:`sccsa_train.options.OPTIONS`,
+    the same table ``sccsa-train`` builds its options from. ``fit`` never modifies the AnnData it
+    is given; use :meth:`annotate` to write results into one.
 
-    >>> model = SCCSA(n_clusters=8, seed=0).fit(adata)        # doctest: +SKIP
-    >>> model.labels_                                          # doctest: +SKIP
-    >>> model.annotate(adata)                                  # doctest: +SKIP
-    >>> model.export("pbmc_bundle")                            # doctest: +SKIP
+    >>> model = SCCSA(n_clusters=8, random_state=0).fit(adata)   # doctest: +SKIP
+    >>> model.labels_                                             # doctest: +SKIP
+    >>> model.annotate(adata)                                     # doctest: +SKIP
+    >>> model.export("pbmc_bundle")                               # doctest: +SKIP
     """
 
     def __init__(
         self,
-        n_clusters: int | str = "auto",
+        n_clusters: int | str = default("n_clusters"),
         *,
-        n_genes: int = 1000,
-        genes: str = "ftest",
-        labels_key: str | None = None,
-        gene_order: str = "correlation",
-        cc: str = "sa",
-        alpha: float = 0.5,
-        latent_dim: int = 10,
-        attention_dim: int = 128,
-        channels: tuple[int, int, int] = DEFAULT_CHANNELS,
-        batch_norm: bool = False,
-        input_kind: str = "counts",
-        layer: str | None = None,
-        total_counts_key: str | None = None,
-        pretrain_epochs: int = 60,
-        cluster_epochs: int = 100,
-        batch_size: int = 256,
-        lr: float = 1e-3,
-        cluster_lr: float = 1e-4,
-        tol: float = 0.001,
-        beta_scale: float = 5.0,
-        init: str = "kmeans",
-        kl_weight: float = 1.0,
-        reconstruction_weight: float = 100.0,
-        latent_norm_weight: float = 0.0,
-        seed: int = 0,
-        device: str = "auto",
-        progress: bool = True,
+        n_genes: int = default("n_genes"),
+        genes: str = default("genes"),
+        labels_key: str | None = default("labels_key"),
+        gene_order: str = default("gene_order"),
+        cc: str = default("cc"),
+        alpha: float = default("alpha"),
+        latent_dim: int = default("latent_dim"),
+        attention_dim: int = default("attention_dim"),
+        channels: tuple[int, int, int] = default("channels"),
+        batch_norm: bool = default("batch_norm"),
+        input_kind: str = default("input_kind"),
+        layer: str | None = default("layer"),
+        total_counts_key: str | None = default("total_counts_key"),
+        pretrain_epochs: int = default("pretrain_epochs"),
+        cluster_epochs: int = default("cluster_epochs"),
+        batch_size: int = default("batch_size"),
+        lr: float = default("lr"),
+        cluster_lr: float = default("cluster_lr"),
+        tol: float = default("tol"),
+        beta_scale: float = default("beta_scale"),
+        init: str = default("init"),
+        kl_weight: float = default("kl_weight"),
+        reconstruction_weight: float = default("reconstruction_weight"),
+        latent_norm_weight: float = default("latent_norm_weight"),
+        random_state: int = default("random_state"),
+        device: str = default("device"),
+        progress: bool = default("progress"),
     ):
         self.n_clusters = n_clusters
         self.n_genes = n_genes
@@ -107,7 +118,7 @@ class SCCSA:
         self.alpha = alpha
         self.latent_dim = latent_dim
         self.attention_dim = attention_dim
-        self.channels = tuple(channels)
+        self.channels = channels
         self.batch_norm = batch_norm
         self.input_kind = input_kind
         self.layer = layer
@@ -123,33 +134,9 @@ class SCCSA:
         self.kl_weight = kl_weight
         self.reconstruction_weight = reconstruction_weight
         self.latent_norm_weight = latent_norm_weight
-        self.seed = seed
+        self.random_state = random_state
         self.device = device
         self.progress = progress
-
-    # ------------------------------------------------------------------ parameters
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (recorded in the bundle as the training options)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
-
-    def _check_params(self) -> None:
-        if self.genes not in GENE_SELECTIONS:
-            raise InputDataError(f"genes must be one of {', '.join(GENE_SELECTIONS)}, not {self.genes!r}.")
-        if self.gene_order not in GENE_ORDERS:
-            raise InputDataError(f"gene_order must be one of {', '.join(GENE_ORDERS)}, not {self.gene_order!r}.")
-        if self.cc not in CC_MODES:
-            raise InputDataError(f"cc must be one of {', '.join(CC_MODES)}, not {self.cc!r}.")
-        if self.init not in CENTROID_INITS:
-            raise InputDataError(f"init must be one of {', '.join(CENTROID_INITS)}, not {self.init!r}.")
-        if self.input_kind not in INPUT_KINDS:
-            raise InputDataError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, not {self.input_kind!r}.")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise InputDataError(f"alpha must lie in [0, 1], not {self.alpha}.")
-        if self.n_genes < 4:
-            raise InputDataError(f"n_genes must be at least 4, not {self.n_genes}.")
-        if self.n_clusters != "auto" and (not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2):
-            raise InputDataError(f"n_clusters must be 'auto' or an integer ≥ 2, not {self.n_clusters!r}.")
 
     def _schedule(self) -> Schedule:
         return Schedule(
@@ -160,9 +147,12 @@ class SCCSA:
         )
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, adata: ad.AnnData) -> SCCSA:
-        """Select genes, train the network and the centroids on ``adata`` (raw counts by default)."""
-        self._check_params()
+    def fit(self, X: ad.AnnData, y: Any = None) -> SCCSA:
+        """Select genes, train the network and the centroids on the AnnData ``X`` (raw counts by
+        default). ``y`` is ignored: it is accepted for the scikit-learn protocol, and true labels
+        never steer training (reference labels are given by name with ``labels_key``)."""
+        validate(self.get_params())
+        adata = X
         timings: dict[str, float] = {}
         started = time.perf_counter()
         with torch_threads_kept():  # Scanpy below may reset torch's threads (see torch_threads_kept)
@@ -180,25 +170,30 @@ class SCCSA:
             user_labels = self._user_labels(adata, fit_rows)
             k, k_method = self._resolve_k(lognorm, len(fit_rows), user_labels)
             timings["preprocess"] = time.perf_counter() - started
+            log.info("preprocessed %d cells × %d genes (%d pass QC); K=%d (%s) in %.1f s", len(fit_rows),
+                     len(data.all_genes), len(data.genes), k, k_method, timings["preprocess"])
 
             mark = time.perf_counter()
             pseudo = None
             selection_labels = user_labels
             if user_labels is None and (self.genes == "ftest" or self.init == "labels"):
-                pseudo = consensus_labels(lognorm, k, seed=self.seed).labels
+                pseudo = consensus_labels(lognorm, k, seed=self.random_state).labels
                 selection_labels = pseudo
             selector = fit_selector(lognorm, data.genes, self.n_genes, self.genes, selection_labels)
             panel, panel_values = build_panel(lognorm, data.genes, selector, self.gene_order)
             timings["gene_selection"] = time.perf_counter() - mark
+            log.info("selected %d genes (%s on %s), ordered by %s, in %.1f s", len(panel.genes), self.genes,
+                     "pseudo-labels" if pseudo is not None else ("labels" if user_labels is not None else "data"),
+                     self.gene_order, timings["gene_selection"])
 
         mark = time.perf_counter()
         device = resolve_device(self.device)
-        seed_everything(self.seed)
+        seed_everything(self.random_state)
         net = SCCSANet(len(panel.genes), k, latent_dim=self.latent_dim, cc=self.cc, alpha=self.alpha,
-                       attention_dim=self.attention_dim, channels=self.channels, batch_norm=self.batch_norm).to(device)
+                       attention_dim=self.attention_dim, channels=tuple(self.channels), batch_norm=self.batch_norm).to(device)
         x = torch.from_numpy(panel.standardise(panel_values)).to(device)
         start_labels = _start_labels(selection_labels, k) if self.init == "labels" else None
-        labels, history = train(net, x, self._schedule(), seed=self.seed, progress=self.progress,
+        labels, history = train(net, x, self._schedule(), seed=self.random_state, progress=self.progress,
                                 start_labels=start_labels)
         timings["train"] = time.perf_counter() - mark
 
@@ -218,6 +213,7 @@ class SCCSA:
         self._fit_rows = fit_rows
         self._n_obs = adata.n_obs
         timings["total"] = time.perf_counter() - started
+        log.info("fitted %d cells into %d clusters in %.1f s", len(fit_rows), k, timings["total"])
         return self
 
     def _user_labels(self, adata: ad.AnnData, rows: np.ndarray) -> np.ndarray | None:
@@ -240,7 +236,7 @@ class SCCSA:
             if user_labels is not None:
                 k, method = len(np.unique(user_labels)), f"number of distinct {self.labels_key}"
             else:
-                k, method = n_clusters_estimation.estimate(lognorm, seed=self.seed), n_clusters_estimation.METHOD
+                k, method = n_clusters_estimation.estimate(lognorm, seed=self.random_state), n_clusters_estimation.METHOD
         else:
             k, method = int(self.n_clusters), "given"
         if k > n_cells:
@@ -261,8 +257,7 @@ class SCCSA:
         return k, method
 
     def _fitted(self) -> FittedState:
-        if not hasattr(self, "state_"):
-            raise RuntimeError("This SCCSA model is not fitted yet; call fit(adata) first.")
+        check_is_fitted(self, "state_", msg="This SCCSA model is not fitted yet; call fit(adata) first.")
         return self.state_
 
     # ------------------------------------------------------------------ results
@@ -292,51 +287,54 @@ class SCCSA:
     def history_(self) -> History:
         return self._fitted().history
 
-    def fit_predict(self, adata: ad.AnnData) -> np.ndarray:
-        """``fit`` and return the cluster of every cell."""
-        return self.fit(adata).labels_
-
     def serving_graph(self) -> ServingGraph:
         """The torch module that the ONNX export traces (counts + library size → outputs)."""
         state = self._fitted()
         return ServingGraph(self.net_, state.panel, state.input_kind).eval()
 
-    def _run(self, adata: ad.AnnData, layer: str | None) -> dict[str, np.ndarray]:
+    def _predict(self, adata: ad.AnnData, layer: str | None) -> Prediction:
+        """Run the torch serving graph over ``adata`` in chunks; results as the serving half gives them."""
         state = self._fitted()
         matrix = expression_matrix(adata, layer if layer is not None else self.layer)
         check_values(matrix, state.input_kind, source="the data")
         alignment = align_genes([str(g) for g in adata.var_names], state.panel.genes, source="the data")
         graph = self.serving_graph()
         totals = library_sizes(adata, matrix, self.total_counts_key).astype(np.float32)
-        outputs: dict[str, list[np.ndarray]] = {"label": [], "latent": [], "distance": [], "prob": []}
+        result = Prediction.empty(matrix.shape[0], state.n_clusters, self.latent_dim, state.cluster_names)
         with torch.no_grad():
-            for start in range(0, matrix.shape[0], 4096):
-                chunk = matrix[start : start + 4096]
-                result = graph(torch.from_numpy(alignment.take(chunk)), torch.from_numpy(totals[start : start + 4096]))
-                for name, value in zip(("label", "prob", "latent", "distance"), result):
-                    outputs[name].append(value.numpy())
-        return {name: np.concatenate(parts) for name, parts in outputs.items()}
+            for start in range(0, matrix.shape[0], PREDICT_CHUNK):
+                panel = alignment.take(matrix[start : start + PREDICT_CHUNK])
+                outputs = graph(torch.from_numpy(panel), torch.from_numpy(totals[start : start + PREDICT_CHUNK]))
+                raw = {name: value.numpy() for name, value in zip(OUTPUT_NAMES, outputs)}
+                result.put(start, Prediction.from_outputs(raw, state.thresholds, state.cluster_names,
+                                                          panel.sum(axis=1) == 0))
+        result.gene_coverage = alignment.coverage
+        return result
 
-    def transform(self, adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
-        """Latent coordinates z of the cells of ``adata`` (genes matched by name)."""
-        return self._run(adata, layer)["latent"]
+    def transform(self, X: ad.AnnData, layer: str | None = None) -> np.ndarray:
+        """Latent coordinates z of the cells of the AnnData ``X`` (genes matched by name)."""
+        return self._predict(X, layer).latent
 
-    def predict(self, adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
-        """Nearest-centroid cluster of the cells of ``adata`` (what the exported graph returns)."""
-        return self._run(adata, layer)["label"].astype(np.int64)
+    def predict(self, X: ad.AnnData, layer: str | None = None) -> np.ndarray:
+        """Nearest-centroid cluster of the cells of the AnnData ``X`` (what the exported graph returns)."""
+        return self._predict(X, layer).cluster
 
-    def annotate(self, adata: ad.AnnData, *, layer: str | None = None, copy: bool = False) -> ad.AnnData | None:
-        """Write ``obs['sccsa_cluster']`` (categorical), ``obs['sccsa_label']`` (when trained with
-        labels), ``obs['sccsa_distance']`` and ``obsm['X_sccsa']`` into ``adata`` (Scanpy style:
-        in place, or on a copy that is returned with ``copy=True``)."""
-        state = self._fitted()
+    def annotate(self, adata: ad.AnnData, *, layer: str | None = None, key_added: str = KEY_ADDED,
+                 copy: bool = False) -> ad.AnnData | None:
+        """Write the serving half's output schema into ``adata``: ``obs['{key_added}_cluster']``,
+        ``_label`` (when trained with labels), ``_confidence``, ``_distance``, ``_unassigned``,
+        ``obsm['X_{key_added}']`` and ``uns[key_added]['params']`` (Scanpy style: in place, or on a
+        copy that is returned with ``copy=True``)."""
         target = adata.copy() if copy else adata
-        outputs = self._run(target, layer)
-        target.obs["sccsa_cluster"] = pd.Categorical(outputs["label"].astype(str), categories=[str(i) for i in range(state.n_clusters)])
-        if state.cluster_names is not None:
-            target.obs["sccsa_label"] = pd.Categorical(np.asarray(state.cluster_names, dtype=object)[outputs["label"]])
-        target.obs["sccsa_distance"] = outputs["distance"]
-        target.obsm["X_sccsa"] = outputs["latent"]
+        result = self._predict(target, layer)
+        for key, values in result.obs_columns(key_added).items():
+            target.obs[key] = values
+        target.obsm.update(result.obsm(key_added))
+        params = {k: ("" if v is None else v) for k, v in self.get_params().items()}
+        params["channels"] = list(params["channels"])
+        target.uns[key_added] = {"params": params, "model": "sccsa_train.SCCSA (torch, in memory)",
+                                 "gene_coverage": float(result.gene_coverage or 0.0),
+                                 "cluster_names": self.state_.cluster_names or []}
         return target if copy else None
 
     def export(self, path: str | Path, *, metrics: dict[str, float] | None = None, overwrite: bool = False) -> Path:

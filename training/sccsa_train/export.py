@@ -42,6 +42,8 @@ from .graph import ServingGraph
 from .preprocess import TARGET_SUM
 from .report import REPORT_PLOT_FILE, build_report, plot_report
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from .estimator import SCCSA
 
@@ -135,7 +137,6 @@ def bundle_metadata(estimator: SCCSA, metrics: dict[str, float]) -> dict[str, An
         **params,
         "n_clusters_resolved": state.n_clusters,
         "n_clusters_method": state.n_clusters_method,
-        "gene_selection": estimator.genes,
         "n_cells": state.n_cells,
         "beta": float(estimator.net_.beta),
         "clip": state.panel.clip,
@@ -173,4 +174,6 @@ def export_bundle(estimator: SCCSA, path: str | Path, *, metrics: dict[str, floa
         REPORT_PLOT_FILE: plot_report(report),
         SELFTEST_FILE: selftest_case(estimator),
     }
-    return write_bundle(path, metadata, files, overwrite=overwrite)
+    written = write_bundle(path, metadata, files, overwrite=overwrite)
+    log.info("exported the bundle to %s (%d genes, K=%d)", written, len(state.panel.genes), state.n_clusters)
+    return written

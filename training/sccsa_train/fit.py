@@ -7,6 +7,7 @@ Evaluation labels never enter this module: nothing here can select epochs or mod
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Iterator
@@ -28,19 +29,22 @@ from .objective import (
     responsibilities,
     update_centroids,
 )
+from .options import default
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Schedule:
     """Optimisation settings of both stages."""
 
-    pretrain_epochs: int = 60
-    cluster_epochs: int = 100
-    batch_size: int = 256
-    pretrain_lr: float = 1e-3
-    cluster_lr: float = 1e-4
-    tol: float = 0.001
-    beta_scale: float = 5.0
+    pretrain_epochs: int = default("pretrain_epochs")
+    cluster_epochs: int = default("cluster_epochs")
+    batch_size: int = default("batch_size")
+    pretrain_lr: float = default("lr")
+    cluster_lr: float = default("cluster_lr")
+    tol: float = default("tol")
+    beta_scale: float = default("beta_scale")
     kmeans_n_init: int = 20
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
 
@@ -189,6 +193,7 @@ def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedu
         history.cluster.append({"epoch": epoch, "loss": loss, "l1": l1, "kl": l2, "reconstruction": l3,
                                 "label_change": change, "seconds": time.perf_counter() - started})
         bar.set_postfix(loss=f"{loss:.3f}", changed=f"{change:.2%}")
+        log.debug("stage 2 epoch %d: loss %.4f, %.2f%% of labels changed", epoch, loss, 100 * change)
         if change < schedule.tol:
             history.converged = True
             break
@@ -206,11 +211,17 @@ def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, 
     started = time.perf_counter()
     pretrain(net, x, schedule, history, generator, progress)
     history.seconds["pretrain"] = time.perf_counter() - started
+    log.info("stage 1 (pretraining): %d epochs, reconstruction %.4f, %.1f s", len(history.pretrain),
+             history.pretrain[-1]["reconstruction"], history.seconds["pretrain"])
     mark = time.perf_counter()
     labels = initialise_centroids(net, x, schedule, seed, start_labels)
     history.beta = float(net.beta)
     history.seconds["kmeans_init"] = time.perf_counter() - mark
+    log.info("centroids from %s in %.1f s", "K-means" if start_labels is None else "label means",
+             history.seconds["kmeans_init"])
     mark = time.perf_counter()
     labels = cluster(net, x, labels, schedule, history, generator, progress)
     history.seconds["cluster"] = time.perf_counter() - mark
+    log.info("stage 2 (clustering): %d epochs, %s, %.1f s", len(history.cluster),
+             "converged" if history.converged else "stopped at the epoch limit", history.seconds["cluster"])
     return labels, history

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .cae import ConvAutoencoder
-from .options import DEFAULT_CHANNELS
+from .options import default
 from .sacc import SACC
 
 
@@ -29,9 +29,10 @@ class SCCSANet(nn.Module):
     KL(R‖P) term.
     """
 
-    def __init__(self, n_genes: int, n_clusters: int, *, latent_dim: int = 10, cc: str = "sa",
-                 alpha: float = 0.5, attention_dim: int = 128,
-                 channels: tuple[int, int, int] = DEFAULT_CHANNELS, batch_norm: bool = False):
+    def __init__(self, n_genes: int, n_clusters: int, *, latent_dim: int = default("latent_dim"),
+                 cc: str = default("cc"), alpha: float = default("alpha"),
+                 attention_dim: int = default("attention_dim"), channels: tuple[int, int, int] = default("channels"),
+                 batch_norm: bool = default("batch_norm")):
         super().__init__()
         self.sacc = SACC(n_genes, mode=cc, alpha=alpha, attention_dim=attention_dim)
         self.cae = ConvAutoencoder(n_genes, latent_dim, channels, batch_norm=batch_norm)

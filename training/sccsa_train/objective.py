@@ -21,14 +21,16 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from .options import default
+
 
 @dataclass(frozen=True)
 class ObjectiveWeights:
     """α1 (KL), α2 (reconstruction), λ (the −λ zᵀz term of L1)."""
 
-    kl: float = 1.0
-    reconstruction: float = 100.0
-    latent_norm: float = 0.0
+    kl: float = default("kl_weight")
+    reconstruction: float = default("reconstruction_weight")
+    latent_norm: float = default("latent_norm_weight")
 
 
 def responsibilities(squared_distances: torch.Tensor, beta: torch.Tensor | float) -> torch.Tensor:

@@ -1,7 +1,145 @@
-"""The choices of the training options (importable without torch, for the CLI's --help)."""
+"""The one table of training options: name, type, range or choices, default and help.
+
+``sccsa-train``'s options (:mod:`sccsa_train.cli`), the validation of :class:`SCCSA`'s
+parameters and the defaults of the internal schedule all come from :data:`OPTIONS`; the bundle
+records the estimator's parameters under the same names. Importable without torch, so that
+``sccsa-train --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sccsa_infer.errors import InvalidParameterError
+from sccsa_infer.validate import INPUT_KINDS
 
 GENE_SELECTIONS: tuple[str, ...] = ("ftest", "hvg")
 GENE_ORDERS: tuple[str, ...] = ("correlation", "fscore", "input")
 CC_MODES: tuple[str, ...] = ("sa", "fixed", "off")
 CENTROID_INITS: tuple[str, ...] = ("kmeans", "labels")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_CHANNELS: tuple[int, int, int] = (16, 32, 64)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One training option. ``kind`` is one of int, float, str, bool, 'k' (``auto`` or an integer
+    ≥ 2), 'channels' (three positive integers) or 'key' (an obs/layer name or None)."""
+
+    name: str
+    kind: Any
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    short: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        """The CLI flag: the parameter name with dashes."""
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any) -> None:
+        """Raise :class:`InvalidParameterError` unless ``value`` is allowed for this option."""
+        problem = self._problem(value)
+        if problem:
+            raise InvalidParameterError(f"{self.name}={value!r} is invalid: {problem} ({self.flag} on the command line).")
+
+    def _problem(self, value: Any) -> str | None:
+        if self.kind == "key":
+            return None if value is None or (isinstance(value, str) and value) else "expected a column/layer name or None"
+        if self.kind == "k":
+            if value == "auto" or (_is_int(value) and value >= 2):
+                return None
+            return "expected 'auto' or an integer ≥ 2"
+        if self.kind == "channels":
+            if isinstance(value, (tuple, list)) and len(value) == 3 and all(_is_int(c) and c >= 1 for c in value):
+                return None
+            return "expected three positive integers, e.g. (16, 32, 64)"
+        if self.kind is bool:
+            return None if isinstance(value, bool) else "expected True or False"
+        if self.kind is str:
+            return None if value in (self.choices or ()) else f"expected one of {', '.join(self.choices or ())}"
+        if self.kind is int and not _is_int(value):
+            return "expected an integer"
+        if self.kind is float and not (_is_number(value) and math.isfinite(value)):
+            return "expected a finite number"
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return f"must be {'>' if self.low_open else '≥'} {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"must be ≤ {self.high:g}"
+        return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("n_clusters", "k", "auto", "Number of clusters K, or 'auto' (the number of labels_key classes when given, "
+           "else estimated from the data: see README).", short="-k"),
+    Option("n_genes", int, 1000, "Number of genes the model reads (F-test or HVG selection).", low=4),
+    Option("genes", str, "ftest", "ftest: SelectKBest(f_classif) on pseudo-labels (or labels_key); hvg: Scanpy highly "
+           "variable genes.", choices=GENE_SELECTIONS),
+    Option("labels_key", "key", None, "obs column of known cell types: the F-test uses them (reference-atlas mode) and "
+           "clusters get their names."),
+    Option("gene_order", str, "correlation", "Order of genes in the 1-D signal/2-D image: correlation (co-expressed "
+           "genes adjacent), fscore, input.", choices=GENE_ORDERS),
+    Option("cc", str, "sa", "Coefficient compression: sa (self-attention, per-cell alpha), fixed (alpha), off (no "
+           "autocorrelation).", choices=CC_MODES),
+    Option("alpha", float, 0.5, "Weight of the expression channel with cc=fixed (1 = expression only).", low=0, high=1),
+    Option("latent_dim", int, 10, "Latent dimension L.", low=2),
+    Option("attention_dim", int, 128, "Width h of the SA-CC projections.", low=1),
+    Option("channels", "channels", DEFAULT_CHANNELS, "Channels of the three convolution layers, e.g. 16,32,64."),
+    Option("batch_norm", bool, False, "BatchNorm after each convolution of the autoencoder."),
+    Option("input_kind", str, "counts", "counts: raw integer counts; abundance: RPKM/FPKM/TPM (normalised + log1p like "
+           "counts); lognorm: already log1p-normalised (used as is).", choices=INPUT_KINDS),
+    Option("layer", "key", None, "Use adata.layers[LAYER] instead of X (e.g. counts)."),
+    Option("total_counts_key", "key", None, "obs column with each cell's library size over ALL genes, for files that "
+           "hold only a subset of genes (default: the row sums). Serving then needs the same option or full-gene "
+           "queries."),
+    Option("pretrain_epochs", int, 60, "Stage 1 epochs.", low=1),
+    Option("cluster_epochs", int, 100, "Stage 2 maximum epochs (stops earlier when < tol of labels change).", low=0),
+    Option("batch_size", int, 256, "Cells per mini-batch.", low=2),
+    Option("lr", float, 1e-3, "Stage 1 learning rate.", low=0, low_open=True),
+    Option("cluster_lr", float, 1e-4, "Stage 2 learning rate.", low=0, low_open=True),
+    Option("tol", float, 0.001, "Stage 2 stops when fewer than this fraction of labels change in an epoch.", low=0,
+           high=1),
+    Option("beta_scale", float, 5.0, "Softness of r: beta = beta_scale / (mean squared distance to the nearest "
+           "centroid at init).", low=0, low_open=True),
+    Option("init", str, "kmeans", "Initial centroids: K-means on the pretrained latent, or the latent means of the "
+           "labels the gene selection used (consensus pseudo-labels, or labels_key).", choices=CENTROID_INITS),
+    Option("kl_weight", float, 1.0, "alpha1, weight of KL(R||P).", low=0),
+    Option("reconstruction_weight", float, 100.0, "alpha2, weight of the reconstruction MSE.", low=0,
+           aliases=("--recon-weight",)),
+    Option("latent_norm_weight", float, 0.0, "lambda of the -lambda*z'z term.", low=0),
+    Option("random_state", int, 0, "Random seed (same seed, same labels on CPU).", aliases=("--seed",)),
+    Option("device", str, "auto", "auto uses a CUDA GPU when torch sees one.", choices=DEVICES),
+    Option("progress", bool, True, "Progress bars on stderr."),
+)
+BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
+def default(name: str) -> Any:
+    """The default of option ``name`` (one source for the estimator, the CLI and the schedule)."""
+    return BY_NAME[name].default
+
+
+def validate(params: Mapping[str, Any]) -> None:
+    """Check every parameter against the table; raise :class:`InvalidParameterError` on the first bad one."""
+    unknown = sorted(set(params) - set(BY_NAME))
+    if unknown:
+        raise InvalidParameterError(f"Unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(BY_NAME)}.")
+    for name, value in params.items():
+        BY_NAME[name].check(value)

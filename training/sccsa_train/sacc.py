@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .options import CC_MODES
+from .options import CC_MODES, default
 
 CCMode = Literal["sa", "fixed", "off"]
 
@@ -66,7 +66,8 @@ class SACC(nn.Module):
     ablation); ``'off'`` passes x through (α = 1).
     """
 
-    def __init__(self, n_genes: int, mode: str = "sa", alpha: float = 0.5, attention_dim: int = 128):
+    def __init__(self, n_genes: int, mode: str = default("cc"), alpha: float = default("alpha"),
+                 attention_dim: int = default("attention_dim")):
         super().__init__()
         if mode not in CC_MODES:
             raise ValueError(f"cc mode must be one of {CC_MODES}, not {mode!r}")

@@ -1,0 +1,138 @@
+"""The Python API behaves like the field's libraries: scikit-learn's estimator protocol, one
+options table behind the estimator and ``sccsa-train``, logging on request (issue 16)."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.base import clone
+from sklearn.metrics import silhouette_score
+from sklearn.model_selection import GridSearchCV
+
+from conftest import FAST_TRAINING, synthetic_counts
+from sccsa_infer.errors import InvalidParameterError
+from sccsa_train import SCCSA
+from sccsa_train.cli import main as train_main
+from sccsa_train.options import BY_NAME, OPTIONS, validate
+
+
+def test_signature_cli_and_table_agree():
+    """One table: every estimator parameter is an option with the same default, and so is every
+    sccsa-train option that configures the model."""
+    signature = inspect.signature(SCCSA).parameters
+    assert list(signature) == [option.name for option in OPTIONS]
+    for option in OPTIONS:
+        assert signature[option.name].default == option.default, option.name
+    cli = {p.name: p for p in train_main.params}
+    for option in OPTIONS:
+        assert option.name in cli, option.name
+        assert cli[option.name].default == option.default, option.name
+        assert option.flag in cli[option.name].opts, option.name
+    help_text = CliRunner().invoke(train_main, ["--help"]).output
+    for option in OPTIONS:
+        assert option.flag in help_text, option.name
+
+
+def test_old_flag_names_still_work():
+    cli = {p.name: p for p in train_main.params}
+    assert "--seed" in cli["random_state"].opts and "--recon-weight" in cli["reconstruction_weight"].opts
+
+
+def test_estimator_protocol_clone_get_set_params():
+    model = SCCSA(4, latent_dim=8, random_state=3)
+    params = model.get_params(deep=True)
+    assert params["n_clusters"] == 4 and params["latent_dim"] == 8 and params["random_state"] == 3
+    copy = clone(model)
+    assert copy is not model and copy.get_params() == params
+    assert model.set_params(cc="off", alpha=0.25) is model and model.cc == "off"
+    assert "cc='off'" in repr(model)
+    validate(model.get_params())
+    with pytest.raises(InvalidParameterError, match="cc='maybe' is invalid"):
+        validate({**model.get_params(), "cc": "maybe"})
+    with pytest.raises(InvalidParameterError, match="Unknown parameter"):
+        validate({"epochs": 3})
+
+
+def test_grid_search_over_an_unsupervised_score():
+    """GridSearchCV runs over sccsa with a score that needs no labels (labels must never choose
+    models): the silhouette of the held-out cells' latent under their predicted clusters."""
+    adata = synthetic_counts(n_cells=180, n_genes=40)
+
+    def silhouette(estimator, X, y=None):
+        return silhouette_score(estimator.transform(X), estimator.predict(X))
+
+    search = GridSearchCV(SCCSA(3, n_genes=30, random_state=0, **FAST_TRAINING),
+                          {"latent_dim": [4, 8]}, scoring=silhouette, cv=2, error_score="raise")
+    search.fit(adata)
+    assert set(search.cv_results_["param_latent_dim"]) == {4, 8}
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert search.best_estimator_.n_clusters_ == 3
+
+
+def test_every_option_has_a_checked_range():
+    for option in OPTIONS:
+        option.check(option.default)
+    with pytest.raises(InvalidParameterError, match="n_genes=2 is invalid: must be ≥ 4"):
+        BY_NAME["n_genes"].check(2)
+
+
+def test_verbose_logs_each_stage(tmp_path):
+    path = tmp_path / "cells.h5ad"
+    synthetic_counts(n_cells=90, n_genes=40).write_h5ad(path)
+    fast = ["--pretrain-epochs", "3", "--cluster-epochs", "2", "--n-genes", "30", "--latent-dim", "4", "--no-progress"]
+    result = CliRunner().invoke(train_main, [str(path), "-k", "3", "--out", str(tmp_path / "m"), "-v", *fast])
+    assert result.exit_code == 0, result.output
+    for line in ("preprocessed 90 cells", "selected 30 genes", "stage 1 (pretraining): 3 epochs",
+                 "stage 2 (clustering)", "exported the bundle"):
+        assert line in result.output, line
+    quiet = CliRunner().invoke(train_main, [str(path), "-k", "3", "--out", str(tmp_path / "q"), "-q", *fast])
+    assert quiet.exit_code == 0 and "stage 1" not in quiet.output and "INFO" not in quiet.output
+
+
+def test_importing_configures_no_logging():
+    code = ("import logging, sccsa_infer, sccsa_train.estimator; "
+            "assert not logging.getLogger().handlers; "
+            "assert not logging.getLogger('sccsa_train').handlers and not logging.getLogger('sccsa_infer').handlers")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_one_call_annotate_with_key_added(bundle_dir, query_h5ad):
+    import anndata as ad
+
+    import sccsa_infer
+
+    adata = ad.read_h5ad(query_h5ad)
+    before = set(adata.obs.columns)
+    returned = sccsa_infer.annotate(adata, bundle_dir, key_added="ref")
+    assert returned is adata  # written in place and returned, as CellTypist's annotate returns its result
+    added = set(adata.obs.columns) - before
+    assert added == {"ref_cluster", "ref_label", "ref_confidence", "ref_distance", "ref_unassigned"}
+    assert "X_ref" in adata.obsm and adata.uns["ref"]["params"]["key_added"] == "ref"
+    assert adata.uns["ref"]["gene_coverage"] == 1.0 and len(adata.uns["ref"]["model_sha256"]) == 64
+    from_path = sccsa_infer.annotate(query_h5ad, bundle_dir)  # a path is read, never modified
+    np.testing.assert_array_equal(from_path.obs["sccsa_cluster"], adata.obs["ref_cluster"])
+    copy = sccsa_infer.annotate(from_path, bundle_dir, key_added="again", copy=True)
+    assert "again_cluster" in copy.obs and "again_cluster" not in from_path.obs
+    with pytest.raises(sccsa_infer.InputDataError, match="AnnData or an .h5ad path"):
+        sccsa_infer.annotate(np.zeros((3, 3)), bundle_dir)
+
+
+def test_training_and_serving_write_one_schema(fitted_model, bundle_dir, query_h5ad):
+    """SCCSA.annotate (torch) and sccsa_infer.annotate (ONNX Runtime) write the same keys and labels."""
+    import anndata as ad
+
+    import sccsa_infer
+
+    served = sccsa_infer.annotate(ad.read_h5ad(query_h5ad), bundle_dir, key_added="k")
+    trained = fitted_model.annotate(ad.read_h5ad(query_h5ad), key_added="k", copy=True)
+    assert list(trained.obs.columns) == list(served.obs.columns) and set(trained.obsm) == set(served.obsm)
+    for key in ("k_cluster", "k_label", "k_unassigned"):
+        np.testing.assert_array_equal(trained.obs[key].to_numpy(), served.obs[key].to_numpy())
+    np.testing.assert_allclose(trained.obsm["X_k"], served.obsm["X_k"], atol=1e-4)
+    assert trained.uns["k"]["params"]["n_genes"] == fitted_model.n_genes
