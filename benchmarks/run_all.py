@@ -22,6 +22,7 @@ def main() -> None:
         ["clustering.py"],
         # the label-mean centroid start beside the default, on the same page
         ["clustering.py", "--resume", "--protocols", "U", "--no-baselines", "--init", "labels"],
+        ["diagnose.py"],
         ["ablations.py"],
         ["k_estimate.py"],
         ["speed.py"],

@@ -1,8 +1,8 @@
 """Copy the headline tables of benchmarks/results/*.md into the README's results section.
 
 The README section between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced
-by the clustering ARI table, the ablation ARI table and the speed summary, each with a link to
-its full results page. Run after the benchmark scripts (``run_all.py`` does).
+by the clustering ARI and label-transfer tables, the per-stage diagnosis, the ablation ARI table
+and the speed summary, each with a link to its full results page. Run after the benchmark scripts (``run_all.py`` does).
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     blocks = [
-        "### Clustering quality (protocols U/S/T vs baselines)\n\n" + section(RESULTS / "clustering.md", ("ARI",), "####"),
+        "### Clustering quality (protocols U/S/T vs baselines)\n\n"
+        + section(RESULTS / "clustering.md", ("ARI", "Label transfer"), "####"),
+        "### Where the signal is lost (each stage of the model, K-means at K)\n\n"
+        + section(RESULTS / "diagnose.md", ("ARI per stage",), "####"),
         "### Ablations\n\n" + section(RESULTS / "ablations.md", ("ARI", "Learned"), "####"),
         "### Speed and memory\n\n" + section(RESULTS / "speed.md", ("Inference", "`sccsa-infer", "Cold", "Training"), "####"),
     ]

@@ -136,3 +136,72 @@ def test_training_and_serving_write_one_schema(fitted_model, bundle_dir, query_h
         np.testing.assert_array_equal(trained.obs[key].to_numpy(), served.obs[key].to_numpy())
     np.testing.assert_allclose(trained.obsm["X_k"], served.obsm["X_k"], atol=1e-4)
     assert trained.uns["k"]["params"]["n_genes"] == fitted_model.n_genes
+
+
+def test_save_load_round_trip(fitted_model, synthetic, tmp_path):
+    import json
+
+    from sccsa_infer.errors import BundleError, OutputError
+
+    path = fitted_model.save(tmp_path / "saved")
+    assert sorted(p.name for p in path.iterdir()) == ["arrays.npz", "sccsa_model.json", "weights.pt"]
+    loaded = SCCSA.load(path)
+    np.testing.assert_array_equal(loaded.transform(synthetic), fitted_model.transform(synthetic))
+    np.testing.assert_array_equal(loaded.labels_, fitted_model.labels_)
+    assert loaded.get_params() == fitted_model.get_params()
+    assert loaded.state_.cluster_names == fitted_model.state_.cluster_names
+    np.testing.assert_array_equal(loaded.state_.selector.get_support(), fitted_model.state_.selector.get_support())
+    with pytest.raises(OutputError, match="already exists"):
+        fitted_model.save(path)
+    fitted_model.save(path, overwrite=True)  # replaces its own saved model
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not a model saved by SCCSA.save"):
+        fitted_model.save(tmp_path / "other", overwrite=True)
+    meta = json.loads((path / "sccsa_model.json").read_text())
+    (path / "sccsa_model.json").write_text(json.dumps(dict(meta, format=99)))
+    with pytest.raises(BundleError, match="newer than this sccsa reads"):
+        SCCSA.load(path)
+
+
+def test_partial_fit_goes_on_training_on_a_new_batch(fitted_model, tmp_path):
+    from sklearn.metrics import adjusted_rand_score
+
+    from sccsa_infer import Predictor
+
+    model = SCCSA.load(fitted_model.save(tmp_path / "saved"))
+    batch = synthetic_counts(n_cells=150, seed=7)
+    centroids = model.net_.centroids.clone()
+    assert model.partial_fit(batch, epochs=2) is model
+    assert len(model.labels_) == 150 and adjusted_rand_score(batch.obs["cell_type"], model.labels_) > 0.9
+    assert not np.allclose(model.net_.centroids.numpy(), centroids.numpy())  # the centroids moved on
+    assert model.genes_ == fitted_model.genes_ and model.state_.cluster_names == fitted_model.state_.cluster_names
+    model.export(tmp_path / "bundle")
+    np.testing.assert_array_equal(Predictor(tmp_path / "bundle").predict(batch).cluster, model.predict(batch))
+    fresh = SCCSA(3, n_genes=30, random_state=0, **FAST_TRAINING).partial_fit(batch)
+    assert fresh.n_clusters_ == 3  # an unfitted model is fitted
+
+
+# scikit-learn's checks that apply to an estimator whose X is an AnnData of counts. The others fit
+# on bare float matrices (no gene names, negative and fractional values), which sccsa refuses by
+# design with an InputDataError that says so (see test_a_bare_matrix_is_refused_clearly).
+APPLICABLE_SKLEARN_CHECKS = [
+    "check_no_attributes_set_in_init", "check_parameters_default_constructible", "check_get_params_invariance",
+    "check_set_params", "check_estimator_repr", "check_do_not_raise_errors_in_init_or_set_params",
+    "check_estimator_cloneable", "check_valid_tag_types", "check_estimator_tags_renamed", "check_mixin_order",
+    "check_estimators_unfitted",
+]
+
+
+@pytest.mark.parametrize("name", APPLICABLE_SKLEARN_CHECKS)
+def test_sklearn_estimator_checks_that_apply(name):
+    from sklearn.utils import estimator_checks
+
+    getattr(estimator_checks, name)("SCCSA", SCCSA(3))
+
+
+def test_a_bare_matrix_is_refused_clearly():
+    from sccsa_infer.errors import InputDataError
+
+    with pytest.raises(InputDataError, match="needs an AnnData"):
+        SCCSA(3).fit(np.ones((20, 5)))

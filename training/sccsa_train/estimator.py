@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,17 @@ from sccsa_infer.predictor import KEY_ADDED, Prediction
 from sccsa_infer.validate import check_values, warn_duplicate_cells
 
 from . import n_clusters as n_clusters_estimation
-from .fit import History, Schedule, embed_all, resolve_device, seed_everything, torch_threads_kept, train
+from .fit import (
+    History,
+    Schedule,
+    cluster,
+    embed_all,
+    resolve_device,
+    seed_everything,
+    torch_threads_kept,
+    train,
+)
+from .fitted import FittedModel, FittedState
 from .genes import GenePanel, build_panel, fit_selector
 from .graph import ServingGraph
 from .model import SCCSANet
@@ -38,28 +48,6 @@ log = logging.getLogger(__name__)
 THRESHOLD_QUANTILE = 0.995
 PREDICT_CHUNK = 4096
 MIN_CELLS_PER_CLUSTER = 10
-
-
-@dataclass
-class FittedState:
-    """What ``fit`` learned besides the network (kept for export and the report)."""
-
-    n_clusters: int
-    n_clusters_method: str
-    selector: Any
-    panel: GenePanel
-    labels: np.ndarray
-    latent: np.ndarray
-    alpha: np.ndarray
-    thresholds: np.ndarray
-    cluster_names: list[str] | None
-    pseudo_labels: np.ndarray | None
-    panel_counts: Any  # CSR, fitted cells × panel genes, raw input values
-    total_counts: np.ndarray  # fitted cells' library sizes over all genes
-    history: History
-    timings: dict[str, float]
-    input_kind: str
-    n_cells: int
 
 
 class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
@@ -152,6 +140,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         default). ``y`` is ignored: it is accepted for the scikit-learn protocol, and true labels
         never steer training (reference labels are given by name with ``labels_key``)."""
         validate(self.get_params())
+        _require_anndata(X)
         adata = X
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -197,23 +186,65 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                                 start_labels=start_labels)
         timings["train"] = time.perf_counter() - mark
 
+        self._store(net, x, labels, data, fit_rows, adata.n_obs, history=history, timings=timings, n_clusters=k,
+                    n_clusters_method=k_method, selector=selector, panel=panel,
+                    cluster_names=_cluster_names(labels, user_labels, k), pseudo_labels=pseudo)
+        timings["total"] = time.perf_counter() - started
+        log.info("fitted %d cells into %d clusters in %.1f s", len(fit_rows), k, timings["total"])
+        return self
+
+    def _store(self, net: SCCSANet, x: torch.Tensor, labels: np.ndarray, data: Any, fit_rows: np.ndarray, n_obs: int,
+               *, panel: GenePanel, **kept: Any) -> None:
+        """Keep what was learned: the network on the CPU, and the state export and the report read
+        (latents, α, per-cluster thresholds and the panel counts of the cells trained on)."""
         latent, alpha = embed_all(net, x)
         distance = net.squared_distances(latent).min(dim=1).values.sqrt().cpu().numpy()
         self.net_ = net.cpu().eval()
         self.state_ = FittedState(
-            n_clusters=k, n_clusters_method=k_method, selector=selector, panel=panel, labels=labels,
-            latent=latent.cpu().numpy(), alpha=alpha.cpu().numpy(),
-            thresholds=_thresholds(distance, labels, k),
-            cluster_names=_cluster_names(labels, user_labels, k),
-            pseudo_labels=pseudo, history=history,
+            panel=panel, labels=labels, latent=latent.cpu().numpy(), alpha=alpha.cpu().numpy(),
+            thresholds=_thresholds(distance, labels, net.n_clusters),
             panel_counts=data.counts[fit_rows][:, _positions(data.all_genes, panel.genes)].tocsr(),
-            total_counts=data.total_counts[fit_rows], timings=timings, input_kind=self.input_kind,
-            n_cells=len(fit_rows),
+            total_counts=data.total_counts[fit_rows], input_kind=self.input_kind, n_cells=len(fit_rows), **kept,
         )
         self._fit_rows = fit_rows
-        self._n_obs = adata.n_obs
-        timings["total"] = time.perf_counter() - started
-        log.info("fitted %d cells into %d clusters in %.1f s", len(fit_rows), k, timings["total"])
+        self._n_obs = n_obs
+
+    def partial_fit(self, X: ad.AnnData, y: Any = None, *, epochs: int | None = None) -> SCCSA:
+        """Go on training on the cells of the AnnData ``X`` (e.g. a new batch, or after :meth:`load`):
+        stage 2 (the joint objective with closed-form centroid updates) for up to ``epochs``
+        (default ``cluster_epochs``) or until fewer than ``tol`` of the labels change, keeping the
+        gene panel (genes matched by name, missing ones as zero), its scaling, the cluster names
+        and the centroids it starts from. Afterwards ``labels_`` and the thresholds are those of
+        ``X``. An unfitted model is fitted on ``X`` instead. ``y`` is ignored."""
+        if not hasattr(self, "state_"):
+            return self.fit(X)
+        validate(self.get_params())
+        _require_anndata(X)
+        old = self._fitted()
+        started = time.perf_counter()
+        with torch_threads_kept():
+            data = prepare(X, layer=self.layer, input_kind=old.input_kind, total_counts_key=self.total_counts_key,
+                           min_cells=0)
+        fit_rows = np.flatnonzero(~data.empty_cells)
+        alignment = align_genes(data.genes, old.panel.genes, source="the data")
+        x_np = old.panel.standardise(alignment.take(data.lognorm[fit_rows]))
+        device = resolve_device(self.device)
+        seed_everything(self.random_state)
+        net = self.net_.to(device)
+        x = torch.from_numpy(x_np).to(device)
+        latent, _ = embed_all(net, x)
+        labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy()
+        schedule = replace(self._schedule(), cluster_epochs=self.cluster_epochs if epochs is None else epochs)
+        history = History(pretrain=list(old.history.pretrain), cluster=list(old.history.cluster),
+                          beta=old.history.beta, seconds=dict(old.history.seconds))
+        generator = torch.Generator().manual_seed(self.random_state)
+        labels = cluster(net, x, labels, schedule, history, generator, self.progress)
+        timings = dict(old.timings, partial_fit=time.perf_counter() - started)
+        self._store(net, x, labels, data, fit_rows, X.n_obs, history=history, timings=timings,
+                    n_clusters=old.n_clusters, n_clusters_method=old.n_clusters_method, selector=old.selector,
+                    panel=old.panel, cluster_names=old.cluster_names, pseudo_labels=None)
+        log.info("went on training on %d cells for %d epochs in %.1f s", len(fit_rows),
+                 len(history.cluster) - len(old.history.cluster), timings["partial_fit"])
         return self
 
     def _user_labels(self, adata: ad.AnnData, rows: np.ndarray) -> np.ndarray | None:
@@ -287,10 +318,14 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
     def history_(self) -> History:
         return self._fitted().history
 
+    def fitted(self) -> FittedModel:
+        """The fitted model as a value (parameters, network, learned state): what export and the
+        report read, so they need nothing else of the estimator."""
+        return FittedModel(params=self.get_params(), net=self.net_, state=self._fitted())
+
     def serving_graph(self) -> ServingGraph:
         """The torch module that the ONNX export traces (counts + library size → outputs)."""
-        state = self._fitted()
-        return ServingGraph(self.net_, state.panel, state.input_kind).eval()
+        return self.fitted().serving_graph()
 
     def _predict(self, adata: ad.AnnData, layer: str | None) -> Prediction:
         """Run the torch serving graph over ``adata`` in chunks; results as the serving half gives them."""
@@ -337,11 +372,34 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                                  "cluster_names": self.state_.cluster_names or []}
         return target if copy else None
 
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save the fitted model (parameters, network weights, fitted state; no pickle) to the
+        folder ``path``, to load it later with :meth:`load` and go on training or embedding."""
+        from .persistence import save_model
+
+        return save_model(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SCCSA:
+        """A model saved with :meth:`save` (format- and version-checked)."""
+        from .persistence import load_model
+
+        return load_model(cls, path)
+
     def export(self, path: str | Path, *, metrics: dict[str, float] | None = None, overwrite: bool = False) -> Path:
         """Write the model bundle (ONNX graph + metadata + selector + report) to ``path``."""
         from .export import export_bundle
 
-        return export_bundle(self, path, metrics=metrics or {}, overwrite=overwrite)
+        return export_bundle(self.fitted(), path, metrics=metrics or {}, overwrite=overwrite)
+
+
+def _require_anndata(X: Any) -> None:
+    """sccsa reads genes by name, so ``X`` must be an AnnData; say so instead of failing deep inside."""
+    if not isinstance(X, ad.AnnData):
+        raise InputDataError(
+            f"SCCSA needs an AnnData (cells × genes with gene names in var_names), not {type(X).__name__}: "
+            "wrap a matrix as anndata.AnnData(X=counts, var=pandas.DataFrame(index=gene_names))."
+        )
 
 
 def _start_labels(labels: np.ndarray, k: int) -> np.ndarray:

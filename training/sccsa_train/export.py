@@ -1,4 +1,4 @@
-"""Export a fitted :class:`~sccsa_train.estimator.SCCSA` as a model bundle.
+"""Export a fitted model (:class:`~sccsa_train.fitted.FittedModel`) as a model bundle.
 
 The serving computation (:class:`~sccsa_train.graph.ServingGraph`) is exported with the
 ``torch.onnx`` dynamo exporter as ONE self-contained ONNX graph (opset 18, dynamic batch axis,
@@ -17,7 +17,7 @@ import logging
 import platform
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import joblib
 import numpy as np
@@ -38,14 +38,12 @@ from sccsa_infer.bundle import (
 )
 from sccsa_infer.versions import package_version
 
+from .fitted import FittedModel
 from .graph import ServingGraph
 from .preprocess import TARGET_SUM
 from .report import REPORT_PLOT_FILE, build_report, plot_report
 
 log = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    from .estimator import SCCSA
 
 OPSET = 18
 SELFTEST_CELLS_PER_CLUSTER = 2
@@ -102,14 +100,14 @@ def with_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> bytes:
     return model.SerializeToString()
 
 
-def selftest_case(estimator: SCCSA) -> bytes:
+def selftest_case(fitted: FittedModel) -> bytes:
     """``selftest.npz``: the most clearly assigned training cells of each cluster plus one empty
     cell, their gene names, and the labels and latents the torch serving graph gives them.
 
     The genes are stored so that ``sccsa-infer verify`` feeds the cells through gene-name
     alignment: a bundle whose gene list was reordered or renamed then fails its self-test."""
-    state = estimator.state_
-    graph = estimator.serving_graph()
+    state = fitted.state
+    graph = fitted.serving_graph()
     with torch.no_grad():
         squared = graph.net.squared_distances(torch.from_numpy(state.latent))
     ordered = torch.sort(squared, dim=1).values.numpy()
@@ -128,17 +126,17 @@ def selftest_case(estimator: SCCSA) -> bytes:
     return buffer.getvalue()
 
 
-def bundle_metadata(estimator: SCCSA, metrics: dict[str, float]) -> dict[str, Any]:
+def bundle_metadata(fitted: FittedModel, metrics: dict[str, float]) -> dict[str, Any]:
     """The metadata of the bundle contract (without the file hashes)."""
-    state = estimator.state_
-    params = estimator.get_params()
+    state = fitted.state
+    params = dict(fitted.params)
     params["channels"] = list(params["channels"])
     training = {
         **params,
         "n_clusters_resolved": state.n_clusters,
         "n_clusters_method": state.n_clusters_method,
         "n_cells": state.n_cells,
-        "beta": float(estimator.net_.beta),
+        "beta": float(fitted.net.beta),
         "clip": state.panel.clip,
     }
     return {
@@ -149,7 +147,7 @@ def bundle_metadata(estimator: SCCSA, metrics: dict[str, float]) -> dict[str, An
         "cluster_names": state.cluster_names,
         "thresholds": [float(t) for t in state.thresholds],
         "input_kind": state.input_kind,
-        "latent_dim": int(estimator.latent_dim),
+        "latent_dim": int(params["latent_dim"]),
         "target_sum": TARGET_SUM,
         "training": training,
         "versions": training_versions(),
@@ -158,21 +156,21 @@ def bundle_metadata(estimator: SCCSA, metrics: dict[str, float]) -> dict[str, An
     }
 
 
-def export_bundle(estimator: SCCSA, path: str | Path, *, metrics: dict[str, float], overwrite: bool = False) -> Path:
-    """Write the bundle of a fitted estimator to ``path`` (directory, or ``.zip``)."""
-    state = estimator.state_
-    graph = estimator.serving_graph()
+def export_bundle(fitted: FittedModel, path: str | Path, *, metrics: dict[str, float], overwrite: bool = False) -> Path:
+    """Write the bundle of a fitted model to ``path`` (directory, or ``.zip``)."""
+    state = fitted.state
+    graph = fitted.serving_graph()
     model = export_onnx(graph, len(state.panel.genes))
-    metadata = bundle_metadata(estimator, metrics)
+    metadata = bundle_metadata(fitted, metrics)
     selector = io.BytesIO()
     joblib.dump(state.selector, selector)
-    report = build_report(estimator, metrics)
+    report = build_report(fitted, metrics)
     files = {
         MODEL_FILE: with_metadata(model, metadata),
         SELECTOR_FILE: selector.getvalue(),
         REPORT_FILE: json.dumps(report, indent=1, sort_keys=True).encode("utf-8"),
         REPORT_PLOT_FILE: plot_report(report),
-        SELFTEST_FILE: selftest_case(estimator),
+        SELFTEST_FILE: selftest_case(fitted),
     }
     written = write_bundle(path, metadata, files, overwrite=overwrite)
     log.info("exported the bundle to %s (%d genes, K=%d)", written, len(state.panel.genes), state.n_clusters)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .estimator import SCCSA
+    from .fitted import FittedModel
 
 REPORT_PLOT_FILE = "report.png"
 ALPHA_QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
@@ -25,9 +25,9 @@ def alpha_summary(alpha: np.ndarray, bins: int = 20) -> dict[str, Any]:
     }
 
 
-def build_report(estimator: SCCSA, metrics: dict[str, float]) -> dict[str, Any]:
+def build_report(fitted: FittedModel, metrics: dict[str, float]) -> dict[str, Any]:
     """Everything worth keeping about one training run, JSON-ready."""
-    state = estimator.state_
+    state = fitted.state
     sizes = np.bincount(state.labels, minlength=state.n_clusters)
     report: dict[str, Any] = {
         "n_cells": state.n_cells,
@@ -40,7 +40,8 @@ def build_report(estimator: SCCSA, metrics: dict[str, float]) -> dict[str, Any]:
         "history": state.history.as_dict(),
         "timings_seconds": {k: float(v) for k, v in state.timings.items()},
         "metrics": {k: float(v) for k, v in metrics.items()},
-        "genes": {"n": len(state.panel.genes), "selection": estimator.genes, "order": estimator.gene_order},
+        "genes": {"n": len(state.panel.genes), "selection": fitted.params["genes"],
+                  "order": fitted.params["gene_order"]},
     }
     return report
 
