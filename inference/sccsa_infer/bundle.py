@@ -11,6 +11,7 @@ Serving never unpickles ``selector.joblib``: everything it needs is in the JSON 
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
 import os
@@ -26,6 +27,8 @@ from typing import Any, BinaryIO
 
 from .atomic import ReplaceRule, atomic_output, is_empty_folder
 from .errors import BundleError, SccsaWarning
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
@@ -319,6 +322,7 @@ def _load_once(path: Path, verify: bool) -> Bundle:
         raise
     finally:
         members.close()
+    log.debug("read bundle %s: %s", path, ", ".join(f"{n} ({len(b):,} bytes)" for n, b in contents.items()))
     return Bundle(source=str(path), metadata=meta, members=contents)
 
 
@@ -340,6 +344,7 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
         try:
             return _load_once(path, verify)
         except _Replaced:
+            log.info("%s was replaced while being read; reading it again", path)
             time.sleep(0.01 * (attempt + 1))
     raise BundleError(f"{path} was replaced {LOAD_ATTEMPTS} times while being read; try again when writing stops.")
 

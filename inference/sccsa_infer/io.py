@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import gzip
 import shutil
 import warnings
@@ -24,6 +25,8 @@ from anndata.io import read_elem, sparse_dataset, write_elem
 
 from .atomic import ReplaceRule, atomic_output
 from .errors import InputDataError, OutputError, SccsaWarning, shorten
+
+log = logging.getLogger(__name__)
 
 READABLE_SUFFIXES = (".h5ad", ".h5", ".csv", ".tsv", ".csv.gz", ".tsv.gz", ".mtx", ".mtx.gz")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -326,6 +329,7 @@ def open_cells(path: str | Path, *, layer: str | None = None, gene_key: str | No
     if source.n_obs == 0:
         source.close()
         raise InputDataError(f"{path} contains zero cells; nothing to label.")
+    log.debug("opened %s: %d cells × %d genes (%s)", path, source.n_obs, len(source.var_names), type(source).__name__)
     return source
 
 

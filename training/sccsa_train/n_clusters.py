@@ -7,10 +7,13 @@ clustering, with the specks a resolution-1 run splits off ignored.
 
 from __future__ import annotations
 
+import logging
 import numpy as np
 import scipy.sparse as sp
 
 from .pseudolabels import clustering_embedding, leiden
+
+log = logging.getLogger(__name__)
 
 RESOLUTION = 1.0
 MIN_FRACTION = 0.01
@@ -23,4 +26,5 @@ def estimate(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0) -> int:
     labels = leiden(embedding, RESOLUTION, seed)
     sizes = np.bincount(labels)
     big = int((sizes >= max(2, MIN_FRACTION * len(labels))).sum())
+    log.info("estimated K = %d (%s; %d communities in all)", max(2, big), METHOD, len(sizes))
     return max(2, big)

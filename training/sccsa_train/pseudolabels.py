@@ -10,6 +10,7 @@ total disagreement with the ensemble, like a co-association consensus, in O(cell
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ import numpy as np
 import scanpy as sc
 import scipy.sparse as sp
 from sklearn.cluster import KMeans
+
+log = logging.getLogger(__name__)
 
 HVG_ABOVE = 3000  # select highly variable genes only when there are more genes than this
 N_HVG = 2000
@@ -95,4 +98,6 @@ def consensus_labels(lognorm: sp.spmatrix | np.ndarray, k: int, *, seed: int = 0
     ensemble.extend(leiden(embedding, resolution, seed * 1000 + run) for run in range(RUNS_PER_SETTING))
     membership = sp.hstack([sp.csr_matrix(np.eye(int(r.max()) + 1, dtype=np.float32)[r]) for r in ensemble]).tocsr()
     labels = KMeans(k, n_init=20, random_state=seed).fit_predict(membership)
+    log.info("consensus pseudo-labels: %d K-means and %d Leiden runs (resolution %.3f) into %d groups",
+             len(ensemble) - RUNS_PER_SETTING, RUNS_PER_SETTING, resolution, k)
     return Consensus(labels=labels.astype(np.int64), ensemble=ensemble, leiden_resolution=resolution)
