@@ -105,3 +105,47 @@ def test_missing_genes_warn_with_their_number(bundle_dir, tmp_path):
     result = run("predict", path, "-m", bundle_dir, "-o", tmp_path / "p.csv", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "Warning:" in result.stderr and "of the model's" in result.stderr
+
+
+def test_eval_key_with_another_vocabulary_says_so_and_label_map_fixes_it(bundle_dir, tmp_path):
+    """The model names cells type0/1/2; a query annotated T0/T1/T2 shares no label with it."""
+    adata = synthetic_counts(n_cells=60, seed=9)
+    adata.obs["truth"] = adata.obs["cell_type"].astype(str).str.replace("type", "T")
+    path = tmp_path / "q.h5ad"
+    adata.write_h5ad(path)
+    result = run("predict", path, "-m", bundle_dir, "-o", tmp_path / "a.csv", "--eval-key", "truth", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "share no label" in result.output and "--label-map" in result.output
+    metrics_line = next(line for line in result.output.splitlines() if line.startswith("vs truth"))
+    assert "ARI" in metrics_line and "label accuracy" not in metrics_line  # no misleading 0.000
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("model,mine\ntype0,T0\ntype1,T1\ntype2,T2\n")
+    result = run("predict", path, "-m", bundle_dir, "-o", tmp_path / "b.csv", "--eval-key", "truth",
+                 "--label-map", mapping, "--no-progress")
+    assert result.exit_code == 0 and "share no label" not in result.output
+    accuracy = float(result.output.split("label accuracy ")[1].split()[0])
+    assert accuracy > 0.9
+    (tmp_path / "map.json").write_text('{"type0": "T0", "type1": "T1", "type2": "T2"}')
+    result = run("predict", path, "-m", bundle_dir, "-o", tmp_path / "c.csv", "--eval-key", "truth",
+                 "--label-map", tmp_path / "map.json", "--no-progress")
+    assert float(result.output.split("label accuracy ")[1].split()[0]) == accuracy
+    (tmp_path / "bad.csv").write_text("a,b,c\n")
+    result = run("predict", path, "-m", bundle_dir, "-o", tmp_path / "d.csv", "--eval-key", "truth",
+                 "--label-map", tmp_path / "bad.csv", "--no-progress")
+    assert result.exit_code != 0 and "exactly two columns" in result.output and not (tmp_path / "d.csv").exists()
+
+
+def test_parquet_without_pyarrow_fails_before_work(bundle_dir, query_h5ad, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name == "pyarrow" or name.startswith("pyarrow."):
+            raise ImportError("No module named 'pyarrow'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    result = run("predict", query_h5ad, "-m", bundle_dir, "-o", tmp_path / "o.parquet", "--no-progress")
+    assert result.exit_code != 0 and "pip install 'sccsa[parquet]'" in result.output
+    assert "Labelled" not in result.output and not (tmp_path / "o.parquet").exists()

@@ -29,6 +29,15 @@ def test_non_integer_counts_point_to_layer_and_input_kind():
     check_values(x, "lognorm")
 
 
+def test_serving_hints_name_only_fixes_that_exist_there():
+    """sccsa-infer has no --input-kind: the model's kind is fixed, so the hint says what it reads."""
+    with pytest.raises(InputDataError, match="not raw counts") as info:
+        check_values(sp.csr_matrix(np.array([[0.5, 1.0]], dtype=np.float32)), "counts", serving=True)
+    message = str(info.value)
+    assert "This model reads raw counts" in message and "--layer counts" in message
+    assert "--input-kind " not in message.replace("sccsa-train --input-kind", "")
+
+
 def test_row_offset_reported_for_chunks():
     x = np.array([[1.0, np.nan]])
     with pytest.raises(InputDataError, match="cell #100"):
@@ -47,9 +56,23 @@ def test_normalise_gene_name(name, key):
     assert normalise_gene_name(name) == key
 
 
-def test_duplicate_genes_rejected_with_fix():
-    with pytest.raises(InputDataError, match="var_names_make_unique"):
-        check_gene_names(["A", "B", "a"])
+def test_case_only_duplicates_are_refused_with_a_fix_that_works():
+    """PISD and Pisd are distinct strings (var_names_make_unique leaves them alone) but collide
+    when genes are matched case-insensitively: the suggested one-liner must resolve it."""
+    import re
+
+    import anndata as ad
+    import pandas as pd
+
+    adata = ad.AnnData(X=np.ones((2, 3), dtype=np.float32), var=pd.DataFrame(index=["PISD", "Actb", "Pisd"]))
+    with pytest.raises(InputDataError, match="differ only in case") as info:
+        check_gene_names(list(adata.var_names))
+    snippet = re.search(r"`([^`]+)`", str(info.value)).group(1)
+    namespace = {"adata": adata}
+    exec(snippet, namespace)
+    fixed = namespace["adata"]
+    assert list(fixed.var_names) == ["PISD", "Actb"]
+    check_gene_names(list(fixed.var_names))
 
 
 def test_duplicates_outside_relevant_genes_are_ignored():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,17 @@ from .align import DEFAULT_MIN_COVERAGE
 from .atomic import check_no_overlap, check_writable
 from .bundle import Bundle, sha256_bytes
 from .errors import InputDataError, SccsaWarning
-from .io import OWN_RESULTS, TABLE_SUFFIXES, format_suffix, open_cells, read_h5ad, write_h5ad_result, write_table
-from .metrics import check_eval_labels, evaluate, label_accuracy
+from .io import (
+    OWN_RESULTS,
+    TABLE_SUFFIXES,
+    format_suffix,
+    open_cells,
+    read_h5ad,
+    require_parquet,
+    write_h5ad_result,
+    write_table,
+)
+from .metrics import check_eval_labels, comparable_label_accuracy, evaluate
 from .validate import warn_duplicate_cells
 from .predictor import DEFAULT_BATCH_SIZE, KEY_ADDED, Prediction, Predictor
 
@@ -47,6 +57,7 @@ def annotate_file(
     batch_size: int = DEFAULT_BATCH_SIZE,
     min_coverage: float = DEFAULT_MIN_COVERAGE,
     eval_key: str | None = None,
+    label_map: Mapping[str, str] | None = None,
     with_latent: bool = False,
     overwrite: bool = True,
     progress: bool = True,
@@ -58,6 +69,8 @@ def annotate_file(
     outformat_suffix = format_suffix(out)
     if outformat_suffix != ".h5ad" and outformat_suffix not in TABLE_SUFFIXES:
         raise InputDataError(f"Cannot write {out}: the output must end in .h5ad, .csv, .tsv or .parquet.")
+    if outformat_suffix == ".parquet":
+        require_parquet()
     check_no_overlap(out, [data, predictor.bundle.source])
     check_writable(out, overwrite=overwrite, replaceable=OWN_RESULTS)
     with open_cells(data, layer=layer, gene_key=gene_key) as source:
@@ -104,7 +117,9 @@ def annotate_file(
     if truth is not None:
         summary.metrics = evaluate(truth.to_numpy(), result.cluster)
         if result.label is not None:
-            summary.metrics["label_accuracy"] = label_accuracy(truth.to_numpy(), result.label)
+            accuracy = comparable_label_accuracy(truth.to_numpy(), result.label, label_map, eval_key or "")
+            if accuracy is not None:
+                summary.metrics["label_accuracy"] = accuracy
     return summary
 
 

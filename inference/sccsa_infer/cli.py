@@ -14,6 +14,7 @@ from .align import DEFAULT_MIN_COVERAGE
 from .annotate import annotate_file
 from .bundle import load_bundle
 from .clierrors import friendly_errors, verbosity_options
+from .metrics import load_label_map
 from .predictor import DEFAULT_BATCH_SIZE, MODEL_ENV, Predictor, default_bundle_path
 from .selftest import run_selftest
 
@@ -55,6 +56,9 @@ def main() -> None:
 @click.option("--min-coverage", default=DEFAULT_MIN_COVERAGE, show_default=True, type=click.FloatRange(0, 1),
               help="Fail when fewer than this fraction of the model's genes are in the data.")
 @click.option("--eval-key", default=None, help="obs column with true labels: print ARI/NMI/ACC (and label accuracy).")
+@click.option("--label-map", type=click.Path(path_type=Path), default=None,
+              help="CSV/TSV (model name, your name) or JSON {model name: your name}: compare the model's cell-type "
+                   "names with --eval-key's vocabulary.")
 @click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads (default: all cores).")
 @click.option("--with-latent", is_flag=True, help="Also write the latent coordinates into .csv/.tsv/.parquet tables.")
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True,
@@ -64,7 +68,7 @@ def main() -> None:
 @friendly_errors
 def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_key: str | None,
             total_counts_key: str | None, batch_size: int,
-            min_coverage: float, eval_key: str | None, threads: int | None, with_latent: bool, overwrite: bool,
+            min_coverage: float, eval_key: str | None, label_map: Path | None, threads: int | None, with_latent: bool, overwrite: bool,
             progress: bool) -> None:
     """Label every cell of DATA (.h5ad, 10x .h5, .mtx folder, .csv/.tsv) and write --out.
 
@@ -78,10 +82,11 @@ def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_k
       sccsa-infer predict filtered_feature_bc_matrix.h5 --gene-key gene_ids -o labels.csv
     """
     started = time.perf_counter()
+    mapping = load_label_map(label_map) if label_map is not None else None
     predictor = Predictor(model, n_threads=threads)
     summary = annotate_file(predictor, data, out, layer=layer, gene_key=gene_key,
                             total_counts_key=total_counts_key, batch_size=batch_size,
-                            min_coverage=min_coverage, eval_key=eval_key, with_latent=with_latent,
+                            min_coverage=min_coverage, eval_key=eval_key, label_map=mapping, with_latent=with_latent,
                             overwrite=overwrite, progress=progress)
     seconds = time.perf_counter() - started
     names = predictor.bundle.cluster_names

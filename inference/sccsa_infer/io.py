@@ -461,6 +461,17 @@ def write_h5ad_result(
             adata.write_h5ad(tmp)
 
 
+def require_parquet() -> None:
+    """Fail before any work when .parquet output is asked for but pyarrow is not installed."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise OutputError(
+            "Writing .parquet needs pyarrow, which the base install leaves out: pip install 'sccsa[parquet]' "
+            "(or write .csv/.tsv/.h5ad)."
+        ) from None
+
+
 def write_table(table: pd.DataFrame, out: Path, *, overwrite: bool = True) -> None:
     """Write ``table`` as .csv/.tsv/.parquet (chosen by suffix), atomically. An existing ``out``
     is replaced only with ``overwrite`` and only if sccsa wrote it."""
@@ -469,10 +480,8 @@ def write_table(table: pd.DataFrame, out: Path, *, overwrite: bool = True) -> No
         raise OutputError(f"Cannot write {out}: use an .h5ad, .csv, .tsv or .parquet output name.")
     with atomic_output(out, overwrite=overwrite, replaceable=OWN_RESULTS) as tmp:
         if suffix == ".parquet":
-            try:
-                table.to_parquet(tmp)
-            except ImportError:
-                raise OutputError("Writing .parquet needs pyarrow: pip install pyarrow (or write .csv).") from None
+            require_parquet()
+            table.to_parquet(tmp)
         else:
             table.to_csv(tmp, sep="\t" if suffix == ".tsv" else ",", index_label="cell")
 

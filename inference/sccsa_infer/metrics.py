@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import io
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
-from .errors import InputDataError
+from .errors import InputDataError, SccsaWarning, shorten
 
 
 def clustering_accuracy(true: Sequence, pred: Sequence) -> float:
@@ -58,3 +63,48 @@ def label_accuracy(true: Sequence, names: Sequence) -> float:
     true_arr = np.asarray(true).astype(str)
     names_arr = np.asarray(names).astype(str)
     return float(np.mean(true_arr == names_arr))
+
+
+def load_label_map(path: str | Path) -> dict[str, str]:
+    """A mapping from the model's cell-type names to the names of an evaluation column: a JSON
+    object, or a two-column CSV/TSV (model name, your name; a header row is allowed)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"--label-map {path} cannot be read ({exc}).") from None
+    if path.suffix.lower() == ".json":
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputDataError(f"--label-map {path} is not valid JSON ({exc}).") from None
+        if not isinstance(mapping, dict):
+            raise InputDataError(f"--label-map {path} must hold a JSON object {{model name: your name}}.")
+        return {str(k): str(v) for k, v in mapping.items()}
+    rows = list(csv.reader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if not rows or any(len(r) != 2 for r in rows):
+        raise InputDataError(f"--label-map {path} must have exactly two columns: the model's name and yours.")
+    return {r[0].strip(): r[1].strip() for r in rows}
+
+
+def comparable_label_accuracy(true: Sequence, names: Sequence, label_map: Mapping[str, str] | None,
+                              key: str) -> float | None:
+    """Label accuracy after mapping the model's names with ``label_map``; ``None`` (with a warning
+    that says why) when the two vocabularies share no label, where a score of 0 would mislead."""
+    from .predictor import UNASSIGNED
+
+    mapped = np.asarray([label_map.get(n, n) for n in names] if label_map else names, dtype=object)
+    truth = np.asarray(true).astype(str)
+    shared = set(truth[labelled(true)]) & set(mapped.astype(str))
+    if not shared:
+        model_names = sorted({str(n) for n in mapped if n != UNASSIGNED})
+        warnings.warn(
+            f"The model's cell-type names ({', '.join(shorten(n) for n in model_names[:4])}, ...) and the values of "
+            f"--eval-key {key!r} ({', '.join(shorten(t) for t in sorted(set(truth))[:4])}, ...) share no label, so "
+            "label accuracy is not reported (cluster metrics are). Map the names with --label-map FILE "
+            "(two columns: model name, your name).",
+            SccsaWarning, stacklevel=2,
+        )
+        return None
+    return label_accuracy(truth, mapped)

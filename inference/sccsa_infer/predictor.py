@@ -220,7 +220,7 @@ class Predictor:
     ) -> Prediction:
         """Validate and label one chunk of cells × query genes. ``total_counts`` are the cells'
         library sizes over all genes when ``matrix`` holds only some (default: row sums)."""
-        check_values(matrix, self.bundle.input_kind, row_offset=row_offset, source=source)
+        check_values(matrix, self.bundle.input_kind, row_offset=row_offset, source=source, serving=True)
         totals = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
         if total_counts is not None:
             totals = check_library_sizes(total_counts, totals, "total_counts")

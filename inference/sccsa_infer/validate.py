@@ -25,6 +25,11 @@ _KIND_HINT = (
     "for data that are not counts say what they are with --input-kind "
     "(abundance for RPKM/FPKM/TPM, lognorm for log1p-normalised values)."
 )
+# Serving cannot change what a model reads: its input kind was fixed when it was trained.
+_SERVING_KIND_HINT = (
+    "This model reads {kind}. If the raw counts are stored in a layer, select it (--layer counts / "
+    "layer='counts'); otherwise use a model trained on data like these (sccsa-train --input-kind)."
+)
 
 
 def _locate(matrix: np.ndarray | sp.spmatrix, flat_index: int) -> tuple[int, int]:
@@ -51,12 +56,17 @@ def check_values(
     gene_names: Sequence[str] | None = None,
     row_offset: int = 0,
     source: str = "the data",
+    serving: bool = False,
 ) -> None:
     """Raise :class:`InputDataError` unless ``matrix`` holds values ``input_kind`` allows.
 
     All kinds must be finite and non-negative; ``counts`` must also be whole numbers.
     ``row_offset`` is added to reported row numbers when ``matrix`` is a chunk of a file.
+    ``serving``: the data go into a trained model, so the hint names fixes that exist there.
     """
+    hint = _SERVING_KIND_HINT.format(kind={"counts": "raw counts", "abundance": "RPKM/FPKM/TPM values",
+                                           "lognorm": "log1p-normalised values"}.get(input_kind, input_kind)) \
+        if serving else _KIND_HINT
     if input_kind not in INPUT_KINDS:
         raise InputDataError(
             f"Unknown input kind {input_kind!r}; use one of {', '.join(INPUT_KINDS)}."
@@ -84,7 +94,7 @@ def check_values(
         raise InputDataError(
             f"{source} contains {int(negative.sum())} negative value(s) "
             f"(first: {values[first]:g} at {where(first)}). Expression must be non-negative: "
-            "scaled or centred data (e.g. after scanpy.pp.scale) cannot be used. " + _KIND_HINT
+            "scaled or centred data (e.g. after scanpy.pp.scale) cannot be used. " + hint
         )
     if input_kind == "counts":
         fractional = values != np.floor(values)
@@ -92,7 +102,7 @@ def check_values(
             first = int(np.argmax(fractional))
             raise InputDataError(
                 f"{source} is not raw counts: {int(fractional.sum())} value(s) are not whole numbers "
-                f"(first: {values[first]:g} at {where(first)}). " + _KIND_HINT
+                f"(first: {values[first]:g} at {where(first)}). " + hint
             )
 
 
@@ -136,9 +146,11 @@ def check_gene_names(
         shown = ", ".join(shorten(d) for d in duplicated[:5]) + (" ..." if len(duplicated) > 5 else "")
         raise InputDataError(
             f"{source} has {len(duplicated)} duplicated gene name(s) (compared case-insensitively, "
-            f"Ensembl versions ignored): {shown}. Make them unique "
-            "(adata.var_names_make_unique(), or sum the duplicates) or pick a var column of unique "
-            "ids with --gene-key."
+            f"Ensembl versions ignored): {shown}. sccsa matches genes case-insensitively, so names that "
+            "differ only in case collide. Keep one of each (e.g. the first: "
+            "`from sccsa_infer.validate import normalise_gene_name; "
+            "adata = adata[:, ~adata.var_names.map(normalise_gene_name).duplicated()].copy()`), sum them, "
+            "or pick a var column of unique ids with --gene-key."
         )
 
 

@@ -331,7 +331,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         """Run the torch serving graph over ``adata`` in chunks; results as the serving half gives them."""
         state = self._fitted()
         matrix = expression_matrix(adata, layer if layer is not None else self.layer)
-        check_values(matrix, state.input_kind, source="the data")
+        check_values(matrix, state.input_kind, source="the data", serving=True)
         alignment = align_genes([str(g) for g in adata.var_names], state.panel.genes, source="the data")
         graph = self.serving_graph()
         totals = library_sizes(adata, matrix, self.total_counts_key).astype(np.float32)
