@@ -44,3 +44,19 @@ def test_labels_cells_without_torch(bundle_dir, query_h5ad, tmp_path):
     result = _run(code)
     assert result.returncode == 0, result.stderr
     assert out.exists() and len(out.read_text().splitlines()) == 151
+
+
+def test_import_and_help_stay_light():
+    """`import sccsa_infer`, the CLI module and `--help` load neither ONNX Runtime nor
+    scikit-learn nor AnnData's I/O: those come when a command runs (cold start, fast failure)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sccsa_infer, sccsa_infer.cli, sccsa_train.cli; "
+            "from click.testing import CliRunner; "
+            "assert CliRunner().invoke(sccsa_infer.cli.main, ['predict', '--help']).exit_code == 0; "
+            "assert CliRunner().invoke(sccsa_train.cli.main, ['--help']).exit_code == 0; "
+            "heavy = [m for m in ('onnxruntime', 'sklearn', 'anndata', 'torch', 'scanpy') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

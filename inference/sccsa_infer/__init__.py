@@ -1,26 +1,33 @@
 """sccsa serving half: label cells with an exported scCompressSA model (ONNX Runtime, no torch).
 
->>> from sccsa_infer import Predictor
->>> predictor = Predictor()                      # the shipped default model  # doctest: +SKIP
->>> prediction = predictor.predict(adata)                                     # doctest: +SKIP
+>>> import sccsa_infer
+>>> adata = sccsa_infer.annotate("pbmc.h5ad")       # the shipped default model  # doctest: +SKIP
+>>> predictor = sccsa_infer.Predictor("bundle/")                                # doctest: +SKIP
+>>> prediction = predictor.predict(adata)                                        # doctest: +SKIP
+
+Importing the package is cheap: ONNX Runtime, AnnData's I/O and scikit-learn are imported when
+first used (PEP 562 module attributes), so ``sccsa-infer --help`` and a bad path answer fast.
 """
 
+from importlib import import_module
+from typing import Any
+
+from .errors import BundleError, InputDataError, InvalidParameterError, OutputError, SccsaError, SccsaWarning
 from .versions import package_version
 
 __version__ = package_version("sccsa") or "0+unknown"
 
-from .annotate import AnnotationSummary, annotate, annotate_file  # noqa: E402
-from .bundle import Bundle, load_bundle, write_bundle  # noqa: E402
-from .errors import (  # noqa: E402
-    BundleError,
-    InputDataError,
-    InvalidParameterError,
-    OutputError,
-    SccsaError,
-    SccsaWarning,
-)
-from .metrics import evaluate  # noqa: E402
-from .predictor import Prediction, Predictor  # noqa: E402
+_LAZY = {
+    "AnnotationSummary": "annotate",
+    "annotate": "annotate",
+    "annotate_file": "annotate",
+    "Bundle": "bundle",
+    "load_bundle": "bundle",
+    "write_bundle": "bundle",
+    "evaluate": "metrics",
+    "Prediction": "predictor",
+    "Predictor": "predictor",
+}
 
 __all__ = [
     "AnnotationSummary",
@@ -40,3 +47,11 @@ __all__ = [
     "write_bundle",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sccsa_infer' has no attribute {name!r}")

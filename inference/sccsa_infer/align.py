@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .defaults import DEFAULT_MIN_COVERAGE
 from .errors import InputDataError, SccsaWarning, shorten
 from .validate import check_gene_names, normalise_gene_name
 
-DEFAULT_MIN_COVERAGE = 0.5
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .align import DEFAULT_MIN_COVERAGE
 from .atomic import check_no_overlap, check_writable
 from .bundle import Bundle, sha256_bytes
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_COVERAGE, KEY_ADDED
 from .errors import InputDataError, SccsaWarning
 from .io import (
     OWN_RESULTS,
@@ -29,7 +29,7 @@ from .io import (
 )
 from .metrics import check_eval_labels, comparable_label_accuracy, evaluate
 from .validate import warn_duplicate_cells
-from .predictor import DEFAULT_BATCH_SIZE, KEY_ADDED, Prediction, Predictor
+from .predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .align import DEFAULT_MIN_COVERAGE
-from .annotate import annotate_file
-from .bundle import load_bundle
 from .clierrors import friendly_errors, verbosity_options
-from .metrics import load_label_map
-from .predictor import DEFAULT_BATCH_SIZE, MODEL_ENV, Predictor, default_bundle_path
-from .selftest import run_selftest
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_COVERAGE, MODEL_ENV
+from .errors import InputDataError
+
+# The commands import what they use (ONNX Runtime, AnnData I/O, scikit-learn) when they run, so
+# that --help and argument errors answer without paying for those imports.
 
 
 MODEL_HELP = (
@@ -81,6 +80,12 @@ def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_k
       sccsa-infer predict query.h5ad -m bundle/ --layer counts --eval-key cell_type -o q.h5ad
       sccsa-infer predict filtered_feature_bc_matrix.h5 --gene-key gene_ids -o labels.csv
     """
+    if not data.exists():  # before the heavy imports below: a wrong path fails at once
+        raise InputDataError(f"Input {data} does not exist. Check the path.")
+    from .annotate import annotate_file
+    from .metrics import load_label_map
+    from .predictor import Predictor
+
     started = time.perf_counter()
     mapping = load_label_map(label_map) if label_map is not None else None
     predictor = Predictor(model, n_threads=threads)
@@ -117,6 +122,9 @@ def info(bundle: Path | None, as_json: bool) -> None:
       sccsa-infer info my_bundle/
       sccsa-infer info my_bundle.zip --json | jq .genes
     """
+    from .bundle import load_bundle
+    from .predictor import default_bundle_path
+
     loaded = load_bundle(bundle or default_bundle_path())
     meta = loaded.metadata
     if as_json:
@@ -157,6 +165,9 @@ def verify(bundle: Path | None) -> None:
     Example:
       sccsa-infer verify my_bundle/ && echo OK
     """
+    from .predictor import Predictor, default_bundle_path
+    from .selftest import run_selftest
+
     predictor = Predictor(bundle or default_bundle_path())
     report = run_selftest(predictor)
     genes = "through gene-name alignment" if report["genes_checked"] else "in panel order (bundle stores no gene names)"

@@ -10,15 +10,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-from sklearn.metrics.cluster import contingency_matrix
 
 from .errors import InputDataError, SccsaWarning, shorten
 
 
 def clustering_accuracy(true: Sequence, pred: Sequence) -> float:
     """ACC: fraction of cells correct under the best one-to-one cluster↔class matching."""
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics.cluster import contingency_matrix
+
     table = contingency_matrix(np.asarray(true), np.asarray(pred))
     rows, cols = linear_sum_assignment(table, maximize=True)
     return float(table[rows, cols].sum() / table.sum())
@@ -40,6 +40,8 @@ def check_eval_labels(true: Sequence, key: str) -> None:
 
 def evaluate(true: Sequence, pred: Sequence) -> dict[str, float]:
     """ARI, NMI and ACC of ``pred`` against ``true`` (cells with a missing true label dropped)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score  # only --eval-key needs them
+
     true_arr = np.asarray(true, dtype=object)
     pred_arr = np.asarray(pred, dtype=object)
     if true_arr.shape != pred_arr.shape:

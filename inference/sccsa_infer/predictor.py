@@ -15,7 +15,8 @@ import onnxruntime as ort
 import pandas as pd
 import scipy.sparse as sp
 
-from .align import DEFAULT_MIN_COVERAGE, GeneAlignment, align_genes
+from .align import GeneAlignment, align_genes
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_COVERAGE, KEY_ADDED, MODEL_ENV
 from .bundle import INPUT_NAMES, METADATA_FILE, METADATA_KEY, OUTPUT_NAMES, Bundle, load_bundle
 from .errors import BundleError, InputDataError
 from .io import matrix_and_genes
@@ -25,9 +26,6 @@ from .versions import warn_on_version_mismatch
 log = logging.getLogger(__name__)
 
 UNASSIGNED = "unassigned"
-KEY_ADDED = "sccsa"  # prefix of every obs/obsm/uns key sccsa writes (Scanpy's key_added)
-DEFAULT_BATCH_SIZE = 4096
-MODEL_ENV = "SCCSA_MODEL"
 
 
 def default_bundle_path() -> Path:

@@ -7,9 +7,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anndata as ad
 import click
 import numpy as np
 
@@ -18,10 +17,12 @@ from sccsa_infer.atomic import atomic_output, check_no_overlap, check_writable
 from sccsa_infer.bundle import OWN_BUNDLES
 from sccsa_infer.clierrors import friendly_errors, verbosity_options
 from sccsa_infer.errors import InputDataError
-from sccsa_infer.io import OWN_RESULTS, read_h5ad
 from sccsa_infer.metrics import check_eval_labels, evaluate
 
 from .options import OPTIONS, Option
+
+if TYPE_CHECKING:  # anndata is imported where it is used, after the fast argument and path checks
+    import anndata as ad
 
 
 class ClusterCount(click.ParamType):
@@ -128,6 +129,8 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
         raise click.ClickException(
             f"sccsa-train needs the training extra ({exc.name or exc} is missing): pip install 'sccsa[train]'"
         ) from None
+    from sccsa_infer.io import OWN_RESULTS, read_h5ad
+
     if threads:
         torch.set_num_threads(threads)
     adata = read_h5ad(data)
@@ -162,6 +165,8 @@ def _check_paths(data: Path, out: Path, write_adata: Path | None, overwrite: boo
     check_no_overlap(out, [data])
     check_writable(out, overwrite=overwrite, directory=out.suffix != ".zip", replaceable=OWN_BUNDLES)
     if write_adata is not None:
+        from sccsa_infer.io import OWN_RESULTS
+
         check_no_overlap(write_adata, [data], option="--write-adata")
         check_no_overlap(out, [write_adata], role="the --write-adata file")
         check_writable(write_adata, overwrite=overwrite, replaceable=OWN_RESULTS, option="--write-adata")
@@ -169,6 +174,8 @@ def _check_paths(data: Path, out: Path, write_adata: Path | None, overwrite: boo
 
 def _without_obs_column(adata: ad.AnnData, key: str) -> ad.AnnData:
     """A view-like AnnData sharing ``adata``'s matrices but without ``obs[key]``."""
+    import anndata as ad
+
     return ad.AnnData(X=adata.X, obs=adata.obs.drop(columns=[key]), var=adata.var, layers=dict(adata.layers))
 
 

@@ -20,7 +20,8 @@ from sklearn.utils.validation import check_is_fitted
 from sccsa_infer.align import align_genes
 from sccsa_infer.bundle import OUTPUT_NAMES
 from sccsa_infer.errors import InputDataError, SccsaWarning
-from sccsa_infer.predictor import KEY_ADDED, Prediction
+from sccsa_infer.defaults import KEY_ADDED
+from sccsa_infer.predictor import Prediction
 from sccsa_infer.validate import check_values, warn_duplicate_cells
 
 from . import n_clusters as n_clusters_estimation
