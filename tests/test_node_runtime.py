@@ -1,4 +1,6 @@
-"""The exported model.onnx runs from Node.js (onnxruntime-node) and gives the Python labels."""
+"""The exported model.onnx runs from Node.js (onnxruntime-node) and gives the Python labels.
+
+The script run is the README's Node.js example itself, so the documented code is the tested code."""
 
 import json
 import os
@@ -12,6 +14,13 @@ import pytest
 from sccsa_infer import Predictor
 
 NODE_DIR = Path(__file__).parent / "node"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_node_script() -> str:
+    """The ```js block under the README's Node.js heading."""
+    section = README.read_text().split("### From another runtime (Node.js)", 1)[1]
+    return section.split("```js\n", 1)[1].split("```", 1)[0]
 
 pytestmark = pytest.mark.node
 
@@ -21,8 +30,8 @@ def node_project(tmp_path_factory):
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js/npm not installed: cannot check the model from another runtime")
     work = tmp_path_factory.mktemp("node")
-    for name in ("package.json", "label.js"):
-        shutil.copy(NODE_DIR / name, work / name)
+    shutil.copy(NODE_DIR / "package.json", work / "package.json")
+    (work / "label.js").write_text(readme_node_script())
     env = dict(os.environ, ONNXRUNTIME_NODE_INSTALL="skip")  # its post-install downloads GPU binaries
     result = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=work, env=env,
                             capture_output=True, text=True, timeout=600)
