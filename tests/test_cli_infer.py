@@ -149,3 +149,10 @@ def test_parquet_without_pyarrow_fails_before_work(bundle_dir, query_h5ad, tmp_p
     result = run("predict", query_h5ad, "-m", bundle_dir, "-o", tmp_path / "o.parquet", "--no-progress")
     assert result.exit_code != 0 and "pip install 'sccsa[parquet]'" in result.output
     assert "Labelled" not in result.output and not (tmp_path / "o.parquet").exists()
+
+
+def test_progress_bars_stay_out_of_logs(bundle_dir, query_h5ad, tmp_path):
+    """--progress is the default, but bars go only to a terminal: not into a pipe or a log file."""
+    result = CliRunner().invoke(main, ["predict", str(query_h5ad), "-m", str(bundle_dir), "-o", str(tmp_path / "o.csv")])
+    assert result.exit_code == 0, result.output
+    assert "sccsa-infer:" not in result.output and "cells/s]" not in result.output

@@ -20,6 +20,8 @@ import torch
 from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
+from sccsa_infer.defaults import bar_disabled
+
 from .model import SCCSANet
 from .objective import (
     ObjectiveWeights,
@@ -126,7 +128,8 @@ def pretrain(net: SCCSANet, x: torch.Tensor, schedule: Schedule, history: Histor
     """Stage 1: reconstruction only."""
     optimizer = torch.optim.Adam(net.parameters(), lr=schedule.pretrain_lr)
     net.train()
-    for epoch in tqdm(range(schedule.pretrain_epochs), desc="pretrain", unit="epoch", disable=not progress, leave=False):
+    for epoch in tqdm(range(schedule.pretrain_epochs), desc="pretrain", unit="epoch", disable=bar_disabled(progress),
+                      leave=False):
         started, total = time.perf_counter(), 0.0
         for index in _batches(x.shape[0], schedule.batch_size, generator):
             batch = x[index]
@@ -166,7 +169,8 @@ def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedu
     """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change."""
     weights = schedule.weights
     optimizer = torch.optim.Adam(net.parameters(), lr=schedule.cluster_lr)
-    bar = tqdm(range(schedule.cluster_epochs), desc="cluster", unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(range(schedule.cluster_epochs), desc="cluster", unit="epoch", disable=bar_disabled(progress),
+               leave=False)
     for epoch in bar:
         net.train()
         started = time.perf_counter()

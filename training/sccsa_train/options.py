@@ -126,7 +126,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("latent_norm_weight", float, 0.0, "lambda of the -lambda*z'z term.", low=0),
     Option("random_state", int, 0, "Random seed (same seed, same labels on CPU).", aliases=("--seed",)),
     Option("device", str, "auto", "auto uses a CUDA GPU when torch sees one.", choices=DEVICES),
-    Option("progress", bool, True, "Progress bars on stderr."),
+    Option("progress", bool, True, "Progress bars on stderr when it is a terminal, or in a notebook (never in log files)."),
 )
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 
