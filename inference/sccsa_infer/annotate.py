@@ -85,7 +85,8 @@ def annotate_file(
         bundle = predictor.bundle
         result = Prediction.empty(source.n_obs, bundle.n_clusters, bundle.latent_dim, bundle.cluster_names)
         empty = np.zeros(source.n_obs, dtype=bool)
-        with tqdm(total=source.n_obs, unit="cells", desc="sccsa-infer", disable=bar_disabled(progress), leave=False) as bar:
+        with tqdm(total=source.n_obs, unit="cells", desc="sccsa-infer", disable=bar_disabled(progress),
+                  leave=False) as bar:
             for start, stop, matrix in source.chunks(batch_size):
                 totals = None if library is None else library[start:stop]
                 part = predictor.predict_chunk(matrix, alignment, total_counts=totals, row_offset=start, source=str(data))

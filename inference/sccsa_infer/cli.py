@@ -62,7 +62,8 @@ def main() -> None:
 @click.option("--with-latent", is_flag=True, help="Also write the latent coordinates into .csv/.tsv/.parquet tables.")
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True,
               help="Replace an existing --out file, if sccsa wrote it (other files are never replaced).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr when it is a terminal (never in pipes or log files).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bar on stderr when it is a terminal (never in pipes or log files).")
 @verbosity_options
 @friendly_errors
 def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_key: str | None,

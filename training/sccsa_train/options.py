@@ -50,11 +50,14 @@ class Option:
         """Raise :class:`InvalidParameterError` unless ``value`` is allowed for this option."""
         problem = self._problem(value)
         if problem:
-            raise InvalidParameterError(f"{self.name}={value!r} is invalid: {problem} ({self.flag} on the command line).")
+            raise InvalidParameterError(
+                f"{self.name}={value!r} is invalid: {problem} ({self.flag} on the command line).")
 
     def _problem(self, value: Any) -> str | None:
         if self.kind == "key":
-            return None if value is None or (isinstance(value, str) and value) else "expected a column/layer name or None"
+            if value is None or (isinstance(value, str) and value):
+                return None
+            return "expected a column/layer name or None"
         if self.kind == "k":
             if value == "auto" or (_is_int(value) and value >= 2):
                 return None
@@ -126,7 +129,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("latent_norm_weight", float, 0.0, "lambda of the -lambda*z'z term.", low=0),
     Option("random_state", int, 0, "Random seed (same seed, same labels on CPU).", aliases=("--seed",)),
     Option("device", str, "auto", "auto uses a CUDA GPU when torch sees one.", choices=DEVICES),
-    Option("progress", bool, True, "Progress bars on stderr when it is a terminal, or in a notebook (never in log files)."),
+    Option("progress", bool, True,
+           "Progress bars on stderr when it is a terminal, or in a notebook (never in log files)."),
 )
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 
