@@ -41,7 +41,8 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 # errno values that mean "the storage refused the write", reported as such
 _WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                   errno.EFBIG: "the file is larger than this system allows", errno.EROFS: "the file system is read-only",
+                   errno.EFBIG: "the file is larger than this system allows",
+                   errno.EROFS: "the file system is read-only",
                    errno.EIO: "the device reported an I/O error"}
 _WRITE_FAILURE_TEXT = {"No space left": errno.ENOSPC, "Disk quota": errno.EDQUOT, "File too large": errno.EFBIG,
                        "errno = 28": errno.ENOSPC, "errno = 27": errno.EFBIG}
