@@ -108,3 +108,33 @@ def test_bad_query_values(predictor, query):
         predictor.predict(x, gene_names=list(query.var_names))
     with pytest.raises(InputDataError, match="zero cells"):
         predictor.predict(x[:0], gene_names=list(query.var_names))
+
+
+def test_predictor_pickles_and_runs_in_another_process(bundle_dir, query_h5ad):
+    """Engines ship the Predictor to workers: it pickles, and a spawned process labels the same."""
+    import multiprocessing
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    import anndata as ad
+
+    predictor = Predictor(bundle_dir, n_threads=1)
+    query = ad.read_h5ad(query_h5ad)
+    expected = predictor.predict(query)
+    copy = pickle.loads(pickle.dumps(predictor))
+    np.testing.assert_array_equal(copy.predict(query).cluster, expected.cluster)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        remote = pool.submit(_predict_in_worker, predictor, query).result(timeout=300)
+    np.testing.assert_array_equal(remote, expected.cluster)
+
+
+def _predict_in_worker(predictor, query):
+    return predictor.predict(query).cluster
+
+
+def test_unavailable_provider_is_a_clear_error(bundle_dir):
+    from sccsa_infer.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="has no NoSuchExecutionProvider"):
+        Predictor(bundle_dir, providers=["NoSuchExecutionProvider"])
+    assert Predictor(bundle_dir, providers=["CPUExecutionProvider"]).providers == ["CPUExecutionProvider"]

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from .align import GeneAlignment, align_genes
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_COVERAGE, KEY_ADDED, MODEL_ENV
 from .bundle import INPUT_NAMES, METADATA_FILE, METADATA_KEY, OUTPUT_NAMES, Bundle, load_bundle
-from .errors import BundleError, InputDataError
+from .errors import BundleError, InputDataError, InvalidParameterError
 from .io import matrix_and_genes
 from .validate import check_library_sizes, check_values
 from .versions import warn_on_version_mismatch
@@ -140,7 +140,9 @@ class Predictor:
     """Labels cells with one model bundle.
 
     The ONNX Runtime session is created once and shared: ``predict`` may be called from
-    several threads at the same time.
+    several threads at the same time. A ``Predictor`` pickles (it carries the verified bundle and
+    reopens its session where it is unpickled), so engines such as Dask or a process pool can ship
+    it to workers. ``providers`` picks ONNX Runtime execution providers (default: CPU).
 
     >>> predictor = Predictor("my_bundle")            # doctest: +SKIP
     >>> result = predictor.predict(adata)             # doctest: +SKIP
@@ -153,24 +155,46 @@ class Predictor:
         *,
         n_threads: int | None = None,
         verify: bool = True,
+        providers: Sequence[str] | None = None,
     ):
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(default_bundle_path() if bundle is None else bundle, verify=verify)
         self.bundle = bundle
+        self.n_threads = n_threads
+        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        missing = [p for p in self.providers if p not in ort.get_available_providers()]
+        if missing:
+            raise InvalidParameterError(
+                f"ONNX Runtime here has no {', '.join(missing)}; available: {', '.join(ort.get_available_providers())}. "
+                "Install the matching onnxruntime build (e.g. onnxruntime-gpu for CUDAExecutionProvider)."
+            )
+        self.session = self._open_session()
+        self._check_contract()
+        self.thresholds = np.asarray(bundle.thresholds, dtype=np.float32)
+        log.info("loaded model %s: %d genes, K=%d, input %s, ONNX Runtime %s on %s", bundle.source, len(bundle.genes),
+                 bundle.n_clusters, bundle.input_kind, ort.__version__, ", ".join(self.providers))
+        warn_on_version_mismatch(bundle.metadata.get("versions", {}), bundle.source)
+
+    def _open_session(self) -> ort.InferenceSession:
         options = ort.SessionOptions()
-        if n_threads:
-            options.intra_op_num_threads = int(n_threads)
+        if self.n_threads:
+            options.intra_op_num_threads = int(self.n_threads)
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(bundle.model_bytes, options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(self.bundle.model_bytes, options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises several private exception types
-            raise BundleError(f"{bundle.source}: model.onnx cannot be loaded by ONNX Runtime ({exc}).") from None
-        self._check_contract()
-        self.thresholds = np.asarray(bundle.thresholds, dtype=np.float32)
-        log.info("loaded model %s: %d genes, K=%d, input %s, ONNX Runtime %s", bundle.source, len(bundle.genes),
-                 bundle.n_clusters, bundle.input_kind, ort.__version__)
-        warn_on_version_mismatch(bundle.metadata.get("versions", {}), bundle.source)
+            raise BundleError(f"{self.bundle.source}: model.onnx cannot be loaded by ONNX Runtime ({exc}).") from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a pickle carries: the verified bundle and the settings, not the session (ONNX
+        Runtime sessions cannot be pickled); a worker that unpickles it opens its own session."""
+        return {"bundle": self.bundle, "n_threads": self.n_threads, "providers": self.providers}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.bundle, self.n_threads, self.providers = state["bundle"], state["n_threads"], state["providers"]
+        self.session = self._open_session()
+        self.thresholds = np.asarray(self.bundle.thresholds, dtype=np.float32)
 
     def _check_contract(self) -> None:
         meta = self.session.get_modelmeta().custom_metadata_map
