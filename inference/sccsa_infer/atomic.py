@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import OutputError
 
@@ -108,7 +109,9 @@ def check_writable(
     """Fail early, with a clear message, when ``target`` cannot be created or may not be replaced.
 
     An existing ``target`` is replaced only with ``overwrite`` and only when the
-    ``replaceable`` rule accepts it (default: nothing existing is replaceable). Returns ``target`` made absolute.
+    ``replaceable`` rule accepts it (default: nothing existing is replaceable). The rule is
+    evaluated under the parent folder's lock, so a concurrent sccsa writer swapping ``target``
+    cannot make it misjudge. Returns ``target`` made absolute.
     """
     shown = target
     target = absolute(target)
@@ -117,24 +120,33 @@ def check_writable(
         raise OutputError(f"Cannot write {shown}: folder {parent} does not exist. Create it or choose another path.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"Cannot write {shown}: folder {parent} is not writable. Choose another output path.")
-    if os.path.lexists(target):
-        if not overwrite:
-            raise OutputError(f"{shown} already exists; choose another output path or pass --overwrite.")
-        if target.is_symlink():
-            raise OutputError(
-                f"{shown} is a symbolic link; sccsa does not replace files through links. Write to a new path "
-                "and repoint the link yourself (ln -s NEW tmp-link && mv -T tmp-link LINK is atomic)."
-            )
-        if target.is_dir() != directory:
-            kind = "folder" if target.is_dir() else "file"
-            raise OutputError(f"{shown} exists and is a {kind}; choose another output path.")
-        if replaceable is None or not replaceable.accepts(target):
-            what = replaceable.what if replaceable is not None else "something sccsa may replace"
-            raise OutputError(
-                f"{option} {shown} exists and is not {what}; sccsa only replaces its own outputs, so nothing "
-                "was changed. Choose another output path, or move it away yourself."
-            )
+    with _parent_locked(parent):
+        _check_existing(target, shown, overwrite=overwrite, directory=directory, replaceable=replaceable,
+                        option=option)
     return target
+
+
+def _check_existing(target: Path, shown: Any, *, overwrite: bool, directory: bool, replaceable: ReplaceRule | None,
+                    option: str) -> None:
+    """Refuse to replace an existing ``target`` unless allowed (call with the parent locked)."""
+    if not os.path.lexists(target):
+        return
+    if not overwrite:
+        raise OutputError(f"{shown} already exists; choose another output path or pass --overwrite.")
+    if target.is_symlink():
+        raise OutputError(
+            f"{shown} is a symbolic link; sccsa does not replace files through links. Write to a new path "
+            "and repoint the link yourself (ln -s NEW tmp-link && mv -T tmp-link LINK is atomic)."
+        )
+    if target.is_dir() != directory:
+        kind = "folder" if target.is_dir() else "file"
+        raise OutputError(f"{shown} exists and is a {kind}; choose another output path.")
+    if replaceable is None or not replaceable.accepts(target):
+        what = replaceable.what if replaceable is not None else "something sccsa may replace"
+        raise OutputError(
+            f"{option} {shown} exists and is not {what}; sccsa only replaces its own outputs, so nothing "
+            "was changed. Choose another output path, or move it away yourself."
+        )
 
 
 def _process_alive(pid: int) -> bool:
@@ -229,7 +241,8 @@ def _commit(tmp: Path, target: Path, *, directory: bool, overwrite: bool, replac
     there, since another process may have written it while this one worked."""
     with _parent_locked(target.parent):
         if os.path.lexists(target):
-            check_writable(target, overwrite=overwrite, directory=directory, replaceable=replaceable)
+            _check_existing(target, target, overwrite=overwrite, directory=directory, replaceable=replaceable,
+                            option="--out")
             if directory:
                 if not _exchange(tmp, target):
                     # No atomic exchange here: two renames, still serialised by the lock.
