@@ -28,8 +28,8 @@ from .io import (
     write_table,
 )
 from .metrics import check_eval_labels, comparable_label_accuracy, evaluate
-from .validate import warn_duplicate_cells
 from .predictor import Prediction, Predictor
+from .validate import warn_duplicate_cells
 
 log = logging.getLogger(__name__)
 

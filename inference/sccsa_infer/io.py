@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-import logging
 import gzip
+import logging
 import shutil
 import warnings
 import zlib
