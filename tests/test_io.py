@@ -1,4 +1,4 @@
-"""Chunked readers for every input format, and atomic, content-preserving writers."""
+"""Chunked readers for every input format, and atomic, content-preserving, block-by-block writers."""
 
 import gzip
 
@@ -12,7 +12,9 @@ import scipy.sparse as sp
 
 from conftest import synthetic_counts
 from sccsa_infer.errors import InputDataError, OutputError
-from sccsa_infer.io import open_cells, read_h5ad, write_h5ad_result, write_table
+from sccsa_infer.io import open_cells, read_h5ad
+from sccsa_infer.prediction import Prediction
+from sccsa_infer.sinks import open_sink
 
 
 def _collect(source, size=7):
@@ -114,6 +116,27 @@ def test_unreadable_inputs_give_clear_errors(tmp_path, adata):
         open_cells(empty)
 
 
+def _prediction(n, k=3, latent_dim=2, names=("A", "B", "C"), seed=0):
+    rng = np.random.default_rng(seed)
+    prob = rng.dirichlet(np.ones(k), size=n).astype(np.float32)
+    raw = {"label": prob.argmax(axis=1), "prob": prob, "latent": rng.normal(size=(n, latent_dim)).astype(np.float32),
+           "distance": rng.random(n).astype(np.float32)}
+    return Prediction.from_outputs(raw, np.full(k, 0.5, dtype=np.float32), list(names), np.zeros(n, dtype=bool))
+
+
+def _write_in_blocks(out, source, whole, block=7, **kwargs):
+    with open_sink(out, source, **kwargs) as sink:
+        for start in range(0, len(whole), block):
+            part = _slice(whole, start, start + block)
+            sink.write(start, source.names(start, min(start + block, source.n_obs)), part)
+        sink.finish({"sccsa": {"model": "m"}})
+
+
+def _slice(prediction, start, stop):
+    return Prediction(**{f: getattr(prediction, f)[start:stop] for f in ("cluster", "confidence", "distance",
+                         "unassigned", "latent", "prob", "empty")}, cluster_names=prediction.cluster_names)
+
+
 def test_h5ad_result_keeps_everything_and_adds_columns(adata, tmp_path):
     a = adata.copy()
     a.obsm["X_pca"] = np.ones((a.n_obs, 2))
@@ -123,28 +146,62 @@ def test_h5ad_result_keeps_everything_and_adds_columns(adata, tmp_path):
     a.write_h5ad(path)
     before = path.read_bytes()
     out = tmp_path / "out.h5ad"
+    whole = _prediction(a.n_obs)
     with open_cells(path) as source:
-        write_h5ad_result(source, out, {"sccsa_cluster": pd.Categorical(["0"] * a.n_obs)},
-                          {"X_sccsa": np.zeros((a.n_obs, 3), dtype=np.float32)}, {"sccsa": {"model": "m"}})
+        _write_in_blocks(out, source, whole)
     assert path.read_bytes() == before  # input untouched
     result = ad.read_h5ad(out)
     assert (result.X != a.X).nnz == 0
-    assert list(result.obs.columns) == ["cell_type", "sccsa_cluster"]
+    assert list(result.obs.columns) == ["cell_type", *whole.obs_columns()]
+    for key, values in whole.obs_columns().items():  # written block by block, read back whole
+        np.testing.assert_array_equal(np.asarray(result.obs[key]), np.asarray(values))
+    assert list(result.obs["sccsa_label"].cat.categories) == ["A", "B", "C", "unassigned"]
+    np.testing.assert_array_equal(result.obsm["X_sccsa"], whole.latent)
     assert set(result.obsm) == {"X_pca", "X_sccsa"} and "counts" in result.layers
     assert result.uns["keep"]["x"] == 1 and result.uns["sccsa"]["model"] == "m"
+    assert list(result.obs_names) == list(a.obs_names)
+    with open_cells(out) as source:  # labelling an output again replaces the columns, keeps one of each
+        _write_in_blocks(tmp_path / "again.h5ad", source, _prediction(a.n_obs, seed=1), block=11)
+    again = ad.read_h5ad(tmp_path / "again.h5ad")
+    assert list(again.obs.columns) == list(result.obs.columns)
+    np.testing.assert_array_equal(again.obsm["X_sccsa"], _prediction(a.n_obs, seed=1).latent)
 
 
-def test_failed_write_leaves_no_file(tmp_path):
-    out = tmp_path / "t.csv"
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet"])
+def test_tables_written_in_blocks_equal_the_whole(adata, tmp_path, suffix):
+    path = tmp_path / "in.h5ad"
+    adata.write_h5ad(path)
+    whole = _prediction(adata.n_obs)
+    out = tmp_path / f"t{suffix}"
+    with open_cells(path) as source:
+        _write_in_blocks(out, source, whole, with_latent=True)
+    table = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out, sep="\t" if suffix == ".tsv" else ",",
+                                                                          index_col=0)
+    expected = whole.to_frame(adata.obs_names, latent=True)
+    assert list(table.index) == list(adata.obs_names) and table.index.name == "cell"
+    assert list(table.columns) == list(expected.columns)
+    np.testing.assert_array_equal(table["sccsa_cluster"].astype(str), expected["sccsa_cluster"].astype(str))
+    np.testing.assert_allclose(table["sccsa_latent_1"], expected["sccsa_latent_1"], rtol=1e-6)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
 
-    class Boom(pd.DataFrame):
-        def to_csv(self, *args, **kwargs):
-            raise RuntimeError("disk full")
+        assert pq.ParquetFile(out).num_row_groups == -(-adata.n_obs // 7)  # one row group per block
 
-    with pytest.raises(RuntimeError):
-        write_table(Boom({"a": [1]}), out)
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(OutputError, match="does not exist"):
-        write_table(pd.DataFrame({"a": [1]}), tmp_path / "no" / "t.csv")
-    with pytest.raises(OutputError, match="use an .h5ad"):
-        write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.xlsx")
+
+def test_failed_write_leaves_no_file(adata, tmp_path):
+    path = tmp_path / "in.h5ad"
+    adata.write_h5ad(path)
+    for suffix in (".csv", ".parquet", ".h5ad"):
+        out = tmp_path / f"t{suffix}"
+        with open_cells(path) as source, pytest.raises(RuntimeError):
+            with open_sink(out, source) as sink:
+                sink.write(0, source.names(0, 5), _slice(_prediction(adata.n_obs), 0, 5))
+                raise RuntimeError("disk full")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad"]
+    with open_cells(path) as source:
+        with pytest.raises(OutputError, match="does not exist"):
+            with open_sink(tmp_path / "no" / "t.csv", source):
+                pass
+        with pytest.raises(OutputError, match="must end in .h5ad"):
+            with open_sink(tmp_path / "t.xlsx", source):
+                pass

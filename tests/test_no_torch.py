@@ -60,3 +60,11 @@ def test_import_and_help_stay_light():
             "assert not heavy, heavy")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_package_functions_survive_submodule_imports():
+    """``sccsa_infer.annotate`` stays the function after the CLI or the Dask engine imported the
+    module that defines it (a submodule named like a package attribute would replace it)."""
+    code = ("import sccsa_infer, sccsa_infer.annotation, sccsa_infer.cli; "
+            "assert callable(sccsa_infer.annotate) and callable(sccsa_infer.annotate_file), sccsa_infer.annotate")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -18,19 +18,21 @@ from .versions import package_version
 __version__ = package_version("sccsa") or "0+unknown"
 
 _LAZY = {
-    "AnnotationSummary": "annotate",
-    "annotate": "annotate",
-    "annotate_file": "annotate",
+    "AnnotationSummary": "annotation",
+    "annotate": "annotation",
+    "annotate_file": "annotation",
     "Bundle": "bundle",
     "load_bundle": "bundle",
     "write_bundle": "bundle",
     "evaluate": "metrics",
-    "Prediction": "predictor",
+    "BlockLabeller": "block",
+    "Prediction": "prediction",
     "Predictor": "predictor",
 }
 
 __all__ = [
     "AnnotationSummary",
+    "BlockLabeller",
     "Bundle",
     "BundleError",
     "InputDataError",

@@ -43,14 +43,15 @@ class GeneAlignment:
                 f"Expected {self.n_query_genes} gene columns, got {matrix.shape[1]}; "
                 "the matrix does not match the gene names it came with."
             )
-        present = self.source_index >= 0
-        out = np.zeros((matrix.shape[0], len(self.panel)), dtype=np.float32)
-        if sp.issparse(matrix):
-            sub = sp.csr_matrix(matrix)[:, self.source_index[present]]
-            out[:, present] = sub.toarray()
-        else:
+        present = np.flatnonzero(self.source_index >= 0)
+        if not sp.issparse(matrix):
+            out = np.zeros((matrix.shape[0], len(self.panel)), dtype=np.float32)
             out[:, present] = np.asarray(matrix)[:, self.source_index[present]]
-        return out
+            return out
+        sub = sp.csr_matrix(matrix)[:, self.source_index[present]]  # columns = present panel genes, in order
+        if len(present) < len(self.panel):  # move them to their panel positions; missing ones stay zero
+            sub = sp.csr_matrix((sub.data, present[sub.indices], sub.indptr), shape=(sub.shape[0], len(self.panel)))
+        return sub.toarray().astype(np.float32, copy=False)
 
 
 def align_genes(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -58,7 +59,11 @@ def main() -> None:
 @click.option("--label-map", type=click.Path(path_type=Path), default=None,
               help="CSV/TSV (model name, your name) or JSON {model name: your name}: compare the model's cell-type "
                    "names with --eval-key's vocabulary.")
-@click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads (default: all cores).")
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="ONNX Runtime threads (default: all cores; with --scheduler: per worker, default 1).")
+@click.option("--scheduler", default=None, metavar="local:N|tcp://HOST:PORT",
+              help="Label on a Dask cluster (pip install 'sccsa[dask]'): local:N starts N worker processes here, an "
+                   "address joins a running scheduler whose workers can read DATA (.h5ad). Same output.")
 @click.option("--with-latent", is_flag=True, help="Also write the latent coordinates into .csv/.tsv/.parquet tables.")
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True,
               help="Replace an existing --out file, if sccsa wrote it (other files are never replaced).")
@@ -68,8 +73,8 @@ def main() -> None:
 @friendly_errors
 def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_key: str | None,
             total_counts_key: str | None, batch_size: int,
-            min_coverage: float, eval_key: str | None, label_map: Path | None, threads: int | None, with_latent: bool, overwrite: bool,
-            progress: bool) -> None:
+            min_coverage: float, eval_key: str | None, label_map: Path | None, threads: int | None, scheduler: str | None,
+            with_latent: bool, overwrite: bool, progress: bool) -> None:
     """Label every cell of DATA (.h5ad, 10x .h5, .mtx folder, .csv/.tsv) and write --out.
 
     Genes are matched to the model by name (case-insensitive, Ensembl versions ignored);
@@ -80,20 +85,31 @@ def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_k
       sccsa-infer predict pbmc.h5ad --out labelled.h5ad
       sccsa-infer predict query.h5ad -m bundle/ --layer counts --eval-key cell_type -o q.h5ad
       sccsa-infer predict filtered_feature_bc_matrix.h5 --gene-key gene_ids -o labels.csv
+      sccsa-infer predict atlas.h5ad --scheduler local:8 -o labels.parquet
     """
     if not data.exists():  # before the heavy imports below: a wrong path fails at once
         raise InputDataError(f"Input {data} does not exist. Check the path.")
-    from .annotate import annotate_file
+    from .annotation import annotate_file
     from .metrics import load_label_map
     from .predictor import Predictor
 
     started = time.perf_counter()
     mapping = load_label_map(label_map) if label_map is not None else None
-    predictor = Predictor(model, n_threads=threads)
-    summary = annotate_file(predictor, data, out, layer=layer, gene_key=gene_key,
-                            total_counts_key=total_counts_key, batch_size=batch_size,
-                            min_coverage=min_coverage, eval_key=eval_key, label_map=mapping, with_latent=with_latent,
-                            overwrite=overwrite, progress=progress)
+    if scheduler is not None:
+        from .dask import require_dask
+
+        require_dask()
+    predictor = Predictor(model, n_threads=threads or (1 if scheduler else None))
+    with contextlib.ExitStack() as stack:
+        client = None
+        if scheduler is not None:
+            from .dask import connect
+
+            client = stack.enter_context(connect(scheduler))
+        summary = annotate_file(predictor, data, out, layer=layer, gene_key=gene_key,
+                                total_counts_key=total_counts_key, batch_size=batch_size,
+                                min_coverage=min_coverage, eval_key=eval_key, label_map=mapping,
+                                with_latent=with_latent, overwrite=overwrite, progress=progress, client=client)
     seconds = time.perf_counter() - started
     names = predictor.bundle.cluster_names
     click.echo(f"Labelled {summary.n_cells} cells in {seconds:.1f} s ({summary.n_cells / max(seconds, 1e-9):,.0f} cells/s); "

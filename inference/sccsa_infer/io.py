@@ -1,4 +1,4 @@
-"""Read cells in chunks from .h5ad / 10x .h5 / .mtx / .csv, and write results atomically.
+"""Read cells in chunks from .h5ad / 10x .h5 / .mtx / .csv, and recognise the result files sccsa wrote.
 
 ``.h5ad`` and 10x ``.h5`` are streamed: only one chunk of cells is in memory at a time
 (AnnData's backed sparse datasets), so files larger than RAM can be labelled. ``.csv`` and
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import gzip
 import logging
-import shutil
 import warnings
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ import numpy as np
 import pandas as pd
 import scipy.io
 import scipy.sparse as sp
-from anndata.io import read_elem, sparse_dataset, write_elem
+from anndata.io import read_elem, sparse_dataset
 
-from .atomic import ReplaceRule, atomic_output
+from .atomic import ReplaceRule
 from .errors import InputDataError, OutputError, SccsaWarning, shorten
 
 log = logging.getLogger(__name__)
@@ -66,6 +65,10 @@ class CellSource:
 
     def _rows(self, start: int, stop: int) -> Any:
         raise NotImplementedError
+
+    def names(self, start: int, stop: int) -> np.ndarray:
+        """The names of cells start:stop (read per block where the format allows)."""
+        return np.asarray(self.obs_names[start:stop], dtype=object)
 
     def obs_column(self, key: str) -> pd.Series:
         """A per-cell annotation (e.g. true labels for evaluation)."""
@@ -135,9 +138,7 @@ class H5adSource(CellSource):
             self.source_name = f"layers['{layer}']"
         self.var = read_elem(f["var"])
         self.var_names = _gene_names_from_var(self.var, gene_key, self.path)
-        obs_group = f["obs"]
-        index_key = obs_group.attrs.get("_index", "_index")
-        self.obs_names = pd.Index(read_elem(obs_group[index_key]).astype(str))
+        self._index = f["obs"][f["obs"].attrs.get("_index", "_index")]
         if isinstance(element, h5py.Dataset):
             self.matrix: Any = element
             shape = element.shape
@@ -163,6 +164,18 @@ class H5adSource(CellSource):
 
     def _rows(self, start: int, stop: int) -> Any:
         return self.matrix[start:stop]
+
+    def names(self, start: int, stop: int) -> np.ndarray:
+        """Cell names start:stop read from the file, so that no list of all names is held."""
+        values = self._index[start:stop]
+        if values.dtype.kind in "OS":
+            return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+        return values.astype(str).astype(object)
+
+    @property
+    def obs_names(self) -> pd.Index:  # type: ignore[override]
+        """All cell names (read whole: only for the in-memory paths)."""
+        return pd.Index(self.names(0, self.n_obs))
 
     def obs_column(self, key: str) -> pd.Series:
         obs_group = self.file["obs"]
@@ -414,53 +427,6 @@ OWN_RESULTS = ReplaceRule(is_sccsa_output, "a result file that sccsa wrote")
 """What ``--out`` / ``--write-adata`` may replace."""
 
 
-def write_h5ad_result(
-    source: CellSource,
-    out: Path,
-    obs_columns: Mapping[str, Any],
-    obsm: Mapping[str, np.ndarray],
-    uns: Mapping[str, Any],
-    *,
-    overwrite: bool = True,
-) -> None:
-    """Write the input plus new obs/obsm/uns entries to ``out`` (.h5ad), atomically.
-
-    For .h5ad input the file is copied byte for byte and only the new entries are written
-    into the copy, so memory stays bounded and every other field survives unchanged. An
-    existing ``out`` is replaced only with ``overwrite`` and only if sccsa wrote it.
-    """
-    with atomic_output(out, overwrite=overwrite, replaceable=OWN_RESULTS) as tmp:
-        if isinstance(source, H5adSource):
-            shutil.copyfile(source.path, tmp)
-            with h5py.File(tmp, "r+") as f:
-                obs = read_elem(f["obs"])
-                for key, values in obs_columns.items():
-                    obs[key] = values
-                del f["obs"]
-                write_elem(f, "obs", obs)
-                if "obsm" not in f:
-                    write_elem(f, "obsm", {})
-                if "uns" not in f:
-                    write_elem(f, "uns", {})
-                for key, values in obsm.items():
-                    if key in f["obsm"]:
-                        del f["obsm"][key]
-                    write_elem(f["obsm"], key, values)
-                for key, value in uns.items():
-                    if key in f["uns"]:
-                        del f["uns"][key]
-                    write_elem(f["uns"], key, value)
-        else:
-            import anndata
-
-            matrix = sp.vstack([rows for _, _, rows in source.chunks(65536)]).tocsr()
-            obs = pd.DataFrame(dict(obs_columns), index=source.obs_names)
-            adata = anndata.AnnData(
-                X=matrix, obs=obs, var=pd.DataFrame(index=pd.Index(source.var_names)), obsm=dict(obsm), uns=dict(uns)
-            )
-            adata.write_h5ad(tmp)
-
-
 def require_parquet() -> None:
     """Fail before any work when .parquet output is asked for but pyarrow is not installed."""
     try:
@@ -470,18 +436,3 @@ def require_parquet() -> None:
             "Writing .parquet needs pyarrow, which the base install leaves out: pip install 'sccsa[parquet]' "
             "(or write .csv/.tsv/.h5ad)."
         ) from None
-
-
-def write_table(table: pd.DataFrame, out: Path, *, overwrite: bool = True) -> None:
-    """Write ``table`` as .csv/.tsv/.parquet (chosen by suffix), atomically. An existing ``out``
-    is replaced only with ``overwrite`` and only if sccsa wrote it."""
-    suffix = format_suffix(out)
-    if suffix not in TABLE_SUFFIXES:
-        raise OutputError(f"Cannot write {out}: use an .h5ad, .csv, .tsv or .parquet output name.")
-    with atomic_output(out, overwrite=overwrite, replaceable=OWN_RESULTS) as tmp:
-        if suffix == ".parquet":
-            require_parquet()
-            table.to_parquet(tmp)
-        else:
-            table.to_csv(tmp, sep="\t" if suffix == ".tsv" else ",", index_label="cell")
-

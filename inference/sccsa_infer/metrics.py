@@ -94,7 +94,7 @@ def comparable_label_accuracy(true: Sequence, names: Sequence, label_map: Mappin
                               key: str) -> float | None:
     """Label accuracy after mapping the model's names with ``label_map``; ``None`` (with a warning
     that says why) when the two vocabularies share no label, where a score of 0 would mislead."""
-    from .predictor import UNASSIGNED
+    from .prediction import UNASSIGNED
 
     mapped = np.asarray([label_map.get(n, n) for n in names] if label_map else names, dtype=object)
     truth = np.asarray(true).astype(str)

@@ -5,27 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-import pandas as pd
-import scipy.sparse as sp
 
 from .align import GeneAlignment, align_genes
-from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_COVERAGE, KEY_ADDED, MODEL_ENV
+from .block import BlockLabeller
 from .bundle import INPUT_NAMES, METADATA_FILE, METADATA_KEY, OUTPUT_NAMES, Bundle, load_bundle
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_COVERAGE, MODEL_ENV
 from .errors import BundleError, InputDataError, InvalidParameterError
 from .io import matrix_and_genes
-from .validate import check_library_sizes, check_values
+from .prediction import Prediction
 from .versions import warn_on_version_mismatch
 
 log = logging.getLogger(__name__)
-
-UNASSIGNED = "unassigned"
 
 
 def default_bundle_path() -> Path:
@@ -43,97 +39,6 @@ def default_bundle_path() -> Path:
         + MODEL_ENV
         + ") to a bundle written by `sccsa-train`."
     )
-
-
-@dataclass
-class Prediction:
-    """Per-cell results: cluster index, optional name, confidence, distance, latent."""
-
-    cluster: np.ndarray
-    confidence: np.ndarray
-    distance: np.ndarray
-    unassigned: np.ndarray
-    latent: np.ndarray
-    prob: np.ndarray
-    cluster_names: list[str] | None = None
-    gene_coverage: float | None = None
-
-    @classmethod
-    def from_outputs(cls, raw: Mapping[str, np.ndarray], thresholds: np.ndarray, cluster_names: list[str] | None,
-                     empty: np.ndarray) -> Prediction:
-        """Results from the graph's outputs (``label``, ``prob``, ``latent``, ``distance``): the one
-        place where confidence and ``unassigned`` are derived, for ONNX Runtime and torch alike.
-        ``empty`` marks cells with no counts in the model's genes (always unassigned)."""
-        cluster = np.asarray(raw["label"]).astype(np.int64)
-        distance = np.asarray(raw["distance"]).astype(np.float32)
-        prob = np.asarray(raw["prob"]).astype(np.float32)
-        return cls(
-            cluster=cluster,
-            confidence=prob.max(axis=1),
-            distance=distance,
-            unassigned=(distance > np.asarray(thresholds, dtype=np.float32)[cluster]) | np.asarray(empty, dtype=bool),
-            latent=np.asarray(raw["latent"]).astype(np.float32),
-            prob=prob,
-            cluster_names=cluster_names,
-        )
-
-    @classmethod
-    def empty(cls, n: int, n_clusters: int, latent_dim: int, cluster_names: list[str] | None) -> Prediction:
-        return cls(
-            cluster=np.zeros(n, dtype=np.int64),
-            confidence=np.zeros(n, dtype=np.float32),
-            distance=np.zeros(n, dtype=np.float32),
-            unassigned=np.zeros(n, dtype=bool),
-            latent=np.zeros((n, latent_dim), dtype=np.float32),
-            prob=np.zeros((n, n_clusters), dtype=np.float32),
-            cluster_names=cluster_names,
-        )
-
-    def put(self, start: int, part: Prediction) -> None:
-        """Copy ``part`` into rows ``start:start+len(part)``."""
-        stop = start + len(part)
-        for name in ("cluster", "confidence", "distance", "unassigned", "latent", "prob"):
-            getattr(self, name)[start:stop] = getattr(part, name)
-
-    def __len__(self) -> int:
-        return len(self.cluster)
-
-    @property
-    def label(self) -> np.ndarray | None:
-        """Cell-type name per cell (``'unassigned'`` beyond the threshold), or ``None``."""
-        if self.cluster_names is None:
-            return None
-        names = np.asarray(self.cluster_names, dtype=object)[self.cluster]
-        return np.where(self.unassigned, UNASSIGNED, names)
-
-    def obs_columns(self, key_added: str = KEY_ADDED) -> dict[str, Any]:
-        """The ``obs`` columns sccsa writes (``{key_added}_cluster``, ``_label`` when the model has
-        names, ``_confidence``, ``_distance``, ``_unassigned``): the one output schema of the CLI,
-        :func:`sccsa_infer.annotate` and ``SCCSA.annotate``."""
-        k = self.prob.shape[1]
-        columns: dict[str, Any] = {
-            f"{key_added}_cluster": pd.Categorical(self.cluster.astype(str), categories=[str(i) for i in range(k)]),
-        }
-        if self.cluster_names is not None:
-            categories = list(dict.fromkeys([*self.cluster_names, UNASSIGNED]))
-            columns[f"{key_added}_label"] = pd.Categorical(self.label, categories=categories)
-        columns[f"{key_added}_confidence"] = self.confidence
-        columns[f"{key_added}_distance"] = self.distance
-        columns[f"{key_added}_unassigned"] = self.unassigned
-        return columns
-
-    def obsm(self, key_added: str = KEY_ADDED) -> dict[str, np.ndarray]:
-        """The ``obsm`` entry sccsa writes: the latent coordinates as ``X_{key_added}``."""
-        return {f"X_{key_added}": self.latent}
-
-    def to_frame(self, index: Sequence[str] | pd.Index | None = None, *, latent: bool = False,
-                 key_added: str = KEY_ADDED) -> pd.DataFrame:
-        """A table of the obs columns (plus ``{key_added}_latent_*`` columns with ``latent``)."""
-        frame = pd.DataFrame(self.obs_columns(key_added), index=None if index is None else pd.Index(index))
-        if latent:
-            for j in range(self.latent.shape[1]):
-                frame[f"{key_added}_latent_{j}"] = self.latent[:, j]
-        return frame
 
 
 class Predictor:
@@ -231,24 +136,10 @@ class Predictor:
         """Map ``gene_names`` (the query's columns) onto the bundle's gene panel."""
         return align_genes(gene_names, self.genes, min_coverage=min_coverage, source=source)
 
-    def predict_chunk(
-        self,
-        matrix: np.ndarray | sp.spmatrix,
-        alignment: GeneAlignment,
-        *,
-        total_counts: np.ndarray | None = None,
-        row_offset: int = 0,
-        source: str = "the query",
-    ) -> Prediction:
-        """Validate and label one chunk of cells × query genes. ``total_counts`` are the cells'
-        library sizes over all genes when ``matrix`` holds only some (default: row sums)."""
-        check_values(matrix, self.bundle.input_kind, row_offset=row_offset, source=source, serving=True)
-        totals = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
-        if total_counts is not None:
-            totals = check_library_sizes(total_counts, totals, "total_counts")
-        panel = alignment.take(matrix)
-        raw = self.run(panel, totals)
-        return Prediction.from_outputs(raw, self.thresholds, self.bundle.cluster_names, panel.sum(axis=1) == 0)
+    def labeller(self, alignment: GeneAlignment) -> BlockLabeller:
+        """The serving primitive for a query with this gene ``alignment``: a block of cells in, a block
+        of results out (what every path, the Dask engine included, runs per block)."""
+        return BlockLabeller(self.run, alignment, self.bundle.input_kind, self.thresholds, self.bundle.cluster_names)
 
     def predict(
         self,
@@ -272,13 +163,5 @@ class Predictor:
             if not hasattr(data, "obs") or total_counts not in data.obs.columns:
                 raise InputDataError(f"total_counts {total_counts!r} is not an obs column of the data.")
             total_counts = data.obs[total_counts].to_numpy()
-        if matrix.shape[0] == 0:
-            raise InputDataError("The data contain zero cells; nothing to label.")
         alignment = self.align(genes, min_coverage=min_coverage)
-        result = Prediction.empty(matrix.shape[0], self.bundle.n_clusters, self.bundle.latent_dim, self.bundle.cluster_names)
-        for start in range(0, matrix.shape[0], batch_size):
-            totals = None if total_counts is None else np.asarray(total_counts)[start : start + batch_size]
-            part = self.predict_chunk(matrix[start : start + batch_size], alignment, total_counts=totals, row_offset=start)
-            result.put(start, part)
-        result.gene_coverage = alignment.coverage
-        return result
+        return self.labeller(alignment).label(matrix, total_counts=total_counts, batch_size=batch_size)

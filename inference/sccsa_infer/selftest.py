@@ -41,7 +41,7 @@ def run_selftest(predictor: Any) -> dict[str, Any]:
                 f"{bundle.source}: the self-test cells' {len(genes)} genes are not the bundle's {len(bundle.genes)} "
                 "genes; the gene list in the metadata was edited. Restore the original bundle or re-export it."
             )
-        part = predictor.predict_chunk(case["counts"], alignment, total_counts=case["total_counts"].ravel())
+        part = predictor.labeller(alignment)(case["counts"], case["total_counts"].ravel())
         label, latent = part.cluster, part.latent
     mismatched = int((label != case["label"]).sum())
     diff = np.abs(latent - case["latent"])

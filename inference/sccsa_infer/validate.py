@@ -174,15 +174,69 @@ def check_library_sizes(totals: Sequence[float] | np.ndarray, row_sums: np.ndarr
     return values
 
 
+class DuplicateNames:
+    """Repeated cell names in a stream of blocks, holding a 64-bit hash per cell instead of the
+    names (8 bytes a cell; a false repeat needs a hash collision, ~n²/2⁶⁵)."""
+
+    def __init__(self) -> None:
+        self._parts: list[np.ndarray] = []
+
+    @staticmethod
+    def hashes(names: Sequence[str] | np.ndarray) -> np.ndarray:
+        import pandas as pd
+
+        return pd.util.hash_array(np.asarray(names, dtype=object).astype(str).astype(object))
+
+    def add(self, names: Sequence[str] | np.ndarray) -> None:
+        self._parts.append(self.hashes(names))
+
+    def repeated(self) -> np.ndarray:
+        """The distinct hashes that occur more than once."""
+        if not self._parts:
+            return np.empty(0, dtype=np.uint64)
+        values = np.sort(np.concatenate(self._parts))
+        return np.unique(values[1:][values[1:] == values[:-1]])
+
+
 def warn_duplicate_cells(cell_names: Sequence[str], source: str) -> None:
     """Warn when cell names repeat: results keyed by cell name would be ambiguous."""
-    counts = Counter(str(n) for n in cell_names)
-    repeated = [n for n, c in counts.items() if c > 1]
-    if repeated:
-        warnings.warn(
-            f"{source} has {len(repeated)} duplicated cell name(s) (e.g. {shorten(repeated[0])!r}); results are "
-            "written in row order, but tables keyed by cell name will be ambiguous. Make them unique "
-            "(adata.obs_names_make_unique()).",
-            SccsaWarning,
-            stacklevel=2,
-        )
+    tally = DuplicateNames()
+    tally.add(cell_names)
+    repeated = tally.repeated()
+    if repeated.size:
+        hashes = DuplicateNames.hashes(cell_names)
+        warn_repeated_names(len(repeated), str(np.asarray(cell_names, dtype=object)[np.isin(hashes, repeated)][0]), source)
+
+
+def warn_repeated_names(n_repeated: int, example: str, source: str) -> None:
+    """The duplicated-cell-names warning (``example``: one of the repeated names)."""
+    warnings.warn(
+        f"{source} has {n_repeated} duplicated cell name(s) (e.g. {shorten(example)!r}); results are "
+        "written in row order, but tables keyed by cell name will be ambiguous. Make them unique "
+        "(adata.obs_names_make_unique()).",
+        SccsaWarning,
+        stacklevel=3,
+    )
+
+
+def check_block(
+    block: np.ndarray | sp.csr_matrix,
+    panel: np.ndarray,
+    totals: np.ndarray,
+    input_kind: str,
+    *,
+    panel_genes: Sequence[str],
+    row_offset: int = 0,
+    source: str = "the data",
+) -> None:
+    """The serving checks of one block, paid mostly on the model's genes.
+
+    Every gene enters the library sizes, so the whole block is scanned only for what would corrupt
+    them (one minimum and the row sums already computed: NaN, infinite or negative values); the
+    stricter test of the input kind (whole numbers for counts) runs on the ``panel`` columns the
+    model reads. On a failure the full :func:`check_values` names the first offending value.
+    """
+    values = block.data if sp.issparse(block) else block
+    if values.size and (not np.all(np.isfinite(totals)) or values.min() < 0):
+        check_values(block, input_kind, row_offset=row_offset, source=source, serving=True)
+    check_values(panel, input_kind, gene_names=panel_genes, row_offset=row_offset, source=source, serving=True)

@@ -18,11 +18,11 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from sccsa_infer.align import align_genes
-from sccsa_infer.bundle import OUTPUT_NAMES
 from sccsa_infer.errors import InputDataError, SccsaWarning
 from sccsa_infer.defaults import KEY_ADDED
-from sccsa_infer.predictor import Prediction
-from sccsa_infer.validate import check_values, warn_duplicate_cells
+from sccsa_infer.block import BlockLabeller
+from sccsa_infer.prediction import Prediction
+from sccsa_infer.validate import warn_duplicate_cells
 
 from . import n_clusters as n_clusters_estimation
 from .fit import (
@@ -329,23 +329,16 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         return self.fitted().serving_graph()
 
     def _predict(self, adata: ad.AnnData, layer: str | None) -> Prediction:
-        """Run the torch serving graph over ``adata`` in chunks; results as the serving half gives them."""
+        """Run the torch serving graph over ``adata`` through the serving half's block primitive, so
+        results are exactly what ``sccsa-infer`` derives from the exported graph."""
         state = self._fitted()
         matrix = expression_matrix(adata, layer if layer is not None else self.layer)
-        check_values(matrix, state.input_kind, source="the data", serving=True)
         alignment = align_genes([str(g) for g in adata.var_names], state.panel.genes, source="the data")
-        graph = self.serving_graph()
-        totals = library_sizes(adata, matrix, self.total_counts_key).astype(np.float32)
-        result = Prediction.empty(matrix.shape[0], state.n_clusters, self.latent_dim, state.cluster_names)
-        with torch.no_grad():
-            for start in range(0, matrix.shape[0], PREDICT_CHUNK):
-                panel = alignment.take(matrix[start : start + PREDICT_CHUNK])
-                outputs = graph(torch.from_numpy(panel), torch.from_numpy(totals[start : start + PREDICT_CHUNK]))
-                raw = {name: value.numpy() for name, value in zip(OUTPUT_NAMES, outputs)}
-                result.put(start, Prediction.from_outputs(raw, state.thresholds, state.cluster_names,
-                                                          panel.sum(axis=1) == 0))
-        result.gene_coverage = alignment.coverage
-        return result
+        totals = None
+        if self.total_counts_key is not None:
+            totals = library_sizes(adata, matrix, self.total_counts_key)
+        labeller = BlockLabeller(self.serving_graph().run, alignment, state.input_kind, state.thresholds, state.cluster_names)
+        return labeller.label(matrix, total_counts=totals, batch_size=PREDICT_CHUNK, source="the data")
 
     def transform(self, X: ad.AnnData, layer: str | None = None) -> np.ndarray:
         """Latent coordinates z of the cells of the AnnData ``X`` (genes matched by name)."""

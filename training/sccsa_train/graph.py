@@ -8,6 +8,7 @@ already log-normalised) and ``total_counts`` is accepted but not used.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,3 +52,11 @@ class ServingGraph(nn.Module):
         prob = responsibilities(squared, self.net.beta)
         nearest, label = torch.min(squared, dim=1)
         return label, prob, latent, torch.sqrt(torch.clamp(nearest, min=0.0))
+
+    @torch.no_grad()
+    def run(self, counts: np.ndarray, total_counts: np.ndarray) -> dict[str, np.ndarray]:
+        """The ONNX Runtime session's ``run`` in torch: numpy in, raw outputs by name out (the runner
+        of :class:`sccsa_infer.block.BlockLabeller` for the in-memory model)."""
+        outputs = self(torch.from_numpy(np.ascontiguousarray(counts, dtype=np.float32)),
+                       torch.from_numpy(np.ascontiguousarray(total_counts, dtype=np.float32).reshape(-1, 1)))
+        return {name: value.numpy() for name, value in zip(self.output_names, outputs)}

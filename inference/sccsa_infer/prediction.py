@@ -1,0 +1,103 @@
+"""The output schema of labelling: per-cell results and the obs/obsm/table columns they become.
+
+One schema for every path: ``sccsa-infer``, :func:`sccsa_infer.annotate`, the Dask engine and the
+training half's ``SCCSA.annotate`` all write what :class:`Prediction` says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .defaults import KEY_ADDED
+
+UNASSIGNED = "unassigned"
+ARRAY_FIELDS: tuple[str, ...] = ("cluster", "confidence", "distance", "unassigned", "latent", "prob", "empty")
+
+
+@dataclass
+class Prediction:
+    """Per-cell results: cluster index, optional name, confidence, distance, latent, and ``empty``
+    (no counts in the model's genes; such cells are always unassigned)."""
+
+    cluster: np.ndarray
+    confidence: np.ndarray
+    distance: np.ndarray
+    unassigned: np.ndarray
+    latent: np.ndarray
+    prob: np.ndarray
+    empty: np.ndarray
+    cluster_names: list[str] | None = None
+    gene_coverage: float | None = None
+
+    @classmethod
+    def from_outputs(cls, raw: Mapping[str, np.ndarray], thresholds: np.ndarray, cluster_names: list[str] | None,
+                     empty: np.ndarray) -> Prediction:
+        """Results from the graph's outputs (``label``, ``prob``, ``latent``, ``distance``): the one
+        place where confidence and ``unassigned`` are derived, for ONNX Runtime and torch alike.
+        ``empty`` marks cells with no counts in the model's genes (always unassigned)."""
+        cluster = np.asarray(raw["label"]).astype(np.int64)
+        distance = np.asarray(raw["distance"]).astype(np.float32)
+        prob = np.asarray(raw["prob"]).astype(np.float32)
+        return cls(
+            cluster=cluster,
+            confidence=prob.max(axis=1),
+            distance=distance,
+            unassigned=(distance > np.asarray(thresholds, dtype=np.float32)[cluster]) | np.asarray(empty, dtype=bool),
+            latent=np.asarray(raw["latent"]).astype(np.float32),
+            prob=prob,
+            empty=np.asarray(empty, dtype=bool),
+            cluster_names=cluster_names,
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[Prediction], gene_coverage: float | None = None) -> Prediction:
+        """One result from the results of consecutive blocks, in order."""
+        if not parts:
+            raise ValueError("no blocks to concatenate")
+        fields = {name: np.concatenate([getattr(p, name) for p in parts]) for name in ARRAY_FIELDS}
+        return cls(**fields, cluster_names=parts[0].cluster_names, gene_coverage=gene_coverage)
+
+    def __len__(self) -> int:
+        return len(self.cluster)
+
+    @property
+    def label(self) -> np.ndarray | None:
+        """Cell-type name per cell (``'unassigned'`` beyond the threshold), or ``None``."""
+        if self.cluster_names is None:
+            return None
+        names = np.asarray(self.cluster_names, dtype=object)[self.cluster]
+        return np.where(self.unassigned, UNASSIGNED, names)
+
+    def obs_columns(self, key_added: str = KEY_ADDED) -> dict[str, Any]:
+        """The ``obs`` columns sccsa writes (``{key_added}_cluster``, ``_label`` when the model has
+        names, ``_confidence``, ``_distance``, ``_unassigned``): the one output schema of the CLI,
+        :func:`sccsa_infer.annotate` and ``SCCSA.annotate``."""
+        k = self.prob.shape[1]
+        columns: dict[str, Any] = {
+            f"{key_added}_cluster": pd.Categorical(self.cluster.astype(str), categories=[str(i) for i in range(k)]),
+        }
+        if self.cluster_names is not None:
+            categories = list(dict.fromkeys([*self.cluster_names, UNASSIGNED]))
+            columns[f"{key_added}_label"] = pd.Categorical(self.label, categories=categories)
+        columns[f"{key_added}_confidence"] = self.confidence
+        columns[f"{key_added}_distance"] = self.distance
+        columns[f"{key_added}_unassigned"] = self.unassigned
+        return columns
+
+    def obsm(self, key_added: str = KEY_ADDED) -> dict[str, np.ndarray]:
+        """The ``obsm`` entry sccsa writes: the latent coordinates as ``X_{key_added}``."""
+        return {f"X_{key_added}": self.latent}
+
+    def to_frame(self, index: Sequence[str] | pd.Index | None = None, *, latent: bool = False,
+                 key_added: str = KEY_ADDED) -> pd.DataFrame:
+        """A table of the obs columns (plus ``{key_added}_latent_*`` columns with ``latent``)."""
+        frame = pd.DataFrame(self.obs_columns(key_added), index=None if index is None else pd.Index(index))
+        if latent:
+            for j in range(self.latent.shape[1]):
+                frame[f"{key_added}_latent_{j}"] = self.latent[:, j]
+        return frame
