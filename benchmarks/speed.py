@@ -7,21 +7,29 @@
    through ``Predictor.run``) and in torch eager (``ServingGraph``), at batch sizes 1, 64 and 1024,
    in one run with the same number of threads; cells/s from the median of ``--repeats`` timed
    passes, the two runtimes' passes interleaved; the ratio is ORT / torch.
-3. ``sccsa-infer predict`` end to end on an ``.h5ad`` of ``--cells`` (default 1,000,000) cells made
-   by replicating the real PBMC-Zheng4k cells (CSR, written in chunks), to .parquet: cells/s and
-   the peak resident memory of the process.
-4. Cold start: a fresh ``python -c "Predictor(bundle)"`` (import + session creation) and a
-   fresh ``sccsa-infer verify`` (import, hashes, session, self-test), median of 5.
+3. ``sccsa-infer predict --threads 1`` end to end on ``.h5ad`` files of ``--cells`` (default 1,000,000
+   and 5,000,000) cells made by replicating the real PBMC-Zheng4k cells (CSR, written in chunks),
+   to ``.parquet`` and to ``.h5ad``: wall and CPU seconds, cells per CPU-second and the peak
+   resident memory of the process (results are written block by block, so it should not grow
+   with the number of cells).
+4. Cold start: ``sccsa-infer --help``, a wrong input path, a fresh ``python -c "Predictor(bundle)"``
+   (import + session creation) and a fresh ``sccsa-infer verify`` (import, hashes, session,
+   self-test), median of 5.
+
+``--sections`` runs only some of these; the others are kept from the existing ``--out`` with the
+commit and date they were measured at (each section records its own).
 
 Results: ``results/speed.json`` and ``results/speed.md``.
 
     python benchmarks/speed.py
+    python benchmarks/speed.py --sections streaming cold_start --work /tmp/sccsa-speed
     python benchmarks/speed.py --cells 200000 --work /tmp/sccsa-speed --datasets goolam pollen_simlr_log
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -36,7 +44,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from common import DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, markdown_table, write_json
+from common import DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, machine, markdown_table, write_json
 from sccsa_infer import Predictor
 from sccsa_train import SCCSA
 
@@ -123,77 +131,139 @@ def write_replicated_h5ad(path: Path, matrix: sp.csr_matrix, genes: list[str], n
             write_elem(f, key, {})
 
 
-# Run argv[1:] from this small interpreter and print the child's peak RSS (KiB). A child's ru_maxrss
-# also counts the memory of the process that forked it, so the benchmark process (which holds the
-# data and a trained model) must not be the one that starts sccsa-infer.
-PEAK_RSS_LAUNCHER = """
+# Run argv[1:] from this small interpreter and print the child's peak RSS (KiB) and CPU seconds. A
+# child's ru_maxrss also counts the memory of the process that forked it, so the benchmark process
+# (which holds the data and a trained model) must not be the one that starts sccsa-infer.
+RUSAGE_LAUNCHER = """
 import os, subprocess, sys
 child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
 _, status, usage = os.wait4(child.pid, 0)
 child.returncode = os.waitstatus_to_exitcode(status)
-print(usage.ru_maxrss)
+print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
 sys.exit(child.returncode)
 """
 
 
-def run_for_peak_rss(command: list[str]) -> int:
-    """Run ``command`` to completion; its peak resident memory in KiB."""
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, *command], capture_output=True, text=True)
+def run_with_rusage(command: list[str]) -> tuple[int, float]:
+    """Run ``command`` to completion; its peak resident memory (KiB) and CPU seconds."""
+    done = subprocess.run([sys.executable, "-c", RUSAGE_LAUNCHER, *command], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    return int(done.stdout.split()[-1])
+    peak, cpu = done.stdout.split()[-2:]
+    return int(peak), float(cpu)
 
 
-def streaming(bundle: Path, source: sp.csr_matrix, genes: list[str], n_cells: int, work: Path) -> dict:
-    big = work / "replicated.h5ad"
-    with Timer() as timer:
-        write_replicated_h5ad(big, source, genes, n_cells)
-    print(f"wrote {n_cells} cells to {big} ({big.stat().st_size / 2**30:.2f} GiB) in {timer.seconds:.0f} s", flush=True)
-    out = work / "labels.parquet"
-    command = [str(Path(sys.executable).with_name("sccsa-infer")), "predict", str(big), "--model", str(bundle),
-               "--out", str(out), "--no-progress"]
-    with Timer() as timer:
-        peak_kib = run_for_peak_rss(command)
-    labelled = len(pd.read_parquet(out, columns=["sccsa_cluster"]))
-    return {"cells": n_cells, "labelled": labelled, "file_gib": round(big.stat().st_size / 2**30, 2),
-            "seconds": round(timer.seconds, 1), "cells_per_s": round(n_cells / timer.seconds),
-            "peak_rss_mib": round(peak_kib / 1024), "command": " ".join(command[1:])}
+INFER_BIN = Path(sys.executable).with_name("sccsa-infer")  # the default of --infer-bin
 
 
-def cold_start(bundle: Path, repeats: int = 5) -> dict:
-    python = [sys.executable, "-c", f"from sccsa_infer import Predictor; Predictor({str(bundle)!r})"]
-    verify = [str(Path(sys.executable).with_name("sccsa-infer")), "verify", str(bundle)]
+def streaming(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list[str], cell_counts: list[int],
+              work: Path) -> list[dict]:
+    """``sccsa-infer predict --threads 1`` on each file size, to .parquet and to .h5ad."""
+    rows = []
+    for n_cells in cell_counts:
+        big = work / f"replicated_{n_cells}.h5ad"
+        with Timer() as timer:
+            write_replicated_h5ad(big, source, genes, n_cells)
+        print(f"wrote {n_cells} cells to {big} ({big.stat().st_size / 2**30:.2f} GiB) in {timer.seconds:.0f} s", flush=True)
+        for suffix in (".parquet", ".h5ad"):
+            out = work / f"labels_{n_cells}{suffix}"
+            command = [str(infer_bin), "predict", str(big), "--model", str(bundle), "--out", str(out), "--threads", "1",
+                       "--no-progress"]
+            with Timer() as timer:
+                peak_kib, cpu = run_with_rusage(command)
+            if suffix == ".parquet":
+                labelled = len(pd.read_parquet(out, columns=["sccsa_cluster"]))
+            else:
+                with h5py.File(out, "r") as f:
+                    labelled = int(f["obs/sccsa_cluster/codes"].shape[0])
+            rows.append({"cells": n_cells, "output": suffix, "labelled": labelled,
+                         "input_gib": round(big.stat().st_size / 2**30, 2), "seconds": round(timer.seconds, 1),
+                         "cpu_seconds": round(cpu, 1), "cells_per_cpu_s": round(n_cells / cpu),
+                         "peak_rss_mib": round(peak_kib / 1024), "command": " ".join(["sccsa-infer", *command[1:]])})
+            print(rows[-1], flush=True)
+            out.unlink()
+        big.unlink()
+    return rows
+
+
+def installed_packages(infer_bin: Path) -> str:
+    """What the timed ``sccsa-infer``'s environment holds, beyond the serving dependencies."""
+    probe = ("import importlib.util as u; print(' '.join(m for m in ('torch', 'dask', 'scanpy', 'pyarrow') "
+             "if u.find_spec(m)))")
+    done = subprocess.run([str(infer_bin.with_name("python")), "-c", probe], capture_output=True, text=True, check=True)
+    extras = done.stdout.split()
+    return f"{infer_bin} (an environment with {', '.join(extras) if extras else 'no optional packages'})"
+
+
+def cold_start(infer_bin: Path, bundle: Path, work: Path, repeats: int = 5) -> dict:
+    """Median wall seconds of fresh processes: help, a wrong path, import + session, verify."""
+    commands = {
+        "sccsa_infer_help_s": ([str(infer_bin), "--help"], 0),
+        "wrong_path_error_s": ([str(infer_bin), "predict", str(work / "missing.h5ad"), "-o", str(work / "x.csv")], 1),
+        "import_and_session_s": ([str(infer_bin.with_name("python")), "-c",
+                                  f"from sccsa_infer import Predictor; Predictor({str(bundle)!r})"], 0),
+        "sccsa_infer_verify_s": ([str(infer_bin), "verify", str(bundle)], 0),
+    }
     result = {}
-    for name, command in (("import_and_session_s", python), ("sccsa_infer_verify_s", verify)):
+    for name, (command, expected) in commands.items():
         samples = []
         for _ in range(repeats):
             started = time.perf_counter()
-            subprocess.run(command, check=True, capture_output=True)
+            done = subprocess.run(command, capture_output=True)
             samples.append(time.perf_counter() - started)
+            if done.returncode != expected:
+                raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr.decode()[-2000:]}")
         result[name] = round(statistics.median(samples), 2)
     return result
 
 
+SECTIONS = ("training", "throughput", "streaming", "cold_start")
+
+
+def _measured(payload: dict, section: str) -> str:
+    when = payload.get("measured", {}).get(section)
+    return f" Measured at commit {when['commit']}, {when['date']}." if when else ""
+
+
 def summarise(payload: dict) -> str:
     parts = []
-    if payload["training"]:
+    if payload.get("training"):
         parts.append("## Training wall time (protocol U, default settings, seed 0, CPU)\n\n`SCCSA.fit` on each dataset "
                      "in turn, alone on the machine with the threads the footer states. `seconds` is the whole fit; "
                      "the stages are preprocessing + consensus pseudo-labels + F-test, pretraining, the K-means "
                      "initialisation of μ, and stage 2 (`cluster_epochs` of at most 100; `converged`: fewer than "
-                     "0.1 % of the labels changed in the last one).\n\n"
+                     "0.1 % of the labels changed in the last one)." + _measured(payload, "training") + "\n\n"
                      + markdown_table(pd.DataFrame(payload["training"]).set_index("dataset")))
-    parts.append("## Inference: ONNX Runtime vs torch eager, same model, same threads\n\nCells/s from the median of "
-                 f"{payload['repeats']} timed passes over the same cells per runtime, the passes of the two runtimes "
-                 "interleaved.\n\n"
-                 + markdown_table(pd.DataFrame(payload["throughput"]).set_index("batch")))
-    s = payload["streaming"]
-    parts.append(f"## `sccsa-infer predict` on {s['cells']:,} cells ({s['file_gib']} GiB .h5ad, replicated PBMC-Zheng4k)\n\n"
-                 f"{s['cells_per_s']:,} cells/s end to end ({s['seconds']} s), peak RSS of that process {s['peak_rss_mib']} MiB, "
-                 f"{s['labelled']:,} cells labelled. Command: `sccsa-infer {s['command']}`.")
-    c = payload["cold_start"]
-    parts.append(f"## Cold start (median of 5 fresh processes)\n\nimport + ONNX Runtime session: {c['import_and_session_s']} s; "
-                 f"`sccsa-infer verify` (import, hashes, session, self-test): {c['sccsa_infer_verify_s']} s.")
+    if payload.get("throughput"):
+        parts.append("## Inference: ONNX Runtime vs torch eager, same model, same threads\n\nCells/s from the median of "
+                     f"{payload['repeats']} timed passes over the same cells per runtime, the passes of the two runtimes "
+                     "interleaved." + _measured(payload, "throughput") + "\n\n"
+                     + markdown_table(pd.DataFrame(payload["throughput"]).set_index("batch")))
+    if payload.get("streaming"):
+        rows = pd.DataFrame(payload["streaming"])
+        growth = []
+        for suffix, group in rows.groupby("output"):
+            group = group.sort_values("cells")
+            if len(group) > 1:
+                first, last = group.iloc[0], group.iloc[-1]
+                growth.append(f"{suffix}: {last['peak_rss_mib'] / first['peak_rss_mib']:.2f}× the peak RSS for "
+                              f"{last['cells'] / first['cells']:.3g}× the cells")
+        sizes = " and ".join(f"{n:,}" for n in sorted(rows["cells"].unique()))
+        parts.append(f"## `sccsa-infer predict` on {sizes} cells (replicated PBMC-Zheng4k .h5ad, one thread)\n\n"
+                     "The default model of PBMC-Zheng4k (1000 genes); `--threads 1`, one process; `peak_rss_mib` is "
+                     "that process's peak resident memory, `cells_per_cpu_s` counts user + system CPU. Results are "
+                     "written block by block (Parquet row groups; .h5ad: the input copied, obs columns filled by "
+                     "slice)" + (": " + "; ".join(growth) + "." if growth else ".") + _measured(payload, "streaming")
+                     + (f" Timed: {payload['infer_install']}." if payload.get("infer_install") else "")
+                     + "\n\n" + markdown_table(rows.drop(columns=["command"]).set_index(["cells", "output"]))
+                     + f"\n\nCommand (per row): `{rows['command'].iloc[0]}`.")
+    if payload.get("cold_start"):
+        c = payload["cold_start"]
+        parts.append("## Cold start (median of 5 fresh processes)\n\n"
+                     f"`sccsa-infer --help`: {c['sccsa_infer_help_s']} s; a wrong input path to its error: "
+                     f"{c['wrong_path_error_s']} s; import + ONNX Runtime session: {c['import_and_session_s']} s; "
+                     f"`sccsa-infer verify` (import, hashes, session, self-test): {c['sccsa_infer_verify_s']} s."
+                     + _measured(payload, "cold_start"))
     return "\n\n".join(parts)
 
 
@@ -201,38 +271,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--datasets", nargs="*", help="datasets to time training on (default: every .h5ad in --data)")
-    parser.add_argument("--cells", type=int, default=1_000_000)
+    parser.add_argument("--sections", nargs="*", choices=SECTIONS, default=list(SECTIONS),
+                        help="what to measure; the other sections are kept from --out")
+    parser.add_argument("--cells", type=int, nargs="*", default=[1_000_000, 5_000_000])
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per runtime and batch size (median)")
+    parser.add_argument("--infer-bin", type=Path, default=INFER_BIN,
+                        help="the sccsa-infer to time in streaming and cold_start, e.g. that of a serving-only install "
+                             "(what the Docker image holds) instead of this environment's")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    infer_bin = args.infer_bin.absolute()
 
-    training, model = [], None
-    for path in datasets(args.data, args.datasets):
-        row, fitted = train_timed(path)
-        training.append(row)
-        if path.stem == SERVED:
-            model = fitted  # the served model is this same default fit: train it once
+    payload = json.loads(args.out.read_text()) if args.out.exists() and set(args.sections) != set(SECTIONS) else {}
+    payload.setdefault("measured", {})
+    stamp = {"commit": machine()["git_commit"], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    model = None
+    if "training" in args.sections:
+        payload["training"] = []
+        for path in datasets(args.data, args.datasets):
+            row, fitted = train_timed(path)
+            payload["training"].append(row)
+            if path.stem == SERVED:
+                model = fitted  # the served model is this same default fit: train it once
+        payload["measured"]["training"] = stamp
     adata, _, k, kind = load(args.data / f"{SERVED}.h5ad")
-    if model is None:  # SERVED was left out of --datasets
+    if model is None and set(args.sections) & {"throughput", "streaming", "cold_start"}:
         model = SCCSA(k, input_kind=kind, random_state=0, progress=False).fit(adata)
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         bundle = work / "bundle"
-        model.export(bundle, overwrite=True)
-        predictor = Predictor(bundle, n_threads=torch.get_num_threads())
-        alignment = predictor.align(list(adata.var_names))
-        counts = alignment.take(adata.X)
-        totals = np.asarray(adata.X.sum(axis=1), dtype=np.float32).ravel()
-        payload = {
-            "training": training,
-            "repeats": args.repeats,
-            "throughput": throughput(model, predictor, counts, totals, args.repeats),
-            "streaming": streaming(bundle, sp.csr_matrix(adata.X), list(adata.var_names), args.cells, work),
-            "cold_start": cold_start(bundle),
-        }
+        if model is not None:
+            model.export(bundle, overwrite=True)
+        if "throughput" in args.sections:
+            predictor = Predictor(bundle, n_threads=torch.get_num_threads())
+            counts = predictor.align(list(adata.var_names)).take(adata.X)
+            totals = np.asarray(adata.X.sum(axis=1), dtype=np.float32).ravel()
+            payload["repeats"] = args.repeats
+            payload["throughput"] = throughput(model, predictor, counts, totals, args.repeats)
+        if "streaming" in args.sections:
+            payload["streaming"] = streaming(infer_bin, bundle, sp.csr_matrix(adata.X), list(adata.var_names), args.cells, work)
+        if "cold_start" in args.sections:
+            payload["cold_start"] = cold_start(infer_bin, bundle, work)
+        for section in set(args.sections) - {"training"}:
+            payload["measured"][section] = stamp
+        if set(args.sections) & {"streaming", "cold_start"}:
+            payload["infer_install"] = installed_packages(infer_bin)
     write_json(args.out, payload)
     finish(args.out, "Speed and memory", summarise(payload))
 

@@ -150,3 +150,20 @@ def test_speed_times_every_training_stage(data_dir, monkeypatch):
         assert sum(stages) == pytest.approx(row["seconds"], abs=0.3)  # each rounded to 0.1 s
         assert 1 <= row["cluster_epochs"] <= FAST_TRAINING["cluster_epochs"]
     assert (rows[0]["cells"], rows[1]["cells"]) == (150, 120)
+
+
+def test_speed_streams_each_size_to_both_outputs_and_times_cold_start(bundle_dir, monkeypatch, tmp_path):
+    import scipy.sparse as sp
+
+    speed = script("speed", monkeypatch)
+    cells = synthetic_counts(n_cells=50, seed=4)
+    rows = speed.streaming(speed.INFER_BIN, bundle_dir, sp.csr_matrix(cells.X), list(cells.var_names), [300, 700],
+                           tmp_path)
+    assert [(r["cells"], r["output"]) for r in rows] == [(300, ".parquet"), (300, ".h5ad"), (700, ".parquet"),
+                                                         (700, ".h5ad")]
+    assert all(r["labelled"] == r["cells"] and r["peak_rss_mib"] > 0 and r["cpu_seconds"] > 0 for r in rows)
+    assert not list(tmp_path.glob("replicated_*")) and not list(tmp_path.glob("labels_*"))  # scratch cleaned up
+    timings = speed.cold_start(speed.INFER_BIN, bundle_dir, tmp_path, repeats=1)
+    assert set(timings) == {"sccsa_infer_help_s", "wrong_path_error_s", "import_and_session_s", "sccsa_infer_verify_s"}
+    page = speed.summarise({"streaming": rows, "cold_start": timings})
+    assert "2.33× the cells" in page and "wrong input path" in page

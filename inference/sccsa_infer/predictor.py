@@ -17,7 +17,6 @@ from .block import BlockLabeller
 from .bundle import INPUT_NAMES, METADATA_FILE, METADATA_KEY, OUTPUT_NAMES, Bundle, load_bundle
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_COVERAGE, MODEL_ENV
 from .errors import BundleError, InputDataError, InvalidParameterError
-from .io import matrix_and_genes
 from .prediction import Prediction
 from .versions import warn_on_version_mismatch
 
@@ -158,6 +157,8 @@ class Predictor:
         are the row sums unless ``total_counts`` gives them (an array, or an obs column name of
         the AnnData) for data that hold only a subset of genes. The input is never modified.
         """
+        from .io import matrix_and_genes  # AnnData's I/O stack, only when there is data to read
+
         matrix, genes = matrix_and_genes(data, gene_names=gene_names, layer=layer, gene_key=gene_key)
         if isinstance(total_counts, str):
             if not hasattr(data, "obs") or total_counts not in data.obs.columns:

@@ -18,9 +18,9 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from sccsa_infer.align import align_genes
-from sccsa_infer.errors import InputDataError, SccsaWarning
-from sccsa_infer.defaults import KEY_ADDED
 from sccsa_infer.block import BlockLabeller
+from sccsa_infer.defaults import DEFAULT_BATCH_SIZE, KEY_ADDED
+from sccsa_infer.errors import InputDataError, SccsaWarning
 from sccsa_infer.prediction import Prediction
 from sccsa_infer.validate import warn_duplicate_cells
 
@@ -47,7 +47,6 @@ from .pseudolabels import consensus_labels
 log = logging.getLogger(__name__)
 
 THRESHOLD_QUANTILE = 0.995
-PREDICT_CHUNK = 4096
 MIN_CELLS_PER_CLUSTER = 10
 
 
@@ -338,7 +337,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.total_counts_key is not None:
             totals = library_sizes(adata, matrix, self.total_counts_key)
         labeller = BlockLabeller(self.serving_graph().run, alignment, state.input_kind, state.thresholds, state.cluster_names)
-        return labeller.label(matrix, total_counts=totals, batch_size=PREDICT_CHUNK, source="the data")
+        return labeller.label(matrix, total_counts=totals, batch_size=DEFAULT_BATCH_SIZE, source="the data")
 
     def transform(self, X: ad.AnnData, layer: str | None = None) -> np.ndarray:
         """Latent coordinates z of the cells of the AnnData ``X`` (genes matched by name)."""
