@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make demo   train on Scanpy's shipped PBMCs, export, label held-out cells with sccsa-infer
 #   make test   run the test suite
-# Both create .venv and install what they need (torch==2.13.0 first, then sccsa[train,test]).
+# Both create .venv and install what they need (torch==2.13.0 first, then sccsa-infer from ./inference
+# and sccsa[train,test]).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,11 +12,11 @@ STAMP := $(VENV)/.sccsa-installed
 
 .PHONY: demo test test-slow test-all default-model benchmarks clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml inference/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[train,test]"
+	$(PY) -m pip install --quiet -e ./inference -e ".[train,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,10 +32,10 @@ test-all: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow"
 
 default-model: $(STAMP)
-	$(PY) models/build_default.py --out models/default
+	$(PY) models/build_default.py --out inference/sccsa_infer/default_model
 
 benchmarks: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[train,test,bench]"
+	$(PY) -m pip install --quiet -e ./inference -e ".[train,test,bench]"
 	$(PY) benchmarks/run_all.py
 
 clean:

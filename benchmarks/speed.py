@@ -12,7 +12,11 @@
    to ``.parquet`` and to ``.h5ad``: wall and CPU seconds, cells per CPU-second and the peak
    resident memory of the process (results are written block by block, so it should not grow
    with the number of cells).
-4. Cold start: ``sccsa-infer --help``, a wrong input path, a fresh ``python -c "Predictor(bundle)"``
+4. Contention: ``sccsa-infer predict`` (all cores) on a replicated file and ``sccsa-train`` (all
+   cores) on ``--contention-dataset``, each alone and beside one busy process per half of the
+   cores, with idle threads spinning or sleeping (ONNX Runtime ``--spin-wait``; OpenMP
+   ``OMP_WAIT_POLICY=ACTIVE``/``PASSIVE`` for torch): median wall and CPU seconds of 3 runs.
+5. Cold start: ``sccsa-infer --help``, a wrong input path, a fresh ``python -c "Predictor(bundle)"``
    (import + session creation) and a fresh ``sccsa-infer verify`` (import, hashes, session,
    self-test), median of 5.
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -144,9 +149,9 @@ sys.exit(child.returncode)
 """
 
 
-def run_with_rusage(command: list[str]) -> tuple[int, float]:
+def run_with_rusage(command: list[str], env: dict[str, str] | None = None) -> tuple[int, float]:
     """Run ``command`` to completion; its peak resident memory (KiB) and CPU seconds."""
-    done = subprocess.run([sys.executable, "-c", RUSAGE_LAUNCHER, *command], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", RUSAGE_LAUNCHER, *command], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
     peak, cpu = done.stdout.split()[-2:]
@@ -186,6 +191,51 @@ def streaming(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list[
     return rows
 
 
+def contention(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list[str], dataset: Path, work: Path,
+               repeats: int = 3) -> list[dict]:
+    """Wall and CPU seconds of serving and training, alone and beside busy neighbours, with idle
+    threads spinning or sleeping (the neighbours take half of the cores)."""
+    cells = work / "contention.h5ad"
+    write_replicated_h5ad(cells, source, genes, 200_000)
+    adata, _, k, kind = load(dataset)
+    del adata
+    runs = {
+        ("sccsa-infer predict", "spinning"): ([str(infer_bin), "predict", str(cells), "-m", str(bundle), "-o",
+                                               str(work / "c.parquet"), "--no-progress", "--spin-wait"], {}),
+        ("sccsa-infer predict", "sleeping"): ([str(infer_bin), "predict", str(cells), "-m", str(bundle), "-o",
+                                               str(work / "c.parquet"), "--no-progress"], {}),
+        ("sccsa-train", "spinning"): (train_command(dataset, k, kind, work), {"OMP_WAIT_POLICY": "ACTIVE"}),
+        ("sccsa-train", "sleeping"): (train_command(dataset, k, kind, work), {"OMP_WAIT_POLICY": "PASSIVE"}),
+    }
+    n_busy = max(1, (os.cpu_count() or 2) // 2)
+    rows = []
+    for (what, waiting), (command, env) in runs.items():
+        for neighbours in (0, n_busy):
+            busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(neighbours)]
+            try:
+                samples = []
+                for _ in range(repeats):
+                    with Timer() as timer:
+                        _, cpu = run_with_rusage(command, env={**os.environ, **env})
+                    samples.append((timer.seconds, cpu))
+            finally:
+                for process in busy:
+                    process.kill()
+                    process.wait()
+            rows.append({"command": what, "idle_threads": waiting, "busy_neighbours": neighbours,
+                         "wall_s": round(statistics.median(s[0] for s in samples), 1),
+                         "cpu_s": round(statistics.median(s[1] for s in samples), 1)})
+            print(rows[-1], flush=True)
+    cells.unlink()
+    return rows
+
+
+def train_command(dataset: Path, k: int, kind: str, work: Path) -> list[str]:
+    """``sccsa-train`` with the default settings on ``dataset`` (all cores, torch's default)."""
+    return [str(Path(sys.executable).with_name("sccsa-train")), str(dataset), "-k", str(k), "--input-kind", kind,
+            "--out", str(work / "contention_model"), "--overwrite", "--no-progress", "-q"]
+
+
 def installed_packages(infer_bin: Path) -> str:
     """What the timed ``sccsa-infer``'s environment holds, beyond the serving dependencies."""
     probe = ("import importlib.util as u; print(' '.join(m for m in ('torch', 'dask', 'scanpy', 'pyarrow') "
@@ -217,7 +267,8 @@ def cold_start(infer_bin: Path, bundle: Path, work: Path, repeats: int = 5) -> d
     return result
 
 
-SECTIONS = ("training", "throughput", "streaming", "cold_start")
+SECTIONS = ("training", "throughput", "streaming", "contention", "cold_start")
+BUSY = "while True: pass"  # one CPU-bound neighbour process
 
 
 def _measured(payload: dict, section: str) -> str:
@@ -257,6 +308,15 @@ def summarise(payload: dict) -> str:
                      + (f" Timed: {payload['infer_install']}." if payload.get("infer_install") else "")
                      + "\n\n" + markdown_table(rows.drop(columns=["command"]).set_index(["cells", "output"]))
                      + f"\n\nCommand (per row): `{rows['command'].iloc[0]}`.")
+    if payload.get("contention"):
+        rows = pd.DataFrame(payload["contention"])
+        parts.append("## Contention: idle threads spinning or sleeping, alone and beside busy processes\n\n"
+                     "Each command with all cores, alone and beside CPU-bound neighbour processes (one per two "
+                     "cores); idle threads spinning (`sccsa-infer --spin-wait`, `OMP_WAIT_POLICY=ACTIVE` for "
+                     "torch) or sleeping (the defaults of both commands). Median of 3 runs; `sccsa-infer` labels "
+                     f"200,000 replicated PBMC-Zheng4k cells, `sccsa-train` fits {payload.get('contention_dataset')} "
+                     "with the default settings." + _measured(payload, "contention") + "\n\n"
+                     + markdown_table(rows.set_index(["command", "idle_threads", "busy_neighbours"])))
     if payload.get("cold_start"):
         c = payload["cold_start"]
         parts.append("## Cold start (median of 5 fresh processes)\n\n"
@@ -274,6 +334,8 @@ def main() -> None:
     parser.add_argument("--sections", nargs="*", choices=SECTIONS, default=list(SECTIONS),
                         help="what to measure; the other sections are kept from --out")
     parser.add_argument("--cells", type=int, nargs="*", default=[1_000_000, 5_000_000])
+    parser.add_argument("--contention-dataset", default="klein_subset_tmscc",
+                        help="the dataset sccsa-train fits in the contention section")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per runtime and batch size (median)")
     parser.add_argument("--infer-bin", type=Path, default=INFER_BIN,
                         help="the sccsa-infer to time in streaming and cold_start, e.g. that of a serving-only install "
@@ -297,7 +359,7 @@ def main() -> None:
                 model = fitted  # the served model is this same default fit: train it once
         payload["measured"]["training"] = stamp
     adata, _, k, kind = load(args.data / f"{SERVED}.h5ad")
-    if model is None and set(args.sections) & {"throughput", "streaming", "cold_start"}:
+    if model is None and set(args.sections) & {"throughput", "streaming", "contention", "cold_start"}:
         model = SCCSA(k, input_kind=kind, random_state=0, progress=False).fit(adata)
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
@@ -313,6 +375,10 @@ def main() -> None:
             payload["throughput"] = throughput(model, predictor, counts, totals, args.repeats)
         if "streaming" in args.sections:
             payload["streaming"] = streaming(infer_bin, bundle, sp.csr_matrix(adata.X), list(adata.var_names), args.cells, work)
+        if "contention" in args.sections:
+            payload["contention"] = contention(infer_bin, bundle, sp.csr_matrix(adata.X), list(adata.var_names),
+                                               args.data / f"{args.contention_dataset}.h5ad", work)
+            payload["contention_dataset"] = args.contention_dataset
         if "cold_start" in args.sections:
             payload["cold_start"] = cold_start(infer_bin, bundle, work)
         for section in set(args.sections) - {"training"}:

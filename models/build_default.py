@@ -7,7 +7,7 @@ written as a query file and, with ``--demo``, labelled by ``sccsa-infer`` throug
 ONNX graph, which prints ARI/NMI/ACC and the label accuracy. The same held-out metrics (from the
 torch model, whose labels the ONNX graph reproduces) are stored in the bundle's ``metrics``.
 
-    python models/build_default.py --out models/default        # the shipped bundle
+    python models/build_default.py --out inference/sccsa_infer/default_model   # the shipped bundle
     python models/build_default.py --out build/demo --demo      # what `make demo` runs
 """
 

@@ -1,6 +1,7 @@
 """``sccsa-train`` end to end on a small file: bundle, summary, blinded evaluation, errors."""
 
 import json
+import os
 
 import anndata as ad
 import numpy as np
@@ -30,7 +31,8 @@ def test_help_and_version():
     assert run("--version").exit_code == 0
 
 
-def test_train_writes_bundle_adata_and_summary(h5ad, tmp_path):
+def test_train_writes_bundle_adata_and_summary(h5ad, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     out, labelled = tmp_path / "model", tmp_path / "labelled.h5ad"
     result = run(h5ad, "-k", "3", "--n-genes", "40", "--eval-key", "cell_type", "--out", out, "--write-adata", labelled, *FAST)
     assert result.exit_code == 0, result.output
@@ -42,6 +44,7 @@ def test_train_writes_bundle_adata_and_summary(h5ad, tmp_path):
     assert report["alpha"]["sd"] >= 0 and report["history"]["pretrain"]
     adata = ad.read_h5ad(labelled)
     assert "sccsa_cluster" in adata.obs and adata.obsm["X_sccsa"].shape[0] == 240
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # idle OpenMP threads sleep unless the user chose otherwise
 
 
 def test_eval_labels_are_hidden_from_the_fit(h5ad, tmp_path, monkeypatch):

@@ -185,7 +185,23 @@ def test_tables_written_in_blocks_equal_the_whole(adata, tmp_path, suffix):
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        assert pq.ParquetFile(out).num_row_groups == -(-adata.n_obs // 7)  # one row group per block
+        assert pq.ParquetFile(out).num_row_groups == 1  # blocks gathered into row groups of ~65k rows
+
+
+def test_parquet_row_groups_gather_blocks(adata, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from sccsa_infer.sinks import ParquetSink
+
+    monkeypatch.setattr(ParquetSink, "ROW_GROUP", 10)
+    path = tmp_path / "in.h5ad"
+    adata.write_h5ad(path)
+    whole = _prediction(adata.n_obs)
+    with open_cells(path) as source:
+        _write_in_blocks(tmp_path / "t.parquet", source, whole)  # 30 cells in blocks of 7
+    groups = pq.ParquetFile(tmp_path / "t.parquet")
+    assert [groups.metadata.row_group(i).num_rows for i in range(groups.num_row_groups)] == [14, 14, 2]
+    np.testing.assert_array_equal(pd.read_parquet(tmp_path / "t.parquet")["sccsa_distance"], whole.distance)
 
 
 def test_failed_write_leaves_no_file(adata, tmp_path):

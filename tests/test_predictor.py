@@ -1,5 +1,6 @@
 """The serving Predictor: labels, flags, thread safety, and agreement with the torch model."""
 
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -113,7 +114,6 @@ def test_bad_query_values(predictor, query):
 def test_predictor_pickles_and_runs_in_another_process(bundle_dir, query_h5ad):
     """Engines ship the Predictor to workers: it pickles, and a spawned process labels the same."""
     import multiprocessing
-    import pickle
     from concurrent.futures import ProcessPoolExecutor
 
     import anndata as ad
@@ -138,3 +138,11 @@ def test_unavailable_provider_is_a_clear_error(bundle_dir):
     with pytest.raises(InvalidParameterError, match="has no NoSuchExecutionProvider"):
         Predictor(bundle_dir, providers=["NoSuchExecutionProvider"])
     assert Predictor(bundle_dir, providers=["CPUExecutionProvider"]).providers == ["CPUExecutionProvider"]
+
+
+def test_idle_threads_sleep_unless_asked_to_spin(bundle_dir):
+    key = "session.intra_op.allow_spinning"
+    assert Predictor(bundle_dir).session.get_session_options().get_session_config_entry(key) == "0"
+    spinning = Predictor(bundle_dir, spin_wait=True)
+    assert spinning.session.get_session_options().get_session_config_entry(key) == "1"
+    assert pickle.loads(pickle.dumps(spinning)).session.get_session_options().get_session_config_entry(key) == "1"

@@ -100,3 +100,22 @@ def test_library_sizes_must_cover_the_counts():
         check_library_sizes([100, 4], sums, "n_counts")
     with pytest.raises(InputDataError, match="missing or infinite"):
         check_library_sizes([np.nan, 5], sums, "n_counts")
+
+
+def test_repeated_cell_names_found_across_and_within_blocks_in_constant_memory():
+    from sccsa_infer.validate import DuplicateNames
+
+    names = [f"cell{i}" for i in range(100_000)]
+    blocks = [names[i : i + 1000] for i in range(0, len(names), 1000)]
+    clean = DuplicateNames()
+    for block in blocks:
+        clean.add(block)
+    assert not clean.may_repeat  # no false negatives, and at this size no false candidates either
+    assert clean.confirm(blocks) == (0, None)
+    repeated = [*blocks, ["cell5", "new", "new"], ["cell99999"]]  # across blocks, within one, and the last
+    tally = DuplicateNames()
+    for block in repeated:
+        tally.add(block)
+    count, example = tally.confirm(repeated)
+    assert tally.may_repeat and count == 3 and example in {"cell5", "new", "cell99999"}
+    assert tally._bitmap.nbytes == DuplicateNames.BITS // 8  # the same 16 MiB for any number of cells

@@ -13,9 +13,9 @@ from importlib import import_module
 from typing import Any
 
 from .errors import BundleError, InputDataError, InvalidParameterError, OutputError, SccsaError, SccsaWarning
-from .versions import package_version
+from .versions import SERVING_DISTRIBUTION, package_version
 
-__version__ = package_version("sccsa") or "0+unknown"
+__version__ = package_version(SERVING_DISTRIBUTION) or "0+unknown"
 
 _LAZY = {
     "AnnotationSummary": "annotation",

@@ -127,9 +127,11 @@ def annotate_file(
             params = {"layer": layer, "gene_key": gene_key, "total_counts_key": total_counts_key,
                       "min_coverage": min_coverage}
             sink.finish({KEY_ADDED: run_record(bundle, coverage, params)})
-        repeated = duplicates.repeated()
-        if repeated.size:
-            warn_repeated_names(len(repeated), _first_name_among(source, repeated, batch_size), str(data))
+        if duplicates.may_repeat:  # a second pass over the names, only when the first could not rule repeats out
+            n_repeated, example = duplicates.confirm(source.names(start, min(start + batch_size, source.n_obs))
+                                                     for start in range(0, source.n_obs, batch_size))
+            if n_repeated:
+                warn_repeated_names(n_repeated, example or "?", str(data))
     if tally.n_empty:
         warnings.warn(
             f"{tally.n_empty} cell(s) of {data} have no counts in the model's genes; they are labelled but flagged "
@@ -168,18 +170,6 @@ def _dask_blocks(data: Path, layer: str | None, labeller: BlockLabeller, library
     matrix = lazy_matrix(data, layer=layer, block_size=batch_size)
     log.info("labelling on Dask: %d blocks, %d worker thread(s)", matrix.numblocks[0], sum(client.nthreads().values()))
     yield from label_blocks(matrix, labeller, client=client, total_counts=library)
-
-
-def _first_name_among(source: CellSource, hashes: np.ndarray, batch_size: int) -> str:
-    """The first cell name with one of ``hashes``: a second pass over the names, made only when
-    some repeat, to show one in the warning."""
-    wanted = set(hashes.tolist())
-    for start in range(0, source.n_obs, batch_size):
-        names = source.names(start, min(start + batch_size, source.n_obs))
-        for name, value in zip(names, DuplicateNames.hashes(names).tolist()):
-            if value in wanted:
-                return str(name)
-    return "?"
 
 
 def run_record(bundle: Bundle, coverage: float, params: dict[str, Any]) -> dict[str, Any]:

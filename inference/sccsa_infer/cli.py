@@ -61,6 +61,9 @@ def main() -> None:
                    "names with --eval-key's vocabulary.")
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="ONNX Runtime threads (default: all cores; with --scheduler: per worker, default 1).")
+@click.option("--spin-wait", is_flag=True,
+              help="Let idle ONNX Runtime threads busy-wait (lower latency on an idle machine; wastes CPU on a "
+                   "shared one, so off by default).")
 @click.option("--scheduler", default=None, metavar="local:N|tcp://HOST:PORT",
               help="Label on a Dask cluster (pip install 'sccsa[dask]'): local:N starts N worker processes here, an "
                    "address joins a running scheduler whose workers can read DATA (.h5ad). Same output.")
@@ -73,8 +76,8 @@ def main() -> None:
 @friendly_errors
 def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_key: str | None,
             total_counts_key: str | None, batch_size: int,
-            min_coverage: float, eval_key: str | None, label_map: Path | None, threads: int | None, scheduler: str | None,
-            with_latent: bool, overwrite: bool, progress: bool) -> None:
+            min_coverage: float, eval_key: str | None, label_map: Path | None, threads: int | None, spin_wait: bool,
+            scheduler: str | None, with_latent: bool, overwrite: bool, progress: bool) -> None:
     """Label every cell of DATA (.h5ad, 10x .h5, .mtx folder, .csv/.tsv) and write --out.
 
     Genes are matched to the model by name (case-insensitive, Ensembl versions ignored);
@@ -99,7 +102,7 @@ def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_k
         from .dask import require_dask
 
         require_dask()
-    predictor = Predictor(model, n_threads=threads or (1 if scheduler else None))
+    predictor = Predictor(model, n_threads=threads or (1 if scheduler else None), spin_wait=spin_wait)
     with contextlib.ExitStack() as stack:
         client = None
         if scheduler is not None:

@@ -25,14 +25,13 @@ log = logging.getLogger(__name__)
 
 def default_bundle_path() -> Path:
     """The bundle ``sccsa-infer`` uses without ``--model``: ``$SCCSA_MODEL``, else the model
-    shipped inside the installed package, else ``models/default`` of a source checkout."""
+    shipped inside the package (``sccsa_infer/default_model``)."""
     override = os.environ.get(MODEL_ENV)
     if override:
         return Path(override)
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "default_model", here.parents[1] / "models" / "default"):
-        if (candidate / METADATA_FILE).is_file():
-            return candidate
+    candidate = Path(__file__).resolve().parent / "default_model"
+    if (candidate / METADATA_FILE).is_file():
+        return candidate
     raise BundleError(
         "No default model is installed with this sccsa; pass --model BUNDLE (or set $"
         + MODEL_ENV
@@ -47,6 +46,9 @@ class Predictor:
     several threads at the same time. A ``Predictor`` pickles (it carries the verified bundle and
     reopens its session where it is unpickled), so engines such as Dask or a process pool can ship
     it to workers. ``providers`` picks ONNX Runtime execution providers (default: CPU).
+    ``spin_wait``: let ONNX Runtime's idle worker threads busy-wait for the next operator (lower
+    latency on an otherwise idle machine); by default they sleep, so that on a shared machine
+    they do not burn the cores the work needs (benchmarks/results/speed.md, contention).
 
     >>> predictor = Predictor("my_bundle")            # doctest: +SKIP
     >>> result = predictor.predict(adata)             # doctest: +SKIP
@@ -60,11 +62,13 @@ class Predictor:
         n_threads: int | None = None,
         verify: bool = True,
         providers: Sequence[str] | None = None,
+        spin_wait: bool = False,
     ):
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(default_bundle_path() if bundle is None else bundle, verify=verify)
         self.bundle = bundle
         self.n_threads = n_threads
+        self.spin_wait = spin_wait
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:
@@ -85,6 +89,7 @@ class Predictor:
             options.intra_op_num_threads = int(self.n_threads)
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin_wait else "0")
         try:
             return ort.InferenceSession(self.bundle.model_bytes, options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises several private exception types
@@ -93,10 +98,12 @@ class Predictor:
     def __getstate__(self) -> dict[str, Any]:
         """What a pickle carries: the verified bundle and the settings, not the session (ONNX
         Runtime sessions cannot be pickled); a worker that unpickles it opens its own session."""
-        return {"bundle": self.bundle, "n_threads": self.n_threads, "providers": self.providers}
+        return {"bundle": self.bundle, "n_threads": self.n_threads, "providers": self.providers,
+                "spin_wait": self.spin_wait}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.bundle, self.n_threads, self.providers = state["bundle"], state["n_threads"], state["providers"]
+        self.spin_wait = state.get("spin_wait", False)
         self.session = self._open_session()
         self.thresholds = np.asarray(self.bundle.thresholds, dtype=np.float32)
 

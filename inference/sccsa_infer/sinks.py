@@ -5,7 +5,7 @@ their cell names and writes them into a temporary file that :func:`~sccsa_infer.
 renames into place only when every block is written:
 
 - ``.csv`` / ``.tsv``: rows appended per block;
-- ``.parquet``: one row group per block (pyarrow's ``ParquetWriter``);
+- ``.parquet``: row groups of ~65k rows gathered from the blocks (pyarrow's ``ParquetWriter``);
 - ``.h5ad``: the input file copied byte for byte, the new ``obs`` columns and the ``obsm`` entry
   created at full length in the copy with AnnData's encoding, then filled slice by slice; every
   other field of the input survives unchanged.
@@ -68,21 +68,40 @@ class CsvSink(ResultSink):
 
 
 class ParquetSink(ResultSink):
-    """A Parquet table with one row group per block (fixed categories keep one schema)."""
+    """A Parquet table written in row groups of about ``ROW_GROUP`` rows (blocks are gathered:
+    the file's footer keeps metadata per row group, which must not grow with one entry per block)."""
+
+    ROW_GROUP = 65536
 
     def __init__(self, path: Path, *, with_latent: bool, key_added: str):
         self.path, self.with_latent, self.key_added = path, with_latent, key_added
         self.writer: Any = None
+        self.pending: list[Any] = []
+        self.n_pending = 0
 
     def write(self, start: int, names: Sequence[str], part: Prediction) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         frame = part.to_frame(pd.Index(names, name=CELL_COLUMN), latent=self.with_latent, key_added=self.key_added)
-        table = pa.Table.from_pandas(frame)
+        self.pending.append(pa.Table.from_pandas(frame))
+        self.n_pending += len(frame)
+        if self.n_pending >= self.ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema)
-        self.writer.write_table(table)
+        self.writer.write_table(table, row_group_size=len(table))
+        self.pending, self.n_pending = [], 0
+
+    def finish(self, uns: Mapping[str, Any]) -> None:
+        self._flush()
 
     def close(self) -> None:
         if self.writer is not None:

@@ -10,6 +10,7 @@ from importlib import metadata
 
 from .errors import SccsaWarning
 
+SERVING_DISTRIBUTION = "sccsa-infer"  # the serving half's own distribution; `sccsa` (training) depends on it
 
 
 def package_version(name: str) -> str | None:
@@ -30,7 +31,7 @@ def parse_version(text: str | None) -> tuple[int, ...]:
 def serving_versions() -> dict[str, str | None]:
     """Versions of the packages that determine what the serving half computes."""
     return {
-        "sccsa": package_version("sccsa"),
+        "sccsa": package_version(SERVING_DISTRIBUTION),  # released together: one version number
         "onnxruntime": package_version("onnxruntime"),
         "numpy": package_version("numpy"),
         "python": platform.python_version(),

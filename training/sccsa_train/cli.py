@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -121,6 +122,9 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
     """
     started = time.perf_counter()
     _check_paths(data, out, write_adata, overwrite)
+    # Idle OpenMP threads sleep instead of spinning, so that on a shared machine they leave the cores
+    # to the work (speed page, contention). Read when torch loads its OpenMP runtime, just below.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch
 
