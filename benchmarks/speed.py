@@ -318,12 +318,12 @@ def summarise(payload: dict) -> str:
                      "with the default settings." + _measured(payload, "contention") + "\n\n"
                      + markdown_table(rows.set_index(["command", "idle_threads", "busy_neighbours"])))
     if payload.get("cold_start"):
-        c = payload["cold_start"]
-        parts.append("## Cold start (median of 5 fresh processes)\n\n"
-                     f"`sccsa-infer --help`: {c['sccsa_infer_help_s']} s; a wrong input path to its error: "
-                     f"{c['wrong_path_error_s']} s; import + ONNX Runtime session: {c['import_and_session_s']} s; "
-                     f"`sccsa-infer verify` (import, hashes, session, self-test): {c['sccsa_infer_verify_s']} s."
-                     + _measured(payload, "cold_start"))
+        labels = {"sccsa_infer_help_s": "`sccsa-infer --help`", "wrong_path_error_s": "a wrong input path to its error",
+                  "import_and_session_s": "import + ONNX Runtime session",
+                  "sccsa_infer_verify_s": "`sccsa-infer verify` (import, hashes, session, self-test)"}
+        timings = "; ".join(f"{label}: {payload['cold_start'][key]} s" for key, label in labels.items()
+                            if key in payload["cold_start"])
+        parts.append(f"## Cold start (median of 5 fresh processes)\n\n{timings}." + _measured(payload, "cold_start"))
     return "\n\n".join(parts)
 
 

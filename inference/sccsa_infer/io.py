@@ -146,7 +146,9 @@ class H5adSource(CellSource):
             encoding = element.attrs.get("encoding-type", "")
             if encoding not in ("csr_matrix", "csc_matrix"):
                 raise InputDataError(f"{self.path}: {self.source_name} has unsupported encoding {encoding!r}.")
-            backed = sparse_dataset(element)
+            # CSR: indptr read per block, not cached whole (8 bytes a cell would make memory grow with the
+            # file); CSC is loaded whole anyway
+            backed = sparse_dataset(element, should_cache_indptr=encoding == "csc_matrix")
             shape = backed.shape
             if encoding == "csc_matrix":
                 warnings.warn(
@@ -214,13 +216,13 @@ class TenxH5Source(CellSource):
             raise InputDataError(f"--gene-key for a 10x .h5 must be gene_ids or gene_symbols, not {gene_key!r}.")
         self.var_names = [str(v) for v in by_key[gene_key]]
         self.obs_names = pd.Index(decode(g["barcodes"][:]).astype(str))
-        self.indptr = g["indptr"][:]
-        self.n_obs = len(self.indptr) - 1
+        self.n_obs = int(g["indptr"].shape[0]) - 1
 
     def _rows(self, start: int, stop: int) -> sp.csr_matrix:
-        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        indptr = self.group["indptr"][start : stop + 1]  # per block: memory does not grow with the file
+        lo, hi = int(indptr[0]), int(indptr[-1])
         return sp.csr_matrix(
-            (self.group["data"][lo:hi], self.group["indices"][lo:hi], self.indptr[start : stop + 1] - lo),
+            (self.group["data"][lo:hi], self.group["indices"][lo:hi], indptr - lo),
             shape=(stop - start, len(self.var_names)),
         )
 
