@@ -48,7 +48,8 @@ def rule_steps(epoch_steps: int) -> int:
     return min(RULE_STEPS, RULE_EPOCHS * epoch_steps)
 
 
-def checkpoint_latents(adata, kind: str, k: int, seed: int, checks: list[int]) -> tuple[dict[int, Any], int, np.ndarray]:
+def checkpoint_latents(adata, kind: str, k: int, seed: int,
+                       checks: list[int]) -> tuple[dict[int, Any], dict[str, int], np.ndarray]:
     """Pretrain the default model up to the largest budget; the latent (and reconstruction MSE) at
     every checkpoint, the default's step count, and the rows that were fitted."""
     captured: dict[int, Any] = {}
@@ -115,7 +116,8 @@ def summarise(records: list[dict[str, Any]]) -> str:
     frame = pd.DataFrame(records)
     frame["half"] = [split_of(d) for d in frame["dataset"]]
     fixed = sorted(s for s in frame["step"].unique() if (frame["step"] == s).groupby(frame["dataset"]).any().all())
-    columns = [*(f"{s} steps" for s in fixed), "default (60 epochs)", f"rule min({RULE_STEPS} steps, {RULE_EPOCHS} epochs)"]
+    columns = [*(f"{s} steps" for s in fixed), "default (60 epochs)",
+               f"rule min({RULE_STEPS} steps, {RULE_EPOCHS} epochs)"]
     parts = []
     table = {}
     for dataset, group in frame.groupby("dataset"):
@@ -133,13 +135,15 @@ def summarise(records: list[dict[str, Any]]) -> str:
         part = frame[frame["half"] == half]
         if part.empty:
             continue
-        means = {f"{s} steps": f"**{part[part['step'] == s].groupby('dataset')['ari'].mean().mean():.3f}**" for s in fixed}
+        means = {f"{s} steps": f"**{part[part['step'] == s].groupby('dataset')['ari'].mean().mean():.3f}**"
+                 for s in fixed}
         means[columns[-2]] = f"**{_pick(part, 'default_step').groupby('dataset')['ari'].mean().mean():.3f}**"
         means[columns[-1]] = f"**{_pick(part, 'rule_step').groupby('dataset')['ari'].mean().mean():.3f}**"
         out.loc[f"**mean, {half} half ({part['dataset'].nunique()})**"] = {"half": half, **means,
                                                                             "default / rule steps": ""}
     seeds = sorted(frame["seed"].unique())
-    parts.append(f"Protocol U, K = number of true labels, seeds {', '.join(map(str, seeds))}; ARI of K-means (20 inits) "
+    parts.append(f"Protocol U, K = number of true labels, seeds {', '.join(map(str, seeds))}; ARI of K-means "
+                 "(20 inits) "
                  "on the pretrained latent at each budget of optimizer steps (batch 256), stage 2 not run. `default`: "
                  f"today's {DEFAULT_EPOCHS} epochs; `rule`: min({RULE_STEPS} steps, {RULE_EPOCHS} epochs). Mean ± sd "
                  "over seeds; a value without ± comes from one seed.")

@@ -23,6 +23,7 @@ def main() -> None:
         # the label-mean centroid start beside the default, on the same page
         ["clustering.py", "--resume", "--protocols", "U", "--no-baselines", "--init", "labels"],
         ["diagnose.py"],
+        ["pretrain_steps.py"],
         ["ablations.py"],
         ["k_estimate.py"],
         ["speed.py"],

@@ -169,7 +169,8 @@ def streaming(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list[
         big = work / f"replicated_{n_cells}.h5ad"
         with Timer() as timer:
             write_replicated_h5ad(big, source, genes, n_cells)
-        print(f"wrote {n_cells} cells to {big} ({big.stat().st_size / 2**30:.2f} GiB) in {timer.seconds:.0f} s", flush=True)
+        size = big.stat().st_size / 2**30
+        print(f"wrote {n_cells} cells to {big} ({size:.2f} GiB) in {timer.seconds:.0f} s", flush=True)
         for suffix in (".parquet", ".h5ad"):
             out = work / f"labels_{n_cells}{suffix}"
             command = [str(infer_bin), "predict", str(big), "--model", str(bundle), "--out", str(out), "--threads", "1",
@@ -374,7 +375,8 @@ def main() -> None:
             payload["repeats"] = args.repeats
             payload["throughput"] = throughput(model, predictor, counts, totals, args.repeats)
         if "streaming" in args.sections:
-            payload["streaming"] = streaming(infer_bin, bundle, sp.csr_matrix(adata.X), list(adata.var_names), args.cells, work)
+            payload["streaming"] = streaming(infer_bin, bundle, sp.csr_matrix(adata.X), list(adata.var_names),
+                                             args.cells, work)
         if "contention" in args.sections:
             payload["contention"] = contention(infer_bin, bundle, sp.csr_matrix(adata.X), list(adata.var_names),
                                                args.data / f"{args.contention_dataset}.h5ad", work)

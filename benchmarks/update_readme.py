@@ -38,7 +38,8 @@ def main() -> None:
         "### Where the signal is lost (each stage of the model, K-means at K)\n\n"
         + section(RESULTS / "diagnose.md", ("ARI per stage",), "####"),
         "### Ablations\n\n" + section(RESULTS / "ablations.md", ("ARI", "Learned"), "####"),
-        "### Speed and memory\n\n" + section(RESULTS / "speed.md", ("Inference", "`sccsa-infer", "Cold", "Training"), "####"),
+        "### Speed and memory\n\n" + section(RESULTS / "speed.md",
+                                              ("Inference", "`sccsa-infer", "Contention", "Cold", "Training"), "####"),
     ]
     new = f"{START}\n" + "\n\n".join(blocks) + f"\n{END}"
     readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: new, text, flags=re.S))
