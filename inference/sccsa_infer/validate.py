@@ -232,10 +232,12 @@ class DuplicateNames:
 
 def warn_duplicate_cells(cell_names: Sequence[str], source: str) -> None:
     """Warn when cell names repeat: results keyed by cell name would be ambiguous."""
-    counts = Counter(str(n) for n in cell_names)
-    repeated = [n for n, c in counts.items() if c > 1]
-    if repeated:
-        warn_repeated_names(len(repeated), repeated[0], source)
+    tally = DuplicateNames()
+    tally.add(cell_names)
+    if tally.may_repeat:
+        n_repeated, example = tally.confirm([cell_names])
+        if n_repeated:
+            warn_repeated_names(n_repeated, example or "?", source)
 
 
 def warn_repeated_names(n_repeated: int, example: str, source: str) -> None:
