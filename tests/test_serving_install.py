@@ -59,8 +59,10 @@ def test_constraints_pin_every_serving_dependency():
 
 
 def test_serving_wheel_holds_no_training_code(tmp_path):
+    project = tmp_path / "inference"  # built from a copy: the build leaves no build/ folder in the repository
+    shutil.copytree(REPO / "inference", project, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--disable-pip-version-check",
-                            "-w", str(tmp_path), str(REPO / "inference")], capture_output=True, text=True, timeout=900)
+                            "-w", str(tmp_path), str(project)], capture_output=True, text=True, timeout=900)
     if build.returncode != 0 and "No matching distribution" in build.stderr + build.stdout:
         pytest.skip(f"PyPI unreachable (setuptools for the build): {build.stderr[-300:]}")
     assert build.returncode == 0, build.stderr[-2000:]
@@ -79,7 +81,7 @@ def test_image_environment_serves_without_torch(tmp_path):
         source = REPO / path
         target = context / path
         if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, target)

@@ -18,12 +18,11 @@ from .block import BlockLabeller
 from .bundle import Bundle, sha256_bytes
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_COVERAGE, KEY_ADDED, bar_disabled
 from .errors import InputDataError, SccsaWarning
-from .io import (OWN_RESULTS, TABLE_SUFFIXES, CellSource, H5adSource, format_suffix, open_cells, read_h5ad,
-                 require_parquet)
+from .io import OWN_RESULTS, CellSource, H5adSource, open_cells, read_h5ad
 from .metrics import check_eval_labels, comparable_label_accuracy, evaluate
 from .prediction import Prediction
 from .predictor import Predictor
-from .sinks import open_sink
+from .sinks import check_output_format, open_sink
 from .validate import DuplicateNames, warn_repeated_names
 
 log = logging.getLogger(__name__)
@@ -90,11 +89,7 @@ def annotate_file(
     With a ``dask.distributed`` ``client`` the blocks of an ``.h5ad`` are read and labelled on its
     workers (:mod:`sccsa_infer.dask`) and written here in order: the same output."""
     data, out = Path(data), Path(out)
-    suffix = format_suffix(out)
-    if suffix != ".h5ad" and suffix not in TABLE_SUFFIXES:
-        raise InputDataError(f"Cannot write {out}: the output must end in .h5ad, .csv, .tsv or .parquet.")
-    if suffix == ".parquet":
-        require_parquet()
+    check_output_format(out)  # before reading anything; open_sink checks again where it writes
     check_no_overlap(out, [data, predictor.bundle.source])
     check_writable(out, overwrite=overwrite, replaceable=OWN_RESULTS)
     bundle = predictor.bundle

@@ -78,20 +78,7 @@ def connect(scheduler: str, *, threads_per_worker: int = 1) -> Iterator[Any]:
 def lazy_matrix(path: str | Path, *, layer: str | None = None, block_size: int = DEFAULT_BATCH_SIZE) -> Any:
     """X (or ``layers[layer]``) of an ``.h5ad``/``.zarr`` as a Dask array of CSR row blocks of
     ``block_size`` cells, read by the workers themselves."""
-    require_dask()
-    import anndata
-
-    path = Path(path)
-    store = _open_store(path)
-    key = "X" if layer is None else f"layers/{layer}"
-    if key not in store:
-        raise InputDataError(f"{path} has no {key}; choose the matrix with --layer / layer=.")
-    element = store[key]
-    encoding = element.attrs.get("encoding-type", "array")
-    if encoding == "csc_matrix":
-        raise InputDataError(f"{path}: {key} is stored column-wise (CSC) and cannot be read in row blocks; save it as CSR.")
-    n_vars = element.attrs["shape"][1] if "shape" in element.attrs else element.shape[1]
-    return anndata.experimental.read_elem_lazy(element, chunks=(block_size, int(n_vars)))
+    return _lazy_element(_open_store(Path(path)), Path(path), layer, block_size)
 
 
 def read_lazy(path: str | Path, *, layer: str | None = None, block_size: int = DEFAULT_BATCH_SIZE) -> Any:
@@ -101,8 +88,22 @@ def read_lazy(path: str | Path, *, layer: str | None = None, block_size: int = D
     from anndata.io import read_elem
 
     store = _open_store(Path(path))
-    return anndata.AnnData(X=lazy_matrix(path, layer=layer, block_size=block_size),
+    return anndata.AnnData(X=_lazy_element(store, Path(path), layer, block_size),
                            obs=read_elem(store["obs"]), var=read_elem(store["var"]))
+
+
+def _lazy_element(store: Any, path: Path, layer: str | None, block_size: int) -> Any:
+    require_dask()
+    import anndata
+
+    key = "X" if layer is None else f"layers/{layer}"
+    if key not in store:
+        raise InputDataError(f"{path} has no {key}; choose the matrix with --layer / layer=.")
+    element = store[key]
+    if element.attrs.get("encoding-type", "array") == "csc_matrix":
+        raise InputDataError(f"{path}: {key} is stored column-wise (CSC) and cannot be read in row blocks; save it as CSR.")
+    n_vars = element.attrs["shape"][1] if "shape" in element.attrs else element.shape[1]
+    return anndata.experimental.read_elem_lazy(element, chunks=(block_size, int(n_vars)))
 
 
 def _open_store(path: Path) -> Any:

@@ -182,17 +182,24 @@ def _create_like(group: h5py.Group, key: str, example: Any, n: int) -> None:
     new.attrs.update(attrs)
 
 
+def check_output_format(out: Path) -> str:
+    """The output's format suffix, checked before any work: one sccsa can write, and pyarrow
+    present for .parquet."""
+    suffix = format_suffix(out)
+    if suffix != ".h5ad" and suffix not in TABLE_SUFFIXES:
+        raise OutputError(f"Cannot write {out}: the output must end in .h5ad, .csv, .tsv or .parquet.")
+    if suffix == ".parquet":
+        require_parquet()
+    return suffix
+
+
 @contextmanager
 def open_sink(out: Path, source: CellSource, *, with_latent: bool = False, key_added: str = KEY_ADDED,
               overwrite: bool = True) -> Iterator[ResultSink]:
     """A sink writing ``out`` (format by suffix) through a temporary file renamed into place when
     the block completes; on any failure nothing appears. An existing ``out`` is replaced only with
     ``overwrite`` and only if sccsa wrote it."""
-    suffix = format_suffix(out)
-    if suffix != ".h5ad" and suffix not in TABLE_SUFFIXES:
-        raise OutputError(f"Cannot write {out}: the output must end in .h5ad, .csv, .tsv or .parquet.")
-    if suffix == ".parquet":
-        require_parquet()
+    suffix = check_output_format(out)
     with atomic_output(out, overwrite=overwrite, replaceable=OWN_RESULTS) as tmp:
         if suffix == ".h5ad":
             sink: ResultSink = H5adSink(tmp, source, key_added=key_added)
