@@ -64,28 +64,40 @@ def sccsa_method(init: str) -> str:
     return "sccsa" if init == "kmeans" else f"sccsa_init_{init}"
 
 
-def scvi_records(adata, labels, k, kind, seed) -> list[dict]:
+def scvi_latent(adata, seed: int, batch_key: str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """scVI (scvi-tools' default SCVI, n_latent 10, its default epochs) on raw counts, 2000 seurat_v3
-    highly variable genes where there are more genes, then K-means at K (20 inits) and Leiden at the
-    resolution giving K on its latent. Count data only: scVI models counts."""
+    highly variable genes where there are more genes (per batch with ``batch_key``, as scVI's tutorials
+    select them), cells with counts only. Returns the rows used, their latent and the epochs run."""
     import scanpy as sc
     import scvi
+
+    scvi.settings.seed = seed
+    counts = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32))
+    counts.obs["row"] = np.arange(adata.n_obs)
+    if batch_key is not None:
+        counts.obs[batch_key] = adata.obs[batch_key].astype(str).to_numpy()
+    sc.pp.filter_genes(counts, min_cells=3)
+    sc.pp.filter_cells(counts, min_counts=1)
+    if counts.n_vars > 2000:
+        sc.pp.highly_variable_genes(counts, n_top_genes=2000, flavor="seurat_v3", subset=True, batch_key=batch_key)
+    scvi.model.SCVI.setup_anndata(counts, batch_key=batch_key)
+    model = scvi.model.SCVI(counts, n_latent=10)
+    model.train(accelerator="cpu", enable_progress_bar=False)
+    return counts.obs["row"].to_numpy(), model.get_latent_representation(), int(model.history["elbo_train"].shape[0])
+
+
+def scvi_records(adata, labels, k, kind, seed) -> list[dict]:
+    """scVI's latent (:func:`scvi_latent`), then K-means at K (20 inits) and Leiden at the resolution
+    giving K on it. Count data only: scVI models counts."""
+    import scanpy as sc
 
     if kind != "counts":
         return []
     with Timer() as timer:
-        scvi.settings.seed = seed
-        counts = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32))
-        sc.pp.filter_genes(counts, min_cells=3)
-        sc.pp.filter_cells(counts, min_counts=1)
-        if counts.n_vars > 2000:
-            sc.pp.highly_variable_genes(counts, n_top_genes=2000, flavor="seurat_v3", subset=True)
-        scvi.model.SCVI.setup_anndata(counts)
-        model = scvi.model.SCVI(counts, n_latent=10)
-        model.train(accelerator="cpu", enable_progress_bar=False)
-        counts.obsm["X_scvi"] = model.get_latent_representation()
+        rows, latent, epochs = scvi_latent(adata, seed)
+        counts = ad.AnnData(X=np.zeros((len(rows), 0), dtype=np.float32), obsm={"X_scvi": latent})
     shared = timer.seconds
-    truth = labels[counts.obs_names.astype(int)]
+    truth = labels[rows]
     records = []
     with Timer() as timer:
         predicted = KMeans(k, n_init=20, random_state=seed).fit_predict(counts.obsm["X_scvi"])
@@ -95,8 +107,7 @@ def scvi_records(adata, labels, k, kind, seed) -> list[dict]:
         resolution, predicted = leiden_resolution_for_k(counts, k, seed)
     records.append({"method": "scvi_leiden_k", **score(truth, predicted), "seconds": round(shared + timer.seconds, 2),
                     "n_clusters": int(predicted.max() + 1), "resolution": round(resolution, 4)})
-    epochs = int(model.history["elbo_train"].shape[0])
-    return [dict(r, protocol="-", n_cells=int(counts.n_obs), epochs=epochs) for r in records]
+    return [dict(r, protocol="-", n_cells=int(len(rows)), epochs=epochs) for r in records]
 
 
 def scvi_available() -> bool:

@@ -1,7 +1,7 @@
 """Copy the headline tables of benchmarks/results/*.md into the README's results section.
 
 The README section between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced
-by the clustering ARI and label-transfer tables, the per-stage diagnosis, the ablation ARI table
+by the clustering ARI and label-transfer tables, the per-stage diagnosis, the ablation ARI table, the batch page
 and the speed summary, each with a link to its full results page. Run after the benchmark scripts (``run_all.py`` does).
 """
 
@@ -38,6 +38,8 @@ def main() -> None:
         "### Where the signal is lost (each stage of the model, K-means at K)\n\n"
         + section(RESULTS / "diagnose.md", ("ARI per stage",), "####"),
         "### Ablations\n\n" + section(RESULTS / "ablations.md", ("ARI", "Learned"), "####"),
+        "### Several donors: `--batch-key`\n\n"
+        + section(RESULTS / "batch.md", ("Cell-type ARI", "Batch NMI", "Protocol T by donor"), "####"),
         "### Speed and memory\n\n" + section(RESULTS / "speed.md",
                                               ("Inference", "`sccsa-infer", "Contention", "Cold", "Training"), "####"),
     ]

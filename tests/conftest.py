@@ -43,6 +43,25 @@ def synthetic_counts(n_cells: int = 240, n_genes: int = 60, n_clusters: int = 3,
     return adata
 
 
+N_BATCH_GENES = 30
+
+
+def with_batches(adata: ad.AnnData, batches: list[str], effects: dict[str, float], seed: int = 0) -> ad.AnnData:
+    """``adata`` plus 30 genes whose level depends on the cell's batch only, cell i in batch
+    ``batches[i % len(batches)]``, in ``obs['donor']``. (Whether training with a batch key beats
+    training without it is a claim about real data: tests/test_real_data_slow.py checks it.)"""
+    rng = np.random.default_rng(seed)
+    names = np.array([batches[i % len(batches)] for i in range(adata.n_obs)])
+    level = np.array([effects[b] for b in names])[:, None] * np.ones(N_BATCH_GENES)
+    extra = rng.poisson(level).astype(np.float32)
+    # the batch also scales every type gene a little, as a donor's depth or chemistry would
+    scale = np.array([1.0 + 0.3 * (effects[b] > 5) for b in names])[:, None]
+    counts = sp.hstack([sp.csr_matrix(adata.X.multiply(scale)).floor(), sp.csr_matrix(extra)], format="csr")
+    var = pd.DataFrame(index=[*adata.var_names, *[f"B{j}" for j in range(N_BATCH_GENES)]])
+    obs = adata.obs.assign(donor=pd.Categorical(names))
+    return ad.AnnData(X=counts.astype(np.float32), obs=obs, var=var)
+
+
 def real_dataset(name: str) -> ad.AnnData:
     """A dataset of ../shared/data, or skip the test when that folder is absent."""
     path = DATA_DIR / f"{name}.h5ad"

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import FAST_TRAINING, REPO, synthetic_counts
+from conftest import FAST_TRAINING, REPO, synthetic_counts, with_batches
 
 pytest.importorskip("torch")
 pytest.importorskip("leidenalg")
@@ -167,3 +167,30 @@ def test_speed_streams_each_size_to_both_outputs_and_times_cold_start(bundle_dir
     assert set(timings) == {"sccsa_infer_help_s", "wrong_path_error_s", "import_and_session_s", "sccsa_infer_verify_s"}
     page = speed.summarise({"streaming": rows, "cold_start": timings})
     assert "2.33× the cells" in page and "wrong input path" in page
+
+
+def test_batch_page_records_and_page(tmp_path, monkeypatch):
+    """batch.py on a synthetic 3-donor set: with and without the key, the corrected baselines, and
+    protocol T for every held-out donor, with the mixing scores; the page has every table."""
+    batch = script("batch", monkeypatch)
+    (tmp_path / "data").mkdir()
+    donors = with_batches(synthetic_counts(n_cells=180, seed=1), ["a", "b", "c"], {"a": 1.0, "b": 6.0, "c": 3.0})
+    donors.write_h5ad(tmp_path / "data" / "tiny_donors.h5ad")
+    monkeypatch.setattr(batch, "DATASETS", {"tiny_donors": ("tuning", tmp_path / "data")})
+    out = tmp_path / "batch.json"
+    run(batch, monkeypatch, "--datasets", "tiny_donors", "--seeds", "0", "--only", "sccsa", "heldout", "baselines",
+        "--out", str(out))
+
+    found = records(out)
+    assert all(RECORD_FIELDS <= set(r) for r in found)
+    assert {(r["method"], r["protocol"]) for r in found} == {
+        ("sccsa", "U"), ("sccsa_batch", "U"), ("sccsa_batch", "T:a"), ("sccsa_batch", "T:b"), ("sccsa_batch", "T:c"),
+        *((m, "-") for m in ("kmeans_pca", "leiden_k", "harmony_kmeans", "harmony_leiden_k", "combat_kmeans",
+                             "combat_leiden_k"))}
+    clustering = [r for r in found if not r["protocol"].startswith("T")]
+    assert all(0 <= r["batch_nmi"] <= 1 and 0 <= r["batch_entropy"] <= 1 for r in clustering)
+    heldout = [r for r in found if r["protocol"].startswith("T")]
+    assert sum(r["n_query"] for r in heldout) == 180 and all("in_sample_ari" in r for r in heldout)
+    page = out.with_suffix(".md").read_text()
+    for title in ("Cell-type ARI", "Batch NMI of the clusters", "kNN batch entropy", "Protocol T by donor"):
+        assert title in page

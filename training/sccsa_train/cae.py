@@ -5,6 +5,9 @@ convolutions (kernels 5/5/3) and a linear layer to the latent z; the latent is b
 without affine parameters, which fixes its scale so the soft k-means term cannot shrink it to a
 point (or blow it up, with the −λ‖z‖² term). The decoder mirrors the encoder with transposed
 convolutions and ends in a *linear* output, so it can reconstruct standardised values beyond ±1.
+With ``n_covariates`` > 0 the decoder also receives each cell's batch one-hot next to z (a
+conditional decoder, as in scVI), so the encoder need not spend latent space on the batch; the
+exported graph holds only the encoder, so serving never needs the batch.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ class ConvAutoencoder(nn.Module):
     """Encoder/decoder pair; ``encode`` gives z, ``decode`` gives the reconstructed vector."""
 
     def __init__(self, n_genes: int, latent_dim: int = default("latent_dim"),
-                 channels: tuple[int, int, int] = default("channels"), batch_norm: bool = default("batch_norm")):
+                 channels: tuple[int, int, int] = default("channels"), batch_norm: bool = default("batch_norm"),
+                 n_covariates: int = 0):
         super().__init__()
         self.n_genes = n_genes
+        self.n_covariates = n_covariates
         self.side = math.ceil(math.sqrt(n_genes))
         sizes = [self.side]
         for _ in KERNELS:
@@ -49,7 +54,7 @@ class ConvAutoencoder(nn.Module):
         flat = c3 * sizes[-1] ** 2
         self.to_latent = nn.Linear(flat, latent_dim)
         self.latent_norm = nn.BatchNorm1d(latent_dim, affine=False)
-        self.from_latent = nn.Linear(latent_dim, flat)
+        self.from_latent = nn.Linear(latent_dim + n_covariates, flat)
         decoder: list[nn.Module] = [nn.LeakyReLU(0.2)]
         for i, (cin, cout, k) in enumerate(zip(reversed(outs), reversed(ins), reversed(KERNELS))):
             target, source = sizes[-2 - i], sizes[-1 - i]
@@ -65,7 +70,12 @@ class ConvAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.latent_norm(self.to_latent(self.encoder(self.to_image(x)).flatten(1)))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction of the panel vector from z (and the batch one-hot, for a conditional decoder)."""
+        if self.n_covariates:
+            if covariates is None:
+                raise ValueError("this decoder is conditional: pass the batch one-hot as covariates")
+            z = torch.cat([z, covariates], dim=1)
         c3, s3 = self.channels[2], self.sizes[-1]
         image = self.decoder(self.from_latent(z).reshape(-1, c3, s3, s3))
         return image.flatten(1)[:, : self.n_genes]

@@ -119,6 +119,7 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
       sccsa-train atlas.h5ad --labels-key cell_type --layer counts --out atlas_model.zip
       sccsa-train pbmc.h5ad -k 8 --eval-key cell_type --random-state 1 --out m/ --write-adata pbmc_sccsa.h5ad
       sccsa-train rpkm.h5ad -k 7 --input-kind abundance --out m/
+      sccsa-train donors.h5ad -k 14 --batch-key donor --out m/
     """
     started = time.perf_counter()
     _check_paths(data, out, write_adata, overwrite)
@@ -144,7 +145,7 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
             raise InputDataError(f"--eval-key {eval_key!r} is not an obs column; available: {', '.join(adata.obs.columns)}.")
         truth = adata.obs[eval_key].to_numpy()
         check_eval_labels(truth, eval_key)
-    blinded = adata if eval_key in (None, params["labels_key"]) else _without_obs_column(adata, eval_key)
+    blinded = adata if eval_key in (None, params["labels_key"], params["batch_key"]) else _without_obs_column(adata, eval_key)
     model = SCCSA(**params)
     labels = model.fit_predict(blinded)
     metrics = {}

@@ -35,6 +35,7 @@ from .fit import (
     torch_threads_kept,
     train,
 )
+from .batches import read_batches
 from .fitted import FittedModel, FittedState
 from .genes import GenePanel, build_panel, fit_selector
 from .graph import ServingGraph
@@ -72,6 +73,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         n_genes: int = default("n_genes"),
         genes: str = default("genes"),
         labels_key: str | None = default("labels_key"),
+        batch_key: str | None = default("batch_key"),
         gene_order: str = default("gene_order"),
         cc: str = default("cc"),
         alpha: float = default("alpha"),
@@ -101,6 +103,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_genes = n_genes
         self.genes = genes
         self.labels_key = labels_key
+        self.batch_key = batch_key
         self.gene_order = gene_order
         self.cc = cc
         self.alpha = alpha
@@ -144,10 +147,12 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         adata = X
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        all_batches = read_batches(adata, self.batch_key, np.arange(adata.n_obs))  # checked before any work
         with torch_threads_kept():  # Scanpy below may reset torch's threads (see torch_threads_kept)
             data = prepare(adata, layer=self.layer, input_kind=self.input_kind,
                            total_counts_key=self.total_counts_key)
             fit_rows = np.flatnonzero(~data.empty_cells)
+            batches = None if all_batches is None else all_batches.subset(fit_rows)
             lognorm = data.lognorm[fit_rows]
             warn_duplicate_cells(adata.obs_names, "the training data")
             if self.n_genes > len(data.genes):
@@ -165,8 +170,10 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             mark = time.perf_counter()
             pseudo = None
             selection_labels = user_labels
-            if user_labels is None and (self.genes == "ftest" or self.init == "labels"):
-                pseudo = consensus_labels(lognorm, k, seed=self.random_state).labels
+            init = self._init(batches is not None)
+            if user_labels is None and (self.genes == "ftest" or init == "labels"):
+                pseudo = consensus_labels(lognorm, k, seed=self.random_state,
+                                          batches=None if batches is None else batches.codes).labels
                 selection_labels = pseudo
             selector = fit_selector(lognorm, data.genes, self.n_genes, self.genes, selection_labels)
             panel, panel_values = build_panel(lognorm, data.genes, selector, self.gene_order)
@@ -178,17 +185,18 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         mark = time.perf_counter()
         device = resolve_device(self.device)
         seed_everything(self.random_state)
-        net = SCCSANet(len(panel.genes), k, latent_dim=self.latent_dim, cc=self.cc, alpha=self.alpha,
-                       attention_dim=self.attention_dim, channels=tuple(self.channels), batch_norm=self.batch_norm).to(device)
+        net = self._network(len(panel.genes), k, 0 if batches is None else len(batches.names)).to(device)
+        covariates = None if batches is None else batches.one_hot().to(device)
         x = torch.from_numpy(panel.standardise(panel_values)).to(device)
-        start_labels = _start_labels(selection_labels, k) if self.init == "labels" else None
+        start_labels = _start_labels(selection_labels, k) if init == "labels" else None
         labels, history = train(net, x, self._schedule(), seed=self.random_state, progress=self.progress,
-                                start_labels=start_labels)
+                                start_labels=start_labels, covariates=covariates)
         timings["train"] = time.perf_counter() - mark
 
         self._store(net, x, labels, data, fit_rows, adata.n_obs, history=history, timings=timings, n_clusters=k,
                     n_clusters_method=k_method, selector=selector, panel=panel,
-                    cluster_names=_cluster_names(labels, user_labels, k), pseudo_labels=pseudo)
+                    cluster_names=_cluster_names(labels, user_labels, k), pseudo_labels=pseudo,
+                    batches=None if batches is None else batches.sizes())
         timings["total"] = time.perf_counter() - started
         log.info("fitted %d cells into %d clusters in %.1f s", len(fit_rows), k, timings["total"])
         return self
@@ -232,17 +240,24 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         seed_everything(self.random_state)
         net = self.net_.to(device)
         x = torch.from_numpy(x_np).to(device)
+        batches = None
+        if old.batches is not None:
+            if self.batch_key is None:
+                raise InputDataError("This model was trained with a batch_key, so partial_fit needs one too; set "
+                                     "batch_key to the obs column naming each cell's batch.")
+            batches = read_batches(X, self.batch_key, fit_rows, known=tuple(old.batches))
         latent, _ = embed_all(net, x)
         labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy()
         schedule = replace(self._schedule(), cluster_epochs=self.cluster_epochs if epochs is None else epochs)
         history = History(pretrain=list(old.history.pretrain), cluster=list(old.history.cluster),
                           beta=old.history.beta, seconds=dict(old.history.seconds))
         generator = torch.Generator().manual_seed(self.random_state)
-        labels = cluster(net, x, labels, schedule, history, generator, self.progress)
+        labels = cluster(net, x, labels, schedule, history, generator, self.progress,
+                         None if batches is None else batches.one_hot().to(device))
         timings = dict(old.timings, partial_fit=time.perf_counter() - started)
         self._store(net, x, labels, data, fit_rows, X.n_obs, history=history, timings=timings,
                     n_clusters=old.n_clusters, n_clusters_method=old.n_clusters_method, selector=old.selector,
-                    panel=old.panel, cluster_names=old.cluster_names, pseudo_labels=None)
+                    panel=old.panel, cluster_names=old.cluster_names, pseudo_labels=None, batches=old.batches)
         log.info("went on training on %d cells for %d epochs in %.1f s", len(fit_rows),
                  len(history.cluster) - len(old.history.cluster), timings["partial_fit"])
         return self
@@ -261,6 +276,19 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                 "drop the unlabelled ones before training."
             )
         return labels.astype(str).to_numpy()
+
+    def _init(self, batch_aware: bool) -> str:
+        """``init='auto'``: centroids at the pseudo-label means when training is batch-aware (the
+        labels come from the batch-corrected embedding, the latent does not), else K-means on the latent."""
+        if self.init != "auto":
+            return self.init
+        return "labels" if batch_aware else "kmeans"
+
+    def _network(self, n_genes: int, k: int, n_batches: int) -> SCCSANet:
+        """The untrained network these parameters describe (``n_batches`` > 0: conditional decoder)."""
+        return SCCSANet(n_genes, k, latent_dim=self.latent_dim, cc=self.cc, alpha=self.alpha,
+                        attention_dim=self.attention_dim, channels=tuple(self.channels), batch_norm=self.batch_norm,
+                        n_covariates=n_batches)
 
     def _resolve_k(self, lognorm: Any, n_cells: int, user_labels: np.ndarray | None) -> tuple[int, str]:
         if self.n_clusters == "auto":

@@ -138,6 +138,7 @@ def bundle_metadata(fitted: FittedModel, metrics: dict[str, float]) -> dict[str,
         "n_cells": state.n_cells,
         "beta": float(fitted.net.beta),
         "clip": state.panel.clip,
+        "batches": state.batches,  # training cells per batch_key value (None without batch_key)
     }
     return {
         "schema_version": SCHEMA_VERSION,

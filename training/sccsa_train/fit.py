@@ -123,9 +123,14 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return batches
 
 
+def _rows(covariates: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    return None if covariates is None else covariates[index]
+
+
 def pretrain(net: SCCSANet, x: torch.Tensor, schedule: Schedule, history: History, generator: torch.Generator,
-             progress: bool = True) -> None:
-    """Stage 1: reconstruction only."""
+             progress: bool = True, covariates: torch.Tensor | None = None) -> None:
+    """Stage 1: reconstruction only (``covariates``: the batch one-hot of each row of ``x``, for a
+    conditional decoder)."""
     optimizer = torch.optim.Adam(net.parameters(), lr=schedule.pretrain_lr)
     net.train()
     for epoch in tqdm(range(schedule.pretrain_epochs), desc="pretrain", unit="epoch", disable=bar_disabled(progress),
@@ -133,7 +138,7 @@ def pretrain(net: SCCSANet, x: torch.Tensor, schedule: Schedule, history: Histor
         started, total = time.perf_counter(), 0.0
         for index in _batches(x.shape[0], schedule.batch_size, generator):
             batch = x[index]
-            out = net(batch)
+            out = net(batch, _rows(covariates, index))
             loss = reconstruction_loss(out.reconstruction, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -165,7 +170,7 @@ def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, see
 
 
 def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedule, history: History,
-            generator: torch.Generator, progress: bool = True) -> np.ndarray:
+            generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None) -> np.ndarray:
     """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change."""
     weights = schedule.weights
     optimizer = torch.optim.Adam(net.parameters(), lr=schedule.cluster_lr)
@@ -177,7 +182,7 @@ def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedu
         sums = np.zeros(4)
         for index in _batches(x.shape[0], schedule.batch_size, generator):
             batch = x[index]
-            out = net(batch)
+            out = net(batch, _rows(covariates, index))
             distances = net.squared_distances(out.latent)
             resp = responsibilities(distances, net.beta)
             l1 = clustering_loss(distances, resp, out.latent, net.distortion_scale, weights.latent_norm)
@@ -206,14 +211,15 @@ def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedu
 
 
 def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, progress: bool = True,
-          start_labels: np.ndarray | None = None) -> tuple[np.ndarray, History]:
+          start_labels: np.ndarray | None = None, covariates: torch.Tensor | None = None) -> tuple[np.ndarray, History]:
     """Run both stages on standardised inputs ``x`` (on the net's device); return labels and history.
-    ``start_labels`` (0..K-1 per row) initialise μ as label means instead of K-means."""
+    ``start_labels`` (0..K-1 per row) initialise μ as label means instead of K-means;
+    ``covariates`` (batch one-hot per row) feed a conditional decoder."""
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
     history = History()
     started = time.perf_counter()
-    pretrain(net, x, schedule, history, generator, progress)
+    pretrain(net, x, schedule, history, generator, progress, covariates)
     history.seconds["pretrain"] = time.perf_counter() - started
     log.info("stage 1 (pretraining): %d epochs, reconstruction %.4f, %.1f s", len(history.pretrain),
              history.pretrain[-1]["reconstruction"], history.seconds["pretrain"])
@@ -224,7 +230,7 @@ def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, 
     log.info("centroids from %s in %.1f s", "K-means" if start_labels is None else "label means",
              history.seconds["kmeans_init"])
     mark = time.perf_counter()
-    labels = cluster(net, x, labels, schedule, history, generator, progress)
+    labels = cluster(net, x, labels, schedule, history, generator, progress, covariates)
     history.seconds["cluster"] = time.perf_counter() - mark
     log.info("stage 2 (clustering): %d epochs, %s, %.1f s", len(history.cluster),
              "converged" if history.converged else "stopped at the epoch limit", history.seconds["cluster"])

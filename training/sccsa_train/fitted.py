@@ -37,6 +37,7 @@ class FittedState:
     timings: dict[str, float]
     input_kind: str
     n_cells: int
+    batches: dict[str, int] | None = None  # training cells per batch (batch_key), in decoder order
 
 
 @dataclass(frozen=True)

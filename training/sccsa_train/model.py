@@ -32,10 +32,10 @@ class SCCSANet(nn.Module):
     def __init__(self, n_genes: int, n_clusters: int, *, latent_dim: int = default("latent_dim"),
                  cc: str = default("cc"), alpha: float = default("alpha"),
                  attention_dim: int = default("attention_dim"), channels: tuple[int, int, int] = default("channels"),
-                 batch_norm: bool = default("batch_norm")):
+                 batch_norm: bool = default("batch_norm"), n_covariates: int = 0):
         super().__init__()
         self.sacc = SACC(n_genes, mode=cc, alpha=alpha, attention_dim=attention_dim)
-        self.cae = ConvAutoencoder(n_genes, latent_dim, channels, batch_norm=batch_norm)
+        self.cae = ConvAutoencoder(n_genes, latent_dim, channels, batch_norm=batch_norm, n_covariates=n_covariates)
         self.head = nn.Linear(latent_dim, n_clusters)
         self.register_buffer("centroids", torch.zeros(n_clusters, latent_dim))
         self.register_buffer("beta", torch.tensor(1.0))
@@ -50,9 +50,11 @@ class SCCSANet(nn.Module):
         mixed, alpha = self.sacc(x)
         return self.cae.encode(mixed), alpha
 
-    def forward(self, x: torch.Tensor) -> NetOutput:
+    def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> NetOutput:
+        """Training pass; ``covariates`` (batch one-hot) only reach a conditional decoder."""
         latent, alpha = self.embed(x)
-        return NetOutput(latent=latent, reconstruction=self.cae.decode(latent), alpha=alpha, logits=self.head(latent))
+        return NetOutput(latent=latent, reconstruction=self.cae.decode(latent, covariates), alpha=alpha,
+                         logits=self.head(latent))
 
     def squared_distances(self, latent: torch.Tensor) -> torch.Tensor:
         """‖z_i − μ_k‖² for every cell and centroid, [N, K]."""

@@ -20,7 +20,7 @@ from sccsa_infer.validate import INPUT_KINDS
 GENE_SELECTIONS: tuple[str, ...] = ("ftest", "hvg")
 GENE_ORDERS: tuple[str, ...] = ("correlation", "fscore", "input")
 CC_MODES: tuple[str, ...] = ("sa", "fixed", "off")
-CENTROID_INITS: tuple[str, ...] = ("kmeans", "labels")
+CENTROID_INITS: tuple[str, ...] = ("auto", "kmeans", "labels")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_CHANNELS: tuple[int, int, int] = (16, 32, 64)
 
@@ -97,6 +97,9 @@ OPTIONS: tuple[Option, ...] = (
            "variable genes.", choices=GENE_SELECTIONS),
     Option("labels_key", "key", None, "obs column of known cell types: the F-test uses them (reference-atlas mode) and "
            "clusters get their names."),
+    Option("batch_key", "key", None, "obs column naming each cell's batch (donor, sample, condition): pseudo-labels "
+           "from a Harmony-corrected embedding start the centroids and the decoder is told the batch, so clusters "
+           "follow cell types rather than batches. Serving needs no batch column."),
     Option("gene_order", str, "correlation", "Order of genes in the 1-D signal/2-D image: correlation (co-expressed "
            "genes adjacent), fscore, input.", choices=GENE_ORDERS),
     Option("cc", str, "sa", "Coefficient compression: sa (self-attention, per-cell alpha), fixed (alpha), off (no "
@@ -121,8 +124,9 @@ OPTIONS: tuple[Option, ...] = (
            high=1),
     Option("beta_scale", float, 5.0, "Softness of r: beta = beta_scale / (mean squared distance to the nearest "
            "centroid at init).", low=0, low_open=True),
-    Option("init", str, "kmeans", "Initial centroids: K-means on the pretrained latent, or the latent means of the "
-           "labels the gene selection used (consensus pseudo-labels, or labels_key).", choices=CENTROID_INITS),
+    Option("init", str, "auto", "Initial centroids: K-means on the pretrained latent, or the latent means of the "
+           "labels the gene selection used (consensus pseudo-labels, or labels_key); auto: labels with batch_key, "
+           "else kmeans.", choices=CENTROID_INITS),
     Option("kl_weight", float, 1.0, "alpha1, weight of KL(R||P).", low=0),
     Option("reconstruction_weight", float, 100.0, "alpha2, weight of the reconstruction MSE.", low=0,
            aliases=("--recon-weight",)),

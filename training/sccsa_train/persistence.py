@@ -33,7 +33,6 @@ from sccsa_infer.versions import package_version, parse_version
 from .fit import History
 from .fitted import FittedState
 from .genes import GenePanel, HighlyVariableGeneSelector
-from .model import SCCSANet
 
 if TYPE_CHECKING:
     from .estimator import SCCSA
@@ -106,6 +105,7 @@ def save_model(model: SCCSA, path: str | os.PathLike[str], *, overwrite: bool = 
             "cluster_names": state.cluster_names, "input_kind": state.input_kind, "n_cells": state.n_cells,
             "n_obs": model._n_obs, "genes": list(state.panel.genes), "clip": state.panel.clip,
             "selector": selector_meta, "history": state.history.as_dict(), "timings": state.timings,
+            "batches": state.batches,
         },
     }
     with atomic_output(path, directory=True, overwrite=overwrite, replaceable=OWN_MODELS) as tmp:
@@ -137,9 +137,8 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
     model = cls(**params)
     with np.load(path / ARRAYS_FILE, allow_pickle=False) as stored:
         arrays = {key: stored[key] for key in stored.files}
-    net = SCCSANet(len(fitted["genes"]), fitted["n_clusters"], latent_dim=model.latent_dim, cc=model.cc,
-                   alpha=model.alpha, attention_dim=model.attention_dim, channels=tuple(model.channels),
-                   batch_norm=model.batch_norm)
+    batches = fitted.get("batches")
+    net = model._network(len(fitted["genes"]), fitted["n_clusters"], len(batches or ()))
     net.load_state_dict(torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     history_dict = fitted["history"]
     history = History(pretrain=history_dict["pretrain"], cluster=history_dict["cluster"],
@@ -155,7 +154,7 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
         panel_counts=sp.csr_matrix((arrays["counts_data"], arrays["counts_indices"], arrays["counts_indptr"]),
                                    shape=tuple(arrays["counts_shape"])),
         total_counts=arrays["total_counts"], history=history, timings=fitted["timings"],
-        input_kind=fitted["input_kind"], n_cells=fitted["n_cells"],
+        input_kind=fitted["input_kind"], n_cells=fitted["n_cells"], batches=batches,
     )
     model._fit_rows = arrays["fit_rows"]
     model._n_obs = fitted["n_obs"]

@@ -1,0 +1,248 @@
+"""Batch page: clusters of cell types, not of donors (issue 17).
+
+On every dataset with a batch column (``obs['donor']``), 3 seeds, in one run:
+
+* sccsa U without and with ``--batch-key donor``;
+* Scanpy's standard embedding (HVGs, scale, 50 PCs) uncorrected, Harmony-corrected (harmonypy on
+  the PCs) and ComBat-corrected (``scanpy.pp.combat`` before scaling), each with K-means at K
+  and Leiden at the resolution giving K;
+* scVI with ``batch_key='donor'`` (scvi-tools' default SCVI, n_latent 10, raw counts, 2000
+  seurat_v3 HVGs; ``bench`` extra), K-means and Leiden at K on its latent;
+* protocol T by donor: for each donor in turn (datasets with ≥ 3 donors, so training keeps
+  several), sccsa ``--batch-key donor`` trained on the other donors, exported, and the held-out
+  donor labelled through ``sccsa_infer.Predictor`` (ONNX Runtime); its ARI beside the in-sample
+  ARI of the same donor's cells in the all-donor fit of the same seed.
+
+Metrics: ARI / NMI / ACC against the cell types; batch mixing as the NMI between clusters and
+donor (lower: clusters less tied to donors) and the kNN batch entropy of the embedding the
+clusters come from (mean over cells of the donor entropy among their 30 nearest neighbours,
+divided by log(number of donors); higher: better mixed). Both mixing scores are also limited by
+real composition differences between donors (e.g. Baron human acinar cells come almost all from
+one donor), so they are compared between methods, never against 0 or 1.
+
+Datasets: the shared Baron human subset (confirmation half of ``split.json``) and the Baron mouse
+set that ``fetch_data.py`` writes to ``benchmarks/data`` (tuning: batch-aware defaults were
+chosen on it only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
+from sklearn.neighbors import NearestNeighbors
+
+from clustering import scvi_available, scvi_latent
+from common import (
+    DEFAULT_DATA,
+    RESULTS,
+    Timer,
+    add_merge_option,
+    finish,
+    load,
+    markdown_table,
+    mean_sd,
+    merge_records,
+    read_records,
+    score,
+    seed_coverage,
+    training_threads,
+    write_json,
+)
+from fetch_data import EXTRA_DATA
+from sccsa_infer import Predictor
+from sccsa_train import SCCSA
+from sccsa_train.preprocess import prepare
+from sccsa_train.pseudolabels import clustering_embedding, leiden_resolution_for_k
+
+BATCH_KEY = "donor"
+NEIGHBOURS = 30
+DATASETS = {"baron_mouse_pancreas_came": ("tuning", EXTRA_DATA), "baron_human_pancreas_subset_came": ("confirmation", None)}
+METHOD_ORDER = ["sccsa", "sccsa_batch", "kmeans_pca", "leiden_k", "harmony_kmeans", "harmony_leiden_k",
+                "combat_kmeans", "combat_leiden_k", "scvi_batch_kmeans", "scvi_batch_leiden_k"]
+
+
+def batch_entropy(embedding: np.ndarray, batches: np.ndarray, k: int = NEIGHBOURS) -> float:
+    """Mean over cells of the batch entropy among their k nearest neighbours, over log(#batches)."""
+    names, codes = np.unique(batches, return_inverse=True)
+    neighbours = NearestNeighbors(n_neighbors=k + 1).fit(embedding).kneighbors(embedding, return_distance=False)[:, 1:]
+    counts = np.stack([np.bincount(row, minlength=len(names)) for row in codes[neighbours]]) / k
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nansum(np.where(counts > 0, counts * np.log(counts), 0.0), axis=1)
+    return float(entropy.mean() / np.log(len(names)))
+
+
+def scores(truth: np.ndarray, predicted: np.ndarray, batches: np.ndarray, embedding: np.ndarray) -> dict:
+    """Cell-type agreement and batch mixing of one clustering and the embedding it came from."""
+    return {**score(truth, predicted),
+            "batch_nmi": round(float(normalized_mutual_info_score(batches, predicted)), 4),
+            "batch_entropy": round(batch_entropy(embedding, batches), 4)}
+
+
+def sccsa_record(adata: ad.AnnData, truth: np.ndarray, batches: np.ndarray, k: int, seed: int,
+                 batch_key: str | None) -> tuple[dict, SCCSA]:
+    with Timer() as timer:
+        model = SCCSA(k, batch_key=batch_key, random_state=seed, progress=False).fit(adata)
+    record = {"method": "sccsa_batch" if batch_key else "sccsa", **scores(truth, model.labels_, batches, model.state_.latent),
+              "seconds": round(timer.seconds, 2), "torch_threads": training_threads()}
+    return record, model
+
+
+def heldout_records(adata: ad.AnnData, truth: np.ndarray, batches: np.ndarray, k: int, seed: int,
+                    in_sample: np.ndarray) -> list[dict]:
+    """Protocol T by donor: train on the other donors with the batch key, label the held-out one
+    through the exported bundle; ``in_sample`` are the all-donor fit's labels of every cell."""
+    records = []
+    for donor in np.unique(batches):
+        query = batches == donor
+        with Timer() as timer:
+            model = SCCSA(k, batch_key=BATCH_KEY, random_state=seed, progress=False).fit(adata[~query].copy())
+            with tempfile.TemporaryDirectory() as folder:
+                model.export(Path(folder) / "bundle")
+                predicted = Predictor(Path(folder) / "bundle").predict(adata[query].copy()).cluster
+        records.append({"method": "sccsa_batch", "protocol": f"T:{donor}", **score(truth[query], predicted),
+                        "in_sample_ari": score(truth[query], in_sample[query])["ari"], "n_query": int(query.sum()),
+                        "seconds": round(timer.seconds, 2), "torch_threads": training_threads()})
+    return records
+
+
+def _kmeans_and_leiden(embedding: ad.AnnData, basis: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    kmeans = KMeans(k, n_init=20, random_state=seed).fit_predict(embedding.obsm[basis])
+    sc.pp.neighbors(embedding, use_rep=basis, random_state=seed)
+    _, leiden = leiden_resolution_for_k(embedding, k, seed)
+    return kmeans, leiden
+
+
+def baseline_records(adata: ad.AnnData, truth: np.ndarray, batches: np.ndarray, k: int, seed: int) -> list[dict]:
+    """Scanpy's embedding uncorrected, with Harmony and with ComBat; K-means and Leiden at K on each."""
+    lognorm = prepare(adata).lognorm
+    records = []
+    for name, corrected in (("", None), ("harmony_", batches)):
+        with Timer() as timer:
+            embedding = clustering_embedding(lognorm, seed=seed, batches=corrected)
+            kmeans, leiden = _kmeans_and_leiden(embedding, "X_pca", k, seed)
+        for method, predicted in ((f"{name}kmeans" if name else "kmeans_pca", kmeans), (f"{name}leiden_k", leiden)):
+            records.append({"method": method, **scores(truth, predicted, batches, embedding.obsm["X_pca"]),
+                            "seconds": round(timer.seconds, 2)})
+    with Timer() as timer:
+        combat = ad.AnnData(X=sp.csr_matrix(lognorm, dtype=np.float32))
+        combat.obs[BATCH_KEY] = pd.Categorical(batches)
+        sc.pp.highly_variable_genes(combat, n_top_genes=2000, subset=True)
+        sc.pp.combat(combat, key=BATCH_KEY)
+        sc.pp.scale(combat, max_value=10)
+        sc.tl.pca(combat, n_comps=50, random_state=seed)
+        kmeans, leiden = _kmeans_and_leiden(combat, "X_pca", k, seed)
+    for method, predicted in (("combat_kmeans", kmeans), ("combat_leiden_k", leiden)):
+        records.append({"method": method, **scores(truth, predicted, batches, combat.obsm["X_pca"]),
+                        "seconds": round(timer.seconds, 2)})
+    return [dict(r, protocol="-") for r in records]
+
+
+def scvi_records(adata: ad.AnnData, truth: np.ndarray, batches: np.ndarray, k: int, seed: int) -> list[dict]:
+    """scVI with the donor as ``batch_key``, K-means and Leiden at K on its latent."""
+    with Timer() as timer:
+        cells, latent, epochs = scvi_latent(adata, seed, batch_key=BATCH_KEY)
+    embedding = ad.AnnData(X=np.zeros((len(cells), 0), dtype=np.float32), obsm={"X_scvi": latent})
+    kmeans, leiden = _kmeans_and_leiden(embedding, "X_scvi", k, seed)
+    return [{"method": method, "protocol": "-", **scores(truth[cells], predicted, batches[cells], latent),
+             "seconds": round(timer.seconds, 2), "epochs": epochs}
+            for method, predicted in (("scvi_batch_kmeans", kmeans), ("scvi_batch_leiden_k", leiden))]
+
+
+def summarise(records: list[dict]) -> str:
+    frame = pd.DataFrame(records)
+    clustering = frame[frame["protocol"].isin(["U", "-"])]
+    columns = [m for m in METHOD_ORDER if m in set(clustering["method"])]
+    parts = []
+    titles = {"ari": "Cell-type ARI", "nmi": "Cell-type NMI", "batch_nmi": "Batch NMI of the clusters (lower is better)",
+              "batch_entropy": "kNN batch entropy of the embedding (higher is better)", "seconds": "Wall time (s)"}
+    for metric, title in titles.items():
+        table = clustering.pivot_table(index="dataset", columns="method", values=metric, aggfunc=mean_sd)[columns]
+        table.insert(0, "split", [DATASETS.get(d, ("?",))[0] for d in table.index])
+        parts.append(f"## {title} (mean ± sd over seeds)\n\n{markdown_table(table.fillna('–'))}")
+    heldout = frame[frame["protocol"].str.startswith("T:")]
+    if not heldout.empty:
+        rows = heldout.assign(donor=heldout["protocol"].str[2:]).groupby(["dataset", "donor"]).agg(
+            n_query=("n_query", "first"), heldout_ari=("ari", mean_sd), in_sample_ari=("in_sample_ari", mean_sd),
+            gap=("in_sample_ari", lambda s: mean_sd(s - heldout.loc[s.index, "ari"])))
+        parts.append("## Protocol T by donor: a donor training never saw, labelled through the exported bundle\n\n"
+                     "`heldout_ari`: sccsa `--batch-key donor` trained on the other donors, the held-out donor "
+                     "labelled by `sccsa_infer.Predictor`; `in_sample_ari`: the same donor's cells in the all-donor "
+                     "`--batch-key donor` fit of the same seed; `gap` = in-sample − held-out.\n\n" + markdown_table(rows))
+    intro = (f"{frame['dataset'].nunique()} dataset(s) with a donor column, seeds "
+             f"{', '.join(map(str, sorted(frame['seed'].unique())))}; K = number of true labels for every method. "
+             "Batch-aware defaults were chosen on the tuning set only. "
+             + seed_coverage(clustering, "method", columns))
+    return intro + "\n\n" + "\n\n".join(parts)
+
+
+def _key(record: dict) -> tuple:
+    return record["dataset"], record["method"], record["protocol"], record["seed"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the shared labelled .h5ad files")
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="*", choices=["sccsa", "heldout", "baselines", "scvi"],
+                        default=["sccsa", "heldout", "baselines", "scvi"], help="parts to run")
+    parser.add_argument("--resume", action="store_true", help="keep and skip records already in the JSON file")
+    parser.add_argument("--out", type=Path, default=RESULTS / "batch.json")
+    add_merge_option(parser)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    title = "Batch-aware clustering (donors)"
+    if args.merge is not None:
+        finish(args.out, title, summarise(merge_records(args.out, args.merge, _key)), merged=True)
+        return
+    records = read_records(args.out) if args.resume else []
+    done = {_key(r) for r in records}
+    parts = [p for p in args.only if p != "scvi" or scvi_available()]
+
+    def add(new: list[dict], dataset: str, seed: int) -> None:
+        nonlocal records
+        for record in new:
+            record = {"dataset": dataset, "seed": seed, **record}
+            records = [r for r in records if _key(r) != _key(record)]
+            records.append(record)
+            print(record, flush=True)
+        write_json(args.out, records)
+
+    for name in args.datasets:
+        folder = DATASETS[name][1] or args.data
+        if not (folder / f"{name}.h5ad").exists():
+            raise SystemExit(f"{folder / name}.h5ad is missing" + (" (run benchmarks/fetch_data.py)" if DATASETS[name][1] else ""))
+        adata, truth, k, _ = load(folder / f"{name}.h5ad")
+        batches = adata.obs[BATCH_KEY].astype(str).to_numpy()
+        heldout = "heldout" in parts and len(np.unique(batches)) >= 3
+        for seed in args.seeds:
+            in_sample = None
+            for batch_key in (None, BATCH_KEY):
+                method = "sccsa_batch" if batch_key else "sccsa"
+                record_it = "sccsa" in parts and (name, method, "U", seed) not in done
+                if record_it or (heldout and batch_key):
+                    record, model = sccsa_record(adata, truth, batches, k, seed, batch_key)
+                    if record_it:
+                        add([dict(record, protocol="U")], name, seed)
+                    in_sample = model.labels_
+            if heldout:
+                add(heldout_records(adata, truth, batches, k, seed, in_sample), name, seed)
+            if "baselines" in parts and (name, "kmeans_pca", "-", seed) not in done:
+                add(baseline_records(adata, truth, batches, k, seed), name, seed)
+            if "scvi" in parts and (name, "scvi_batch_kmeans", "-", seed) not in done:
+                add(scvi_records(adata, truth, batches, k, seed), name, seed)
+    finish(args.out, title, summarise(records))
+
+
+if __name__ == "__main__":
+    main()
