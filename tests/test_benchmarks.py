@@ -194,3 +194,16 @@ def test_batch_page_records_and_page(tmp_path, monkeypatch):
     page = out.with_suffix(".md").read_text()
     for title in ("Cell-type ARI", "Batch NMI of the clusters", "kNN batch entropy", "Protocol T by donor"):
         assert title in page
+
+
+def test_pseudolabel_page_scores_both_rules_with_and_without_harmony(tmp_path, monkeypatch):
+    pseudolabels = script("pseudolabels", monkeypatch)
+    with_batches(synthetic_counts(n_cells=150, seed=1), ["a", "b"], {"a": 1.0, "b": 6.0}).write_h5ad(tmp_path / "d.h5ad")
+    synthetic_counts(n_cells=120, seed=2).write_h5ad(tmp_path / "e.h5ad")
+    out = tmp_path / "pseudolabels.json"
+    run(pseudolabels, monkeypatch, "--data", str(tmp_path), "--datasets", "d", "e", "--seeds", "0", "--out", str(out))
+    found = records(out)
+    assert {(r["dataset"], r["correction"]) for r in found} == {("d", "none"), ("d", "harmony"), ("e", "none")}
+    assert all(r["members_min"] <= r["members_median"] <= r["members_max"] and -1 <= r["most_agreeing"] <= 1
+               for r in found)
+    assert "Harmony-corrected PCs" in out.with_suffix(".md").read_text()

@@ -105,6 +105,12 @@ class Consensus:
     leiden_resolution: float
 
 
+def membership_consensus(ensemble: list[np.ndarray], k: int, seed: int = 0) -> np.ndarray:
+    """K-means with ``k`` groups on the ensemble's one-hot membership matrix."""
+    membership = sp.hstack([sp.csr_matrix(np.eye(int(r.max()) + 1, dtype=np.float32)[r]) for r in ensemble]).tocsr()
+    return KMeans(k, n_init=20, random_state=seed).fit_predict(membership)
+
+
 def most_agreeing(ensemble: list[np.ndarray], k: int) -> np.ndarray:
     """The member with ``k`` groups whose summed ARI to all members is largest (the ensemble's
     medoid partition, "best of K"): one real clustering of the data, so a group is never split
@@ -120,9 +126,9 @@ def consensus_labels(lognorm: sp.spmatrix | np.ndarray, k: int, *, seed: int = 0
 
     Without ``batches``: K-means on the ensemble's membership matrix (today's default). With
     ``batches`` (``batch_key``): the ensemble runs on the Harmony-corrected embedding and the
-    member that agrees most with the others is chosen (:func:`most_agreeing`); on the batch
-    page's tuning set the membership K-means merged and split types (ARI 0.40 vs 0.91 for the
-    medoid), and training starts its centroids from these labels.
+    member that agrees most with the others is chosen (:func:`most_agreeing`), since the
+    membership K-means can merge and split types that every member keeps apart
+    (benchmarks/results/pseudolabels.md); training then starts its centroids from these labels.
     """
     embedding = clustering_embedding(lognorm, seed=seed, batches=batches)
     pcs = embedding.obsm["X_pca"]
@@ -138,8 +144,7 @@ def consensus_labels(lognorm: sp.spmatrix | np.ndarray, k: int, *, seed: int = 0
         labels = most_agreeing(ensemble, k)
         how = "the most agreeing member of"
     else:
-        membership = sp.hstack([sp.csr_matrix(np.eye(int(r.max()) + 1, dtype=np.float32)[r]) for r in ensemble]).tocsr()
-        labels = KMeans(k, n_init=20, random_state=seed).fit_predict(membership)
+        labels = membership_consensus(ensemble, k, seed)
         how = "K-means on the memberships of"
     log.info("pseudo-labels: %s %d K-means and %d Leiden runs (resolution %.3f)%s, %d groups", how,
              len(ensemble) - RUNS_PER_SETTING, RUNS_PER_SETTING, resolution,
