@@ -51,8 +51,7 @@ from common import (
     load,
     markdown_table,
     mean_sd,
-    merge_records,
-    read_records,
+    merge_or_resume,
     score,
     seed_coverage,
     training_threads,
@@ -202,10 +201,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     title = "Batch-aware clustering (donors)"
-    if args.merge is not None:
-        finish(args.out, title, summarise(merge_records(args.out, args.merge, _key)), merged=True)
+    records = merge_or_resume(args, title, summarise, _key)
+    if records is None:
         return
-    records = read_records(args.out) if args.resume else []
     done = {_key(r) for r in records}
     parts = [p for p in args.only if p != "scvi" or scvi_available()]
 

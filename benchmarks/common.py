@@ -141,6 +141,16 @@ def merge_records(out: Path, shards: Iterable[Path], key: Callable[[dict], tuple
     return records
 
 
+def merge_or_resume(args: argparse.Namespace, title: str, summarise: Callable[[list[dict]], str],
+                    key: Callable[[dict], tuple]) -> list[dict[str, Any]] | None:
+    """``--merge``: join the shards into ``--out``, rewrite the page and return None (nothing to run);
+    otherwise the records to start from (``--out``'s with ``--resume``, else none)."""
+    if args.merge is not None:
+        finish(args.out, title, summarise(merge_records(args.out, args.merge, key)), merged=True)
+        return None
+    return read_records(args.out) if args.resume else []
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (temporary file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

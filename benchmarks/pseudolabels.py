@@ -32,8 +32,7 @@ from common import (
     load,
     markdown_table,
     mean_sd,
-    merge_records,
-    read_records,
+    merge_or_resume,
     split_of,
     write_json,
 )
@@ -104,10 +103,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     title = "Pseudo-labels: ensemble members, membership consensus, most agreeing member"
-    if args.merge is not None:
-        finish(args.out, title, summarise(merge_records(args.out, args.merge, _key)), merged=True)
+    records = merge_or_resume(args, title, summarise, _key)
+    if records is None:
         return
-    records = read_records(args.out) if args.resume else []
     done = {(r["dataset"], r["seed"]) for r in records}
     paths = datasets(args.data, args.datasets)
     extra = EXTRA_DATA / "baron_mouse_pancreas_came.h5ad"
