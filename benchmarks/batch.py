@@ -171,7 +171,7 @@ def summarise(records: list[dict]) -> str:
     heldout = frame[frame["protocol"].str.startswith("T:")]
     if not heldout.empty:
         rows = heldout.assign(donor=heldout["protocol"].str[2:]).groupby(["dataset", "donor"]).agg(
-            n_query=("n_query", "first"), heldout_ari=("ari", mean_sd), in_sample_ari=("in_sample_ari", mean_sd),
+            n_query=("n_query", lambda s: int(s.iloc[0])), heldout_ari=("ari", mean_sd), in_sample_ari=("in_sample_ari", mean_sd),
             gap=("in_sample_ari", lambda s: mean_sd(s - heldout.loc[s.index, "ari"])))
         parts.append("## Protocol T by donor: a donor training never saw, labelled through the exported bundle\n\n"
                      "`heldout_ari`: sccsa `--batch-key donor` trained on the other donors, the held-out donor "
