@@ -83,6 +83,9 @@ def workspace(tmp_path_factory) -> Path:
     pbmc.obs["cell_type"] = pbmc.obs["bulk_labels"].astype(str)
     for name in ("pbmc", "atlas", "big", "query", "cells"):
         pbmc.write_h5ad(folder / f"{name}.h5ad")
+    donors = pbmc.copy()
+    donors.obs["donor"] = np.where(np.arange(donors.n_obs) % 3 == 0, "donor_a", "donor_b")
+    donors.write_h5ad(folder / "donors.h5ad")
     abundance = pbmc.copy()
     totals = np.asarray(abundance.X.sum(axis=1)).ravel()
     abundance.X = abundance.X.multiply(1e6 / totals[:, None]).tocsr()  # TPM-like values
