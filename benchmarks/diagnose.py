@@ -80,10 +80,10 @@ def trained_stages(adata, kind: str, k: int, seed: int) -> tuple[SCCSA, dict[str
     captured: dict[str, Any] = {}
     original = fit_module.initialise_centroids
 
-    def capture(net, x, schedule, seed_, start_labels=None):  # called right after pretraining
+    def capture(net, x, *args, **kwargs):  # called right after pretraining
         captured["x"] = x
         captured["sacc_pretrained"], captured["latent_pretrained"] = sacc_and_latent(net, x)
-        return original(net, x, schedule, seed_, start_labels)
+        return original(net, x, *args, **kwargs)
 
     fit_module.initialise_centroids = capture
     try:

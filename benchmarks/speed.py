@@ -16,7 +16,10 @@
    cores) on ``--contention-dataset``, each alone and beside one busy process per half of the
    cores, with idle threads spinning or sleeping (ONNX Runtime ``--spin-wait``; OpenMP
    ``OMP_WAIT_POLICY=ACTIVE``/``PASSIVE`` for torch): median wall and CPU seconds of 3 runs.
-5. Cold start: ``sccsa-infer --help``, a wrong input path, a fresh ``python -c "Predictor(bundle)"``
+5. Data-parallel training: ``sccsa-train`` on ``--processes-dataset`` (default settings, seed 0) as
+   one process with all cores and under ``torchrun`` as one process per core (one thread each,
+   gloo): wall and CPU seconds, peak memory of the largest process, stage times and ARI.
+6. Cold start: ``sccsa-infer --help``, a wrong input path, a fresh ``python -c "Predictor(bundle)"``
    (import + session creation) and a fresh ``sccsa-infer verify`` (import, hashes, session,
    self-test), median of 5.
 
@@ -49,7 +52,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from common import DEFAULT_DATA, RESULTS, Timer, datasets, finish, load, machine, markdown_table, write_json
+from common import DEFAULT_DATA, LABEL_KEY, RESULTS, Timer, datasets, finish, load, machine, markdown_table, write_json
 from sccsa_infer import Predictor
 from sccsa_train import SCCSA
 
@@ -205,8 +208,10 @@ def contention(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list
                                                str(work / "c.parquet"), "--no-progress", "--spin-wait"], {}),
         ("sccsa-infer predict", "sleeping"): ([str(infer_bin), "predict", str(cells), "-m", str(bundle), "-o",
                                                str(work / "c.parquet"), "--no-progress"], {}),
-        ("sccsa-train", "spinning"): (train_command(dataset, k, kind, work), {"OMP_WAIT_POLICY": "ACTIVE"}),
-        ("sccsa-train", "sleeping"): (train_command(dataset, k, kind, work), {"OMP_WAIT_POLICY": "PASSIVE"}),
+        ("sccsa-train", "spinning"): (train_command(dataset, k, kind, work / "contention_model"),
+                                       {"OMP_WAIT_POLICY": "ACTIVE"}),
+        ("sccsa-train", "sleeping"): (train_command(dataset, k, kind, work / "contention_model"),
+                                       {"OMP_WAIT_POLICY": "PASSIVE"}),
     }
     n_busy = max(1, (os.cpu_count() or 2) // 2)
     rows = []
@@ -231,10 +236,36 @@ def contention(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list
     return rows
 
 
-def train_command(dataset: Path, k: int, kind: str, work: Path) -> list[str]:
-    """``sccsa-train`` with the default settings on ``dataset`` (all cores, torch's default)."""
-    return [str(Path(sys.executable).with_name("sccsa-train")), str(dataset), "-k", str(k), "--input-kind", kind,
-            "--out", str(work / "contention_model"), "--overwrite", "--no-progress", "-q"]
+def train_command(dataset: Path, k: int, kind: str, out: Path, processes: int = 1) -> list[str]:
+    """``sccsa-train`` with the default settings on ``dataset`` (all cores, torch's default), or
+    under ``torchrun`` with ``processes`` processes."""
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m",
+                 "sccsa_train.cli"] if processes > 1 else [str(Path(sys.executable).with_name("sccsa-train"))])
+    return [*launcher, str(dataset), "-k", str(k), "--input-kind", kind, "--out", str(out), "--overwrite",
+            "--no-progress", "-q"]
+
+
+def data_parallel(dataset: Path, work: Path) -> list[dict]:
+    """The same fit as one process (all cores) and as one torchrun process per core (one thread each)."""
+    _, _, k, kind = load(dataset)
+    cores = os.cpu_count() or 2
+    rows = []
+    for processes in (1, cores):
+        out = work / f"processes{processes}"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"} if processes > 1 else None
+        with Timer() as timer:
+            peak, cpu = run_with_rusage([*train_command(dataset, k, kind, out, processes), "--eval-key", LABEL_KEY],
+                                        env=env)
+        report = json.loads((out / "report.json").read_text())
+        metrics = json.loads((out / "bundle.json").read_text())["metrics"]
+        rows.append({"processes": processes, "threads_each": 1 if processes > 1 else cores,
+                     "wall_s": round(timer.seconds, 1), "cpu_s": round(cpu, 1), "peak_rss_mib": round(peak / 1024),
+                     "pretrain_s": round(report["history"]["seconds"]["pretrain"], 1),
+                     "cluster_s": round(report["history"]["seconds"]["cluster"], 1),
+                     "stage2_epochs": len(report["history"]["cluster"]),
+                     **{key: round(metrics[key], 4) for key in ("ari", "nmi", "acc")}})
+        print(rows[-1], flush=True)
+    return rows
 
 
 def installed_packages(infer_bin: Path) -> str:
@@ -268,7 +299,7 @@ def cold_start(infer_bin: Path, bundle: Path, work: Path, repeats: int = 5) -> d
     return result
 
 
-SECTIONS = ("training", "throughput", "streaming", "contention", "cold_start")
+SECTIONS = ("training", "throughput", "streaming", "contention", "processes", "cold_start")
 BUSY = "while True: pass"  # one CPU-bound neighbour process
 
 
@@ -318,6 +349,13 @@ def summarise(payload: dict) -> str:
                      f"200,000 replicated PBMC-Zheng4k cells, `sccsa-train` fits {payload.get('contention_dataset')} "
                      "with the default settings." + _measured(payload, "contention") + "\n\n"
                      + markdown_table(rows.set_index(["command", "idle_threads", "busy_neighbours"])))
+    if payload.get("processes"):
+        parts.append("## Data-parallel training: one process or one `torchrun` process per core\n\n"
+                     f"`sccsa-train` on {payload.get('processes_dataset')} (default settings, seed 0, `--eval-key` read "
+                     "after the fit) as one process with all cores, and under `torchrun --standalone` as one process "
+                     "per core with one thread each (gloo backend). `cpu_s` sums every process; `peak_rss_mib` is "
+                     "the largest single process." + _measured(payload, "processes") + "\n\n"
+                     + markdown_table(pd.DataFrame(payload["processes"]).set_index("processes")))
     if payload.get("cold_start"):
         labels = {"sccsa_infer_help_s": "`sccsa-infer --help`", "wrong_path_error_s": "a wrong input path to its error",
                   "import_and_session_s": "import + ONNX Runtime session",
@@ -337,6 +375,8 @@ def main() -> None:
     parser.add_argument("--cells", type=int, nargs="*", default=[1_000_000, 5_000_000])
     parser.add_argument("--contention-dataset", default="klein_subset_tmscc",
                         help="the dataset sccsa-train fits in the contention section")
+    parser.add_argument("--processes-dataset", default="pbmc_zheng4k_top2000",
+                        help="the dataset sccsa-train fits in the processes section")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per runtime and batch size (median)")
     parser.add_argument("--infer-bin", type=Path, default=INFER_BIN,
                         help="the sccsa-infer to time in streaming and cold_start, e.g. that of a serving-only install "
@@ -381,6 +421,9 @@ def main() -> None:
             payload["contention"] = contention(infer_bin, bundle, sp.csr_matrix(adata.X), list(adata.var_names),
                                                args.data / f"{args.contention_dataset}.h5ad", work)
             payload["contention_dataset"] = args.contention_dataset
+        if "processes" in args.sections:
+            payload["processes"] = data_parallel(args.data / f"{args.processes_dataset}.h5ad", work)
+            payload["processes_dataset"] = args.processes_dataset
         if "cold_start" in args.sections:
             payload["cold_start"] = cold_start(infer_bin, bundle, work)
         for section in set(args.sections) - {"training"}:

@@ -133,7 +133,7 @@ def test_missing_labels_are_rejected(adata):
     a = adata.copy()
     a.obs["partial"] = a.obs["cell_type"].astype(object)
     a.obs.iloc[0, a.obs.columns.get_loc("partial")] = None
-    with pytest.raises(InputDataError, match="missing label"):
+    with pytest.raises(InputDataError, match="missing value"):
         SCCSA(3, labels_key="partial", **FAST_TRAINING).fit(a)
 
 

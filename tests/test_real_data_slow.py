@@ -1,6 +1,9 @@
 """Long real-data runs that back the accuracy claims (``make test-slow``; CI runs them)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import anndata as ad
 import numpy as np
@@ -17,30 +20,57 @@ pytestmark = pytest.mark.slow
 PBMC = DATA_DIR / "pbmc_zheng4k_top2000.h5ad"
 
 
-def test_pbmc_unsupervised_ari_three_seeds(tmp_path):
+PBMC_ARGS = ["-k", "8", "--eval-key", "cell_type", "--no-progress"]
+
+
+def _pbmc_metrics(out) -> tuple[dict, float]:
+    metrics = json.loads((out / "bundle.json").read_text())["metrics"]
+    seconds = json.loads((out / "report.json").read_text())["timings_seconds"]["total"]
+    return metrics, seconds
+
+
+@pytest.fixture(scope="module")
+def pbmc_default_ari(tmp_path_factory) -> list[float]:
+    """ARI of the default on PBMC-Zheng4k, seeds 0, 1, 2, one process (labels never seen by the fit)."""
+    real_dataset("pbmc_zheng4k_top2000")
+    scores = []
+    for seed in (0, 1, 2):
+        out = tmp_path_factory.mktemp("pbmc") / f"seed{seed}"
+        result = CliRunner().invoke(train_main, [str(PBMC), *PBMC_ARGS, "--seed", str(seed), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        metrics, seconds = _pbmc_metrics(out)
+        assert seconds < 600
+        scores.append(metrics["ari"])
+        print(f"PBMC-Zheng4k seed {seed}: ARI {metrics['ari']:.3f} NMI {metrics['nmi']:.3f} ACC {metrics['acc']:.3f} "
+              f"in {seconds:.0f} s")
+    return scores
+
+
+def test_pbmc_unsupervised_ari_three_seeds(pbmc_default_ari):
     """Default settings, labels never seen by the fit: the clustering page's PBMC figure holds.
 
     benchmarks/results/clustering.md commits 0.749 ± 0.002 (3 seeds) for today's default, so a
     mean below 0.74 or a seed more than 0.03 from the others is a regression. Issue 3 asked for
     0.75 and issue 13 for 0.80; the default misses both, and the README says so.
     """
-    real_dataset("pbmc_zheng4k_top2000")
-    scores = []
-    for seed in (0, 1, 2):
-        out = tmp_path / f"seed{seed}"
-        result = CliRunner().invoke(train_main, [str(PBMC), "-k", "8", "--eval-key", "cell_type", "--seed", str(seed),
-                                                 "--out", str(out), "--no-progress"])
-        assert result.exit_code == 0, result.output
-        metrics = json.loads((out / "bundle.json").read_text())["metrics"]
-        report = json.loads((out / "report.json").read_text())
-        seconds = report["timings_seconds"]["total"]
-        assert seconds < 600
-        scores.append(metrics["ari"])
-        print(f"PBMC-Zheng4k seed {seed}: ARI {metrics['ari']:.3f} NMI {metrics['nmi']:.3f} ACC {metrics['acc']:.3f} "
-              f"in {seconds:.0f} s")
-    print(f"mean ARI {np.mean(scores):.4f}")
-    assert np.mean(scores) >= 0.74
-    assert np.ptp(scores) <= 0.03
+    print(f"mean ARI {np.mean(pbmc_default_ari):.4f}")
+    assert np.mean(pbmc_default_ari) >= 0.74
+    assert np.ptp(pbmc_default_ari) <= 0.03
+
+
+def test_pbmc_two_torchrun_processes_match_one_process(pbmc_default_ari, tmp_path):
+    """Data-parallel training (2 CPU processes, gloo) reaches one process's quality: seed 0's ARI
+    within 0.03 of the one-process mean over seeds 0-2 (their spread is 0.004 on the clustering page)."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+               "sccsa_train.cli", str(PBMC), *PBMC_ARGS, "--seed", "0", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics, seconds = _pbmc_metrics(out)
+    print(f"PBMC-Zheng4k, 2 processes, seed 0: ARI {metrics['ari']:.3f} NMI {metrics['nmi']:.3f} in {seconds:.0f} s; "
+          f"one process: {np.mean(pbmc_default_ari):.3f}")
+    assert abs(metrics["ari"] - np.mean(pbmc_default_ari)) <= 0.03
 
 
 def test_pbmc_transfer_70_30_onnx_labels_equal_torch(tmp_path):

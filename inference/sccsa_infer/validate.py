@@ -10,7 +10,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -272,3 +272,20 @@ def check_block(
     if values.size and (not np.all(np.isfinite(totals)) or values.min() < 0):
         check_values(block, input_kind, row_offset=row_offset, source=source, serving=True)
     check_values(panel, input_kind, gene_names=panel_genes, row_offset=row_offset, source=source, serving=True)
+
+
+def obs_column(obs: Any, key: str, option: str) -> Any:
+    """``obs[key]`` (a pandas Series), or an error naming ``option`` and the columns there are."""
+    if key not in obs.columns:
+        raise InputDataError(
+            f"{option} {key!r} is not an obs column; available: {', '.join(map(str, obs.columns)) or '(none)'}.")
+    return obs[key]
+
+
+def complete_obs_strings(obs: Any, key: str, option: str, rows: np.ndarray, fix: str) -> np.ndarray:
+    """``obs[key]`` at ``rows`` as strings; missing values are refused (``fix`` says what to do),
+    since a cell without a label or batch cannot be placed."""
+    column = obs_column(obs, key, option).iloc[rows]
+    if column.isna().any():
+        raise InputDataError(f"obs[{key!r}] has {int(column.isna().sum())} missing value(s); {fix}")
+    return column.astype(str).to_numpy()

@@ -15,7 +15,8 @@ import anndata as ad
 import numpy as np
 import torch
 
-from sccsa_infer.errors import InputDataError, SccsaWarning
+from sccsa_infer.errors import SccsaWarning
+from sccsa_infer.validate import complete_obs_strings
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,10 @@ def read_batches(adata: ad.AnnData, key: str | None, rows: np.ndarray,
     all share one batch, since there is nothing to correct."""
     if key is None:
         return None
-    if key not in adata.obs.columns:
-        raise InputDataError(
-            f"batch_key {key!r} is not an obs column; available: {', '.join(map(str, adata.obs.columns)) or '(none)'}."
-        )
-    column = adata.obs[key].iloc[rows]
-    if column.isna().any():
-        raise InputDataError(
-            f"obs[{key!r}] has {int(column.isna().sum())} missing value(s); give every cell a batch "
-            f"(e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).fillna('unknown')) or drop those cells."
-        )
-    values = column.astype(str).to_numpy()
+    values = complete_obs_strings(
+        adata.obs, key, "batch_key", rows,
+        f"give every cell a batch (e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).fillna('unknown')) or "
+        "drop those cells.")
     if known is None:
         names = tuple(np.unique(values))
         if len(names) < 2:

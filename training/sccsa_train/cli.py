@@ -19,6 +19,7 @@ from sccsa_infer.bundle import OWN_BUNDLES
 from sccsa_infer.clierrors import friendly_errors, verbosity_options
 from sccsa_infer.errors import InputDataError
 from sccsa_infer.metrics import check_eval_labels, evaluate
+from sccsa_infer.validate import obs_column
 
 from .options import OPTIONS, Option
 
@@ -141,13 +142,13 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
     adata = read_h5ad(data)
     truth = None
     if eval_key is not None:
-        if eval_key not in adata.obs.columns:
-            raise InputDataError(f"--eval-key {eval_key!r} is not an obs column; available: {', '.join(adata.obs.columns)}.")
-        truth = adata.obs[eval_key].to_numpy()
+        truth = obs_column(adata.obs, eval_key, "--eval-key").to_numpy()
         check_eval_labels(truth, eval_key)
     blinded = adata if eval_key in (None, params["labels_key"], params["batch_key"]) else _without_obs_column(adata, eval_key)
     model = SCCSA(**params)
     labels = model.fit_predict(blinded)
+    if not _main_process():  # under torchrun every process trains; process 0 alone writes and reports
+        return
     metrics = {}
     if truth is not None:
         fitted = labels >= 0
@@ -175,6 +176,13 @@ def _check_paths(data: Path, out: Path, write_adata: Path | None, overwrite: boo
         check_no_overlap(write_adata, [data], option="--write-adata")
         check_no_overlap(out, [write_adata], role="the --write-adata file")
         check_writable(write_adata, overwrite=overwrite, replaceable=OWN_RESULTS, option="--write-adata")
+
+
+def _main_process() -> bool:
+    """False in the processes ``torchrun`` started besides rank 0 (see sccsa_train.distributed)."""
+    from torch import distributed
+
+    return not (distributed.is_available() and distributed.is_initialized()) or distributed.get_rank() == 0
 
 
 def _without_obs_column(adata: ad.AnnData, key: str) -> ad.AnnData:

@@ -20,9 +20,9 @@ from sklearn.utils.validation import check_is_fitted
 from sccsa_infer.align import align_genes
 from sccsa_infer.block import BlockLabeller
 from sccsa_infer.defaults import DEFAULT_BATCH_SIZE, KEY_ADDED
-from sccsa_infer.errors import InputDataError, SccsaWarning
+from sccsa_infer.errors import InputDataError, SccsaError, SccsaWarning
 from sccsa_infer.prediction import Prediction
-from sccsa_infer.validate import warn_duplicate_cells
+from sccsa_infer.validate import complete_obs_strings, warn_duplicate_cells
 
 from . import n_clusters as n_clusters_estimation
 from .fit import (
@@ -36,6 +36,7 @@ from .fit import (
     train,
 )
 from .batches import read_batches
+from .distributed import workers_from_environment
 from .fitted import FittedModel, FittedState
 from .genes import GenePanel, build_panel, fit_selector
 from .graph import ServingGraph
@@ -148,6 +149,9 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         timings: dict[str, float] = {}
         started = time.perf_counter()
         all_batches = read_batches(adata, self.batch_key, np.arange(adata.n_obs))  # checked before any work
+        device = resolve_device(self.device)
+        workers = workers_from_environment(device)  # several processes under torchrun
+        device = workers.device(device)
         with torch_threads_kept():  # Scanpy below may reset torch's threads (see torch_threads_kept)
             data = prepare(adata, layer=self.layer, input_kind=self.input_kind,
                            total_counts_key=self.total_counts_key)
@@ -162,7 +166,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                     SccsaWarning, stacklevel=2,
                 )
             user_labels = self._user_labels(adata, fit_rows)
-            k, k_method = self._resolve_k(lognorm, len(fit_rows), user_labels)
+            k, k_method = workers.from_main(self._resolve_k(lognorm, len(fit_rows), user_labels)
+                                            if workers.is_main else None)
             timings["preprocess"] = time.perf_counter() - started
             log.info("preprocessed %d cells × %d genes (%d pass QC); K=%d (%s) in %.1f s", len(fit_rows),
                      len(data.all_genes), len(data.genes), k, k_method, timings["preprocess"])
@@ -172,8 +177,9 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             selection_labels = user_labels
             init = self._init(batches is not None)
             if user_labels is None and (self.genes == "ftest" or init == "labels"):
-                pseudo = consensus_labels(lognorm, k, seed=self.random_state,
-                                          batches=None if batches is None else batches.codes).labels
+                pseudo = workers.from_main(consensus_labels(lognorm, k, seed=self.random_state,
+                                                            batches=None if batches is None else batches.codes).labels
+                                           if workers.is_main else None)
                 selection_labels = pseudo
             selector = fit_selector(lognorm, data.genes, self.n_genes, self.genes, selection_labels)
             panel, panel_values = build_panel(lognorm, data.genes, selector, self.gene_order)
@@ -182,15 +188,17 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                      "pseudo-labels" if pseudo is not None else ("labels" if user_labels is not None else "data"),
                      self.gene_order, timings["gene_selection"])
 
+        if workers.from_main(panel.genes) != panel.genes:
+            raise SccsaError(f"Training process {workers.rank} selected other genes than process 0 from the same "
+                             "data and labels; start every torchrun process on the same file and options.")
         mark = time.perf_counter()
-        device = resolve_device(self.device)
         seed_everything(self.random_state)
         net = self._network(len(panel.genes), k, 0 if batches is None else len(batches.names)).to(device)
         covariates = None if batches is None else batches.one_hot().to(device)
         x = torch.from_numpy(panel.standardise(panel_values)).to(device)
         start_labels = _start_labels(selection_labels, k) if init == "labels" else None
         labels, history = train(net, x, self._schedule(), seed=self.random_state, progress=self.progress,
-                                start_labels=start_labels, covariates=covariates)
+                                start_labels=start_labels, covariates=covariates, workers=workers)
         timings["train"] = time.perf_counter() - mark
 
         self._store(net, x, labels, data, fit_rows, adata.n_obs, history=history, timings=timings, n_clusters=k,
@@ -237,6 +245,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         alignment = align_genes(data.genes, old.panel.genes, source="the data")
         x_np = old.panel.standardise(alignment.take(data.lognorm[fit_rows]))
         device = resolve_device(self.device)
+        workers = workers_from_environment(device)
+        device = workers.device(device)
         seed_everything(self.random_state)
         net = self.net_.to(device)
         x = torch.from_numpy(x_np).to(device)
@@ -252,8 +262,9 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         history = History(pretrain=list(old.history.pretrain), cluster=list(old.history.cluster),
                           beta=old.history.beta, seconds=dict(old.history.seconds))
         generator = torch.Generator().manual_seed(self.random_state)
-        labels = cluster(net, x, labels, schedule, history, generator, self.progress,
-                         None if batches is None else batches.one_hot().to(device))
+        labels = cluster(workers.wrap(net), x, labels, schedule, history, generator,
+                         self.progress and workers.is_main, None if batches is None else batches.one_hot().to(device),
+                         workers)
         timings = dict(old.timings, partial_fit=time.perf_counter() - started)
         self._store(net, x, labels, data, fit_rows, X.n_obs, history=history, timings=timings,
                     n_clusters=old.n_clusters, n_clusters_method=old.n_clusters_method, selector=old.selector,
@@ -265,17 +276,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
     def _user_labels(self, adata: ad.AnnData, rows: np.ndarray) -> np.ndarray | None:
         if self.labels_key is None:
             return None
-        if self.labels_key not in adata.obs.columns:
-            raise InputDataError(
-                f"labels_key {self.labels_key!r} is not an obs column; available: {', '.join(adata.obs.columns) or '(none)'}."
-            )
-        labels = adata.obs[self.labels_key].iloc[rows]
-        if labels.isna().any():
-            raise InputDataError(
-                f"obs[{self.labels_key!r}] has {int(labels.isna().sum())} missing label(s); label every cell or "
-                "drop the unlabelled ones before training."
-            )
-        return labels.astype(str).to_numpy()
+        return complete_obs_strings(adata.obs, self.labels_key, "labels_key", rows,
+                                    "label every cell or drop the unlabelled ones before training.")
 
     def _init(self, batch_aware: bool) -> str:
         """``init='auto'``: centroids at the pseudo-label means when training is batch-aware (the

@@ -2,6 +2,9 @@
 the means of the labels gene selection used), then optimise the joint objective until fewer
 than ``tol`` of the labels change per epoch.
 
+Under ``torchrun`` the stages run data-parallel (:mod:`sccsa_train.distributed`): ``workers``
+says which share of every mini-batch and of the cells this process handles.
+
 Evaluation labels never enter this module: nothing here can select epochs or models by them.
 """
 
@@ -22,6 +25,7 @@ from tqdm.auto import tqdm
 
 from sccsa_infer.defaults import bar_disabled
 
+from .distributed import SINGLE, Workers, unwrap
 from .model import SCCSANet
 from .objective import (
     ObjectiveWeights,
@@ -115,48 +119,73 @@ def embed_all(net: SCCSANet, x: torch.Tensor, batch_size: int = 2048) -> tuple[t
     return torch.cat(latents), torch.cat(alphas)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+def _batches(n: int, batch_size: int, generator: torch.Generator, workers: Workers = SINGLE) -> list[torch.Tensor]:
+    """This rank's share of each global mini-batch of one epoch (every rank draws the same order)."""
     order = torch.randperm(n, generator=generator)
     batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm needs two cells
-        batches[-2] = torch.cat([batches[-2], batches.pop()])
-    return batches
+    if len(batches) > 1 and len(batches[-1]) < 2 * workers.size:  # BatchNorm needs two cells per rank
+        tail = batches.pop()
+        batches[-1] = torch.cat([batches[-1], tail])
+    return [workers.share(batch) for batch in batches]
+
+
+def _epoch_means(sums: list[float], n: int, workers: Workers) -> list[float]:
+    """Cell-weighted sums of one epoch's losses, summed over ranks, as means over all ``n`` cells."""
+    return (workers.sum(torch.tensor(sums, dtype=torch.float64)) / n).tolist()
+
+
+def _sync_buffers(net: SCCSANet, workers: Workers) -> None:
+    """Rank 0's buffers (BatchNorm statistics, centroids) on every rank before the network is
+    used in evaluation mode: DistributedDataParallel copies them only at the next forward pass."""
+    if workers.size > 1:
+        for buffer in net.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 def _rows(covariates: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
     return None if covariates is None else covariates[index]
 
 
-def pretrain(net: SCCSANet, x: torch.Tensor, schedule: Schedule, history: History, generator: torch.Generator,
-             progress: bool = True, covariates: torch.Tensor | None = None) -> None:
-    """Stage 1: reconstruction only (``covariates``: the batch one-hot of each row of ``x``, for a
+def pretrain(model: torch.nn.Module, x: torch.Tensor, schedule: Schedule, history: History,
+             generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None,
+             workers: Workers = SINGLE) -> None:
+    """Stage 1: reconstruction only (``model``: the network, inside DistributedDataParallel when
+    ``workers`` are several; ``covariates``: the batch one-hot of each row of ``x``, for a
     conditional decoder)."""
-    optimizer = torch.optim.Adam(net.parameters(), lr=schedule.pretrain_lr)
-    net.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=schedule.pretrain_lr)
+    model.train()
     for epoch in tqdm(range(schedule.pretrain_epochs), desc="pretrain", unit="epoch", disable=bar_disabled(progress),
                       leave=False):
         started, total = time.perf_counter(), 0.0
-        for index in _batches(x.shape[0], schedule.batch_size, generator):
+        for index in _batches(x.shape[0], schedule.batch_size, generator, workers):
             batch = x[index]
-            out = net(batch, _rows(covariates, index))
+            out = model(batch, _rows(covariates, index))
             loss = reconstruction_loss(out.reconstruction, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(index)
-        history.pretrain.append({"epoch": epoch, "reconstruction": total / x.shape[0], "seconds": time.perf_counter() - started})
+        (reconstruction,) = _epoch_means([total], x.shape[0], workers)
+        history.pretrain.append({"epoch": epoch, "reconstruction": reconstruction,
+                                 "seconds": time.perf_counter() - started})
 
 
 def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, seed: int,
-                         start_labels: np.ndarray | None = None) -> np.ndarray:
+                         start_labels: np.ndarray | None = None, workers: Workers = SINGLE) -> np.ndarray:
     """μ ← K-means (k-means++, ``kmeans_n_init`` restarts) on z, or, given ``start_labels``
     (integers 0..K-1), the mean z of each label; β and 1/D0 from the initial distortion D0 (mean
-    squared distance to the nearest centroid). Returns the nearest-centroid labels."""
+    squared distance to the nearest centroid). Returns the nearest-centroid labels. With several
+    ``workers`` every rank embeds all cells and rank 0's K-means is sent to the others."""
+    _sync_buffers(net, workers)
     latent, _ = embed_all(net, x)
     if start_labels is None:
-        kmeans = KMeans(net.n_clusters, n_init=schedule.kmeans_n_init, random_state=seed)
-        kmeans.fit(latent.cpu().numpy().astype(np.float64))
-        net.centroids.copy_(torch.as_tensor(kmeans.cluster_centers_, dtype=net.centroids.dtype))
+        fitted = None
+        if workers.is_main:
+            kmeans = KMeans(net.n_clusters, n_init=schedule.kmeans_n_init, random_state=seed)
+            kmeans.fit(latent.cpu().numpy().astype(np.float64))
+            fitted = (kmeans.cluster_centers_, kmeans.labels_)
+        centers, kmeans_labels = workers.from_main(fitted)
+        net.centroids.copy_(torch.as_tensor(centers, dtype=net.centroids.dtype))
     else:
         groups = torch.as_tensor(start_labels, device=latent.device)
         net.centroids.copy_(torch.stack([latent[groups == k].mean(dim=0) for k in range(net.n_clusters)]))
@@ -165,24 +194,29 @@ def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, see
     net.distortion_scale.fill_(1.0 / distortion)
     net.beta.fill_(schedule.beta_scale / distortion)
     if start_labels is None:
-        return kmeans.labels_.astype(np.int64)
+        return kmeans_labels.astype(np.int64)
     return distances.argmin(dim=1).cpu().numpy().astype(np.int64)
 
 
-def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedule, history: History,
-            generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None) -> np.ndarray:
-    """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change."""
+def cluster(model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray, schedule: Schedule, history: History,
+            generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None,
+            workers: Workers = SINGLE) -> np.ndarray:
+    """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change.
+    With several ``workers`` each rank embeds its share of the cells; the centroid statistics,
+    the label changes and, at the end, the labels are summed over ranks."""
+    net = unwrap(model)
     weights = schedule.weights
-    optimizer = torch.optim.Adam(net.parameters(), lr=schedule.cluster_lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=schedule.cluster_lr)
     bar = tqdm(range(schedule.cluster_epochs), desc="cluster", unit="epoch", disable=bar_disabled(progress),
                leave=False)
+    labels = labels.copy()
     for epoch in bar:
-        net.train()
+        model.train()
         started = time.perf_counter()
         sums = np.zeros(4)
-        for index in _batches(x.shape[0], schedule.batch_size, generator):
+        for index in _batches(x.shape[0], schedule.batch_size, generator, workers):
             batch = x[index]
-            out = net(batch, _rows(covariates, index))
+            out = model(batch, _rows(covariates, index))
             distances = net.squared_distances(out.latent)
             resp = responsibilities(distances, net.beta)
             l1 = clustering_loss(distances, resp, out.latent, net.distortion_scale, weights.latent_norm)
@@ -193,12 +227,13 @@ def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedu
             loss.backward()
             optimizer.step()
             sums += np.array([float(t.detach()) for t in (loss, l1, l2, l3)]) * len(index)
-        latent, _ = embed_all(net, x)
-        net.centroids.copy_(update_centroids(latent, net.centroids, net.beta))
+        _sync_buffers(net, workers)
+        latent, _ = embed_all(net, workers.share(x))
+        net.centroids.copy_(update_centroids(latent, net.centroids, net.beta, workers.sum))
         new_labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy()
-        change = float(np.mean(new_labels != labels))
-        labels = new_labels
-        loss, l1, l2, l3 = sums / x.shape[0]
+        changed = float(np.sum(new_labels != workers.share(labels)))
+        workers.share(labels)[:] = new_labels
+        loss, l1, l2, l3, change = _epoch_means([*sums, changed], x.shape[0], workers)
         history.cluster.append({"epoch": epoch, "loss": loss, "l1": l1, "kl": l2, "reconstruction": l3,
                                 "label_change": change, "seconds": time.perf_counter() - started})
         bar.set_postfix(loss=f"{loss:.3f}", changed=f"{change:.2%}")
@@ -207,30 +242,38 @@ def cluster(net: SCCSANet, x: torch.Tensor, labels: np.ndarray, schedule: Schedu
             history.converged = True
             break
     bar.close()
+    if workers.size > 1:  # each rank holds the current labels of its own share of the cells
+        mine = torch.zeros(len(labels), dtype=torch.int64)
+        workers.share(mine)[:] = torch.from_numpy(workers.share(labels))
+        labels = workers.sum(mine).numpy()
     return labels
 
 
 def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, progress: bool = True,
-          start_labels: np.ndarray | None = None, covariates: torch.Tensor | None = None) -> tuple[np.ndarray, History]:
+          start_labels: np.ndarray | None = None, covariates: torch.Tensor | None = None,
+          workers: Workers = SINGLE) -> tuple[np.ndarray, History]:
     """Run both stages on standardised inputs ``x`` (on the net's device); return labels and history.
     ``start_labels`` (0..K-1 per row) initialise μ as label means instead of K-means;
-    ``covariates`` (batch one-hot per row) feed a conditional decoder."""
+    ``covariates`` (batch one-hot per row) feed a conditional decoder; ``workers``: the processes
+    ``torchrun`` started (each holds all of ``x`` and trains on its share)."""
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
     history = History()
+    progress = progress and workers.is_main
+    model = workers.wrap(net)
     started = time.perf_counter()
-    pretrain(net, x, schedule, history, generator, progress, covariates)
+    pretrain(model, x, schedule, history, generator, progress, covariates, workers)
     history.seconds["pretrain"] = time.perf_counter() - started
     log.info("stage 1 (pretraining): %d epochs, reconstruction %.4f, %.1f s", len(history.pretrain),
              history.pretrain[-1]["reconstruction"], history.seconds["pretrain"])
     mark = time.perf_counter()
-    labels = initialise_centroids(net, x, schedule, seed, start_labels)
+    labels = initialise_centroids(net, x, schedule, seed, start_labels, workers)
     history.beta = float(net.beta)
     history.seconds["kmeans_init"] = time.perf_counter() - mark
     log.info("centroids from %s in %.1f s", "K-means" if start_labels is None else "label means",
              history.seconds["kmeans_init"])
     mark = time.perf_counter()
-    labels = cluster(net, x, labels, schedule, history, generator, progress, covariates)
+    labels = cluster(model, x, labels, schedule, history, generator, progress, covariates, workers)
     history.seconds["cluster"] = time.perf_counter() - mark
     log.info("stage 2 (clustering): %d epochs, %s, %.1f s", len(history.cluster),
              "converged" if history.converged else "stopped at the epoch limit", history.seconds["cluster"])

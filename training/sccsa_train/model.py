@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -12,9 +12,8 @@ from .options import default
 from .sacc import SACC
 
 
-@dataclass
-class NetOutput:
-    """Everything one forward pass produces."""
+class NetOutput(NamedTuple):
+    """Everything one forward pass produces (a tuple, so DistributedDataParallel finds its tensors)."""
 
     latent: torch.Tensor
     reconstruction: torch.Tensor

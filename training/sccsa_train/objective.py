@@ -16,6 +16,7 @@ responsible centroids. μ is updated in closed form (r-weighted means) between e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -57,10 +58,12 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> t
 
 
 @torch.no_grad()
-def update_centroids(latent: torch.Tensor, centroids: torch.Tensor, beta: torch.Tensor | float) -> torch.Tensor:
-    """Closed-form μ_k = Σ_i r_ik z_i / Σ_i r_ik; a centroid with no weight keeps its place."""
+def update_centroids(latent: torch.Tensor, centroids: torch.Tensor, beta: torch.Tensor | float,
+                     total: Callable[[torch.Tensor], torch.Tensor] = lambda sums: sums) -> torch.Tensor:
+    """Closed-form μ_k = Σ_i r_ik z_i / Σ_i r_ik; a centroid with no weight keeps its place.
+    ``total`` sums both statistics over the processes that hold the other cells (distributed training)."""
     diff = latent.unsqueeze(1) - centroids.unsqueeze(0)
     resp = responsibilities(diff.square().sum(dim=-1), beta)
-    weight = resp.sum(dim=0)
-    updated = (resp.T @ latent) / weight.clamp_min(1e-8).unsqueeze(1)
+    weight = total(resp.sum(dim=0))
+    updated = total(resp.T @ latent) / weight.clamp_min(1e-8).unsqueeze(1)
     return torch.where(weight.unsqueeze(1) > 1e-6, updated, centroids)

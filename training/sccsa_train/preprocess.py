@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from sccsa_infer.errors import InputDataError, SccsaWarning
 from sccsa_infer.io import matrix_and_genes
-from sccsa_infer.validate import check_gene_names, check_library_sizes, check_values
+from sccsa_infer.validate import check_gene_names, check_library_sizes, check_values, obs_column
 
 TARGET_SUM = 1e4
 MIN_CELLS_PER_GENE = 3
@@ -69,11 +69,8 @@ def library_sizes(adata: ad.AnnData, counts: sp.csr_matrix, total_counts_key: st
     sums = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     if total_counts_key is None:
         return sums
-    if total_counts_key not in adata.obs.columns:
-        raise InputDataError(
-            f"total_counts_key {total_counts_key!r} is not an obs column; available: {', '.join(adata.obs.columns) or '(none)'}."
-        )
-    return check_library_sizes(adata.obs[total_counts_key].to_numpy(), sums, total_counts_key)
+    column = obs_column(adata.obs, total_counts_key, "total_counts_key")
+    return check_library_sizes(column.to_numpy(), sums, total_counts_key)
 
 
 def prepare(

@@ -1,0 +1,93 @@
+"""Data-parallel training across the processes ``torchrun`` starts (torch.distributed).
+
+Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE`` > 1 in the environment) every process
+holds the same standardised panel; each optimiser step takes one global mini-batch of
+``batch_size`` cells, as a single process would, and every rank trains on its share of it through
+``DistributedDataParallel`` (gradients averaged). Centroid statistics, label changes and the
+final labels are summed across ranks, so all ranks keep identical centroids and stop at the same
+epoch. Rank 0 alone computes the pseudo-labels and K and sends them to the others, so every rank
+selects the same genes. Backend: gloo on CPUs, NCCL on GPUs (one per process, ``LOCAL_RANK``).
+
+Without ``torchrun`` this is one process (:data:`SINGLE`) and training is exactly what it was:
+the same batches, the same centroid updates, the same labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Workers:
+    """This process's place among the training processes: ``rank`` of ``size``."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes outputs and shows progress."""
+        return self.rank == 0
+
+    def share(self, rows: Any) -> Any:
+        """This rank's part of ``rows`` (a tensor, array or slice-able sequence): every ``size``-th
+        row from ``rank``, so a global mini-batch is split evenly."""
+        return rows[self.rank :: self.size]
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        """``net`` inside DistributedDataParallel when there are several processes. Unused
+        parameters are allowed: pretraining does not train the classifier head."""
+        if self.size == 1:
+            return net
+        devices = [net.centroids.device] if net.centroids.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=devices, find_unused_parameters=True)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over all ranks (in place; returned for chaining)."""
+        if self.size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (any picklable object)."""
+        if self.size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def device(self, device: torch.device) -> torch.device:
+        """One GPU per process (``LOCAL_RANK``) when training on CUDA; the CPU is shared."""
+        if device.type != "cuda" or self.size == 1:
+            return device
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+
+
+SINGLE = Workers()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (or ``model`` itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def workers_from_environment(device: torch.device) -> Workers:
+    """Join the process group ``torchrun`` describes in the environment, once; :data:`SINGLE`
+    when the process was not started by ``torchrun`` (or with one process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return SINGLE
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        log.info("joined %s process group as rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
+    return Workers(rank=dist.get_rank(), size=dist.get_world_size())
