@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sccsa-installed
 
-.PHONY: demo test test-slow test-all default-model benchmarks clean
+.PHONY: demo test test-slow test-all default-model benchmarks clean browser
 
 $(STAMP): pyproject.toml inference/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,16 @@ $(STAMP): pyproject.toml inference/pyproject.toml
 demo: $(STAMP)
 	$(PY) models/build_default.py --out build/demo --demo
 
-test: $(STAMP)
+# The browser-runtime test (tests/test_web_runtime.py) needs headless Chromium, a Debian package:
+# installed here when missing and run as root, else that test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+	     >/dev/null) || echo "could not install chromium: the browser test will be skipped"; \
+	  else echo "chromium is not installed (apt-get install chromium): the browser test will be skipped"; fi; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
