@@ -38,13 +38,14 @@ from .fit import (
 from .batches import read_batches
 from .distributed import workers_from_environment
 from .fitted import FittedModel, FittedState
-from .genes import GenePanel, build_panel, fit_selector
+from .genes import GenePanel, build_panel, fit_selector, standardised_panel
 from .graph import ServingGraph
 from .model import SCCSANet
 from .objective import ObjectiveWeights
 from .options import default, validate
 from .preprocess import MIN_CELLS_PER_GENE, expression_matrix, library_sizes, prepare
 from .pseudolabels import consensus_labels
+from .sketch import on_sketch, sketch_rows, to_all_cells
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,9 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                     SccsaWarning, stacklevel=2,
                 )
             user_labels = self._user_labels(adata, fit_rows)
-            k, k_method = workers.from_main(self._resolve_k(lognorm, len(fit_rows), user_labels)
+            sketch = sketch_rows(len(fit_rows), self.random_state)  # None: all cells (up to SKETCH_CELLS)
+            sketched = on_sketch(lognorm, sketch)
+            k, k_method = workers.from_main(self._resolve_k(sketched, len(fit_rows), user_labels)
                                             if workers.is_main else None)
             timings["preprocess"] = time.perf_counter() - started
             log.info("preprocessed %d cells × %d genes (%d pass QC); K=%d (%s) in %.1f s", len(fit_rows),
@@ -174,15 +177,15 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
 
             mark = time.perf_counter()
             pseudo = None
-            selection_labels = user_labels
+            selection_labels = on_sketch(user_labels, sketch)
             init = self._init(batches is not None)
             if user_labels is None and (self.genes == "ftest" or init == "labels"):
-                pseudo = workers.from_main(consensus_labels(lognorm, k, seed=self.random_state,
-                                                            batches=None if batches is None else batches.codes).labels
+                codes = None if batches is None else on_sketch(batches.codes, sketch)
+                pseudo = workers.from_main(consensus_labels(sketched, k, seed=self.random_state, batches=codes).labels
                                            if workers.is_main else None)
                 selection_labels = pseudo
-            selector = fit_selector(lognorm, data.genes, self.n_genes, self.genes, selection_labels)
-            panel, panel_values = build_panel(lognorm, data.genes, selector, self.gene_order)
+            selector = fit_selector(sketched, data.genes, self.n_genes, self.genes, selection_labels)
+            panel, _ = build_panel(sketched, data.genes, selector, self.gene_order)
             timings["gene_selection"] = time.perf_counter() - mark
             log.info("selected %d genes (%s on %s), ordered by %s, in %.1f s", len(panel.genes), self.genes,
                      "pseudo-labels" if pseudo is not None else ("labels" if user_labels is not None else "data"),
@@ -195,15 +198,19 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         seed_everything(self.random_state)
         net = self._network(len(panel.genes), k, 0 if batches is None else len(batches.names)).to(device)
         covariates = None if batches is None else batches.one_hot().to(device)
-        x = torch.from_numpy(panel.standardise(panel_values)).to(device)
-        start_labels = _start_labels(selection_labels, k) if init == "labels" else None
+        x = torch.from_numpy(standardised_panel(lognorm, data.genes, panel)).to(device)
+        start_labels = None
+        if init == "labels":  # the user's labels are known for every cell, pseudo-labels for the sketch
+            start_labels = (_start_labels(user_labels, k) if user_labels is not None
+                            else to_all_cells(_start_labels(pseudo, k), sketch, len(fit_rows)))
         labels, history = train(net, x, self._schedule(), seed=self.random_state, progress=self.progress,
                                 start_labels=start_labels, covariates=covariates, workers=workers)
         timings["train"] = time.perf_counter() - mark
 
         self._store(net, x, labels, data, fit_rows, adata.n_obs, history=history, timings=timings, n_clusters=k,
                     n_clusters_method=k_method, selector=selector, panel=panel,
-                    cluster_names=_cluster_names(labels, user_labels, k), pseudo_labels=pseudo,
+                    cluster_names=_cluster_names(labels, user_labels, k),
+                    pseudo_labels=None if pseudo is None else to_all_cells(pseudo, sketch, len(fit_rows)),
                     batches=None if batches is None else batches.sizes())
         timings["total"] = time.perf_counter() - started
         log.info("fitted %d cells into %d clusters in %.1f s", len(fit_rows), k, timings["total"])

@@ -173,7 +173,7 @@ def pretrain(model: torch.nn.Module, x: torch.Tensor, schedule: Schedule, histor
 def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, seed: int,
                          start_labels: np.ndarray | None = None, workers: Workers = SINGLE) -> np.ndarray:
     """μ ← K-means (k-means++, ``kmeans_n_init`` restarts) on z, or, given ``start_labels``
-    (integers 0..K-1), the mean z of each label; β and 1/D0 from the initial distortion D0 (mean
+    (integers 0..K-1; −1 for a cell without a label, e.g. outside the sketch), the mean z of each label; β and 1/D0 from the initial distortion D0 (mean
     squared distance to the nearest centroid). Returns the nearest-centroid labels. With several
     ``workers`` every rank embeds all cells and rank 0's K-means is sent to the others."""
     _sync_buffers(net, workers)
@@ -253,7 +253,7 @@ def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, 
           start_labels: np.ndarray | None = None, covariates: torch.Tensor | None = None,
           workers: Workers = SINGLE) -> tuple[np.ndarray, History]:
     """Run both stages on standardised inputs ``x`` (on the net's device); return labels and history.
-    ``start_labels`` (0..K-1 per row) initialise μ as label means instead of K-means;
+    ``start_labels`` (0..K-1 per row, −1: none) initialise μ as label means instead of K-means;
     ``covariates`` (batch one-hot per row) feed a conditional decoder; ``workers``: the processes
     ``torchrun`` started (each holds all of ``x`` and trains on its share)."""
     seed_everything(seed)

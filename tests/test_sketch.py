@@ -1,0 +1,52 @@
+"""Gene selection and pseudo-labels on a sketch of the cells (large data); below the sketch size
+nothing changes."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
+
+from conftest import synthetic_counts
+from sccsa_train import SCCSA
+from sccsa_train import sketch as sketch_module
+from sccsa_train.sketch import sketch_rows, to_all_cells
+
+FAST = dict(pretrain_epochs=6, cluster_epochs=6, random_state=0, progress=False)
+
+
+def test_no_sketch_up_to_the_limit_and_a_seeded_sorted_one_above():
+    assert sketch_rows(1000, seed=0, max_cells=1000) is None
+    rows = sketch_rows(1000, seed=3, max_cells=100)
+    assert len(rows) == 100 and len(np.unique(rows)) == 100 and np.all(np.diff(rows) > 0)
+    assert np.array_equal(rows, sketch_rows(1000, seed=3, max_cells=100))
+    assert not np.array_equal(rows, sketch_rows(1000, seed=4, max_cells=100))
+    spread = to_all_cells(np.arange(100) % 3, rows, 1000)
+    assert (spread >= 0).sum() == 100 and np.array_equal(spread[rows], np.arange(100) % 3)
+
+
+def test_a_sketch_selects_genes_and_pseudo_labels_and_every_cell_is_trained_and_labelled(monkeypatch):
+    """init='labels': the centroids start at the means of the sketched cells' pseudo-labels."""
+    cells = synthetic_counts(n_cells=400, n_genes=60, n_clusters=3, seed=0)
+    whole = SCCSA(n_clusters=3, init="labels", **FAST).fit(cells)
+    monkeypatch.setattr(sketch_module, "SKETCH_CELLS", 150)
+    sketched = SCCSA(n_clusters=3, init="labels", **FAST).fit(cells)
+
+    state = sketched.state_
+    assert len(sketched.labels_) == 400 and state.latent.shape[0] == 400
+    assert (state.pseudo_labels >= 0).sum() == 150  # pseudo-labels only for the sketched cells
+    assert set(state.pseudo_labels[state.pseudo_labels >= 0]) == {0, 1, 2}
+    truth = cells.obs["cell_type"].to_numpy()
+    assert adjusted_rand_score(truth, sketched.labels_) >= adjusted_rand_score(truth, whole.labels_) - 0.05
+    assert len(set(state.panel.genes) & set(whole.state_.panel.genes)) >= 0.8 * len(whole.state_.panel.genes)
+
+
+def test_the_input_built_in_blocks_equals_the_whole_panel_standardised():
+    from sccsa_train.genes import build_panel, fit_selector, standardised_panel
+    from sccsa_train.preprocess import prepare
+
+    prepared = prepare(synthetic_counts(n_cells=100, n_genes=60, n_clusters=3, seed=1))
+    selector = fit_selector(prepared.lognorm, prepared.genes, 30, "hvg", None)
+    panel, values = build_panel(prepared.lognorm, prepared.genes, selector, "correlation")
+    blocks = standardised_panel(prepared.lognorm, prepared.genes, panel, block=7)
+    assert blocks.dtype == np.float32
+    np.testing.assert_array_equal(blocks, panel.standardise(values))
