@@ -19,7 +19,12 @@
 5. Data-parallel training: ``sccsa-train`` on ``--processes-dataset`` (default settings, seed 0) as
    one process with all cores and under ``torchrun`` as one process per core (one thread each,
    gloo): wall and CPU seconds, peak memory of the largest process, stage times and ARI.
-6. Cold start: ``sccsa-infer --help``, a wrong input path, a fresh ``python -c "Predictor(bundle)"``
+6. Graph forms: the served model exported with the autocorrelation as three dense d × d DFT
+   MatMuls (the graph before) and as the four-step factorisation (today's export): multiply-adds
+   per cell counted from each graph (MatMul, Gemm, Conv, ConvTranspose), and ``sccsa-infer
+   predict --threads 1`` end to end on the same ``--forms-cells`` replicated cells, median CPU
+   seconds of 3 runs per form, the forms alternating.
+7. Cold start: ``sccsa-infer --help``, a wrong input path, a fresh ``python -c "Predictor(bundle)"``
    (import + session creation) and a fresh ``sccsa-infer verify`` (import, hashes, session,
    self-test), median of 5.
 
@@ -245,6 +250,62 @@ def train_command(dataset: Path, k: int, kind: str, out: Path, processes: int = 
             "--no-progress", "-q"]
 
 
+def graph_macs(path: Path) -> int:
+    """Multiply-adds per cell of an ONNX graph: its inputs' batch axis fixed to 1, shapes inferred,
+    then MatMul/Gemm (output size × inner size), Conv (output size × inputs per output) and
+    ConvTranspose (input size × outputs per input) summed; element-wise work is not counted."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for value in model.graph.input:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    total = 0
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            a, out = shapes[node.input[0]], shapes[node.output[0]]
+            transposed = node.op_type == "Gemm" and any(x.name == "transA" and x.i for x in node.attribute)
+            total += int(np.prod(out)) * (a[-2] if transposed else a[-1])
+        elif node.op_type == "Conv":
+            weight = shapes[node.input[1]]
+            total += int(np.prod(shapes[node.output[0]])) * int(np.prod(weight[1:]))
+        elif node.op_type == "ConvTranspose":
+            weight = shapes[node.input[1]]
+            total += int(np.prod(shapes[node.input[0]])) * int(np.prod(weight[1:]))
+    return total
+
+
+def graph_forms(model: SCCSA, infer_bin: Path, source: sp.csr_matrix, genes: list[str], n_cells: int, work: Path,
+                repeats: int = 3) -> list[dict]:
+    """The same fitted model exported with each autocorrelation form, counted and timed end to end."""
+    from sccsa_train.export import export_bundle
+    from sccsa_train.sacc import EXPORT_FORMS
+
+    cells = work / "forms.h5ad"
+    write_replicated_h5ad(cells, source, genes, n_cells)
+    commands = {}
+    for form in EXPORT_FORMS:
+        bundle = export_bundle(model.fitted(), work / f"bundle_{form}", metrics={}, overwrite=True, form=form)
+        commands[form] = [str(infer_bin), "predict", str(cells), "--model", str(bundle), "--out",
+                          str(work / f"forms_{form}.parquet"), "--threads", "1", "--no-progress", "--overwrite"]
+    cpu: dict[str, list[float]] = {form: [] for form in EXPORT_FORMS}
+    for repeat in range(repeats):
+        for form in (EXPORT_FORMS if repeat % 2 == 0 else EXPORT_FORMS[::-1]):
+            cpu[form].append(run_with_rusage(commands[form])[1])
+    rows = []
+    for form in EXPORT_FORMS:
+        seconds = statistics.median(cpu[form])
+        rows.append({"form": form, "genes": len(model.genes_), "macs_per_cell": graph_macs(work / f"bundle_{form}" / "model.onnx"),
+                     "cells": n_cells, "cpu_seconds": round(seconds, 1), "cells_per_cpu_s": round(n_cells / seconds)})
+        print(rows[-1], flush=True)
+        (work / f"forms_{form}.parquet").unlink()
+    cells.unlink()
+    return rows
+
+
 def data_parallel(dataset: Path, work: Path) -> list[dict]:
     """The same fit as one process (all cores) and as one torchrun process per core (one thread each)."""
     _, _, k, kind = load(dataset)
@@ -299,7 +360,7 @@ def cold_start(infer_bin: Path, bundle: Path, work: Path, repeats: int = 5) -> d
     return result
 
 
-SECTIONS = ("training", "throughput", "streaming", "contention", "processes", "cold_start")
+SECTIONS = ("training", "throughput", "streaming", "contention", "processes", "graph_forms", "cold_start")
 BUSY = "while True: pass"  # one CPU-bound neighbour process
 
 
@@ -356,6 +417,19 @@ def summarise(payload: dict) -> str:
                      "per core with one thread each (gloo backend). `cpu_s` sums every process; `peak_rss_mib` is "
                      "the largest single process." + _measured(payload, "processes") + "\n\n"
                      + markdown_table(pd.DataFrame(payload["processes"]).set_index("processes")))
+    if payload.get("graph_forms"):
+        rows = pd.DataFrame(payload["graph_forms"])
+        speed = rows.set_index("form")["cells_per_cpu_s"]
+        macs = rows.set_index("form")["macs_per_cell"]
+        parts.append("## The autocorrelation in the graph: dense DFT matrices or the four-step factorisation\n\n"
+                     "The served model exported twice: with three dense d × d DFT MatMuls (the graph before) and "
+                     "with the four-step factorisation (today's export). Multiply-adds per cell counted from each "
+                     "graph (MatMul/Gemm/Conv/ConvTranspose; element-wise work not counted); `sccsa-infer predict "
+                     f"--threads 1` on {int(rows['cells'].iloc[0]):,} replicated PBMC-Zheng4k cells to `.parquet`, "
+                     "median CPU seconds of 3 runs per form, the forms alternating. Four-step: "
+                     f"{macs['dense'] / macs['four_step']:.2f}× fewer multiply-adds, "
+                     f"{speed['four_step'] / speed['dense']:.2f}× the cells per CPU-second."
+                     + _measured(payload, "graph_forms") + "\n\n" + markdown_table(rows.set_index("form")))
     if payload.get("cold_start"):
         labels = {"sccsa_infer_help_s": "`sccsa-infer --help`", "wrong_path_error_s": "a wrong input path to its error",
                   "import_and_session_s": "import + ONNX Runtime session",
@@ -375,6 +449,8 @@ def main() -> None:
     parser.add_argument("--cells", type=int, nargs="*", default=[1_000_000, 5_000_000])
     parser.add_argument("--contention-dataset", default="klein_subset_tmscc",
                         help="the dataset sccsa-train fits in the contention section")
+    parser.add_argument("--forms-cells", type=int, default=200_000,
+                        help="replicated cells that the graph_forms section labels with each form")
     parser.add_argument("--processes-dataset", default="pbmc_zheng4k_top2000",
                         help="the dataset sccsa-train fits in the processes section")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per runtime and batch size (median)")
@@ -400,7 +476,7 @@ def main() -> None:
                 model = fitted  # the served model is this same default fit: train it once
         payload["measured"]["training"] = stamp
     adata, _, k, kind = load(args.data / f"{SERVED}.h5ad")
-    if model is None and set(args.sections) & {"throughput", "streaming", "contention", "cold_start"}:
+    if model is None and set(args.sections) & {"throughput", "streaming", "contention", "graph_forms", "cold_start"}:
         model = SCCSA(k, input_kind=kind, random_state=0, progress=False).fit(adata)
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
@@ -421,6 +497,9 @@ def main() -> None:
             payload["contention"] = contention(infer_bin, bundle, sp.csr_matrix(adata.X), list(adata.var_names),
                                                args.data / f"{args.contention_dataset}.h5ad", work)
             payload["contention_dataset"] = args.contention_dataset
+        if "graph_forms" in args.sections:
+            payload["graph_forms"] = graph_forms(model, infer_bin, sp.csr_matrix(adata.X), list(adata.var_names),
+                                                 args.forms_cells, work)
         if "processes" in args.sections:
             payload["processes"] = data_parallel(args.data / f"{args.processes_dataset}.h5ad", work)
             payload["processes_dataset"] = args.processes_dataset

@@ -41,7 +41,7 @@ def main() -> None:
         "### Several donors: `--batch-key`\n\n"
         + section(RESULTS / "batch.md", ("Cell-type ARI", "Batch NMI", "Protocol T by donor"), "####"),
         "### Speed and memory\n\n" + section(RESULTS / "speed.md",
-                                              ("Inference", "`sccsa-infer", "Contention", "Data-parallel", "Cold", "Training"), "####"),
+                                              ("Inference", "`sccsa-infer", "Contention", "Data-parallel", "The autocorrelation", "Cold", "Training"), "####"),
     ]
     new = f"{START}\n" + "\n\n".join(blocks) + f"\n{END}"
     readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: new, text, flags=re.S))

@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from conftest import real_dataset
-from sccsa_train.sacc import SACC, autocorrelation_fft, autocorrelation_matmul, dft_matrices
+from sccsa_train.sacc import (
+    SACC,
+    autocorrelation_fft,
+    autocorrelation_four_step,
+    autocorrelation_matmul,
+    dft_matrices,
+    four_step_matrices,
+    four_step_shape,
+)
 
 
 def _direct(x: np.ndarray) -> np.ndarray:
@@ -29,12 +37,31 @@ def test_dft_matrix_form_agrees_with_fft(d):
                                atol=2e-4 * np.sqrt(d), rtol=1e-4)
 
 
-def test_block_forward_is_the_same_in_both_forms():
+@pytest.mark.parametrize("d", [2, 5, 100, 500, 1000, 2001])
+def test_four_step_form_agrees_with_fft(d):
+    n1, n2, rows = four_step_shape(d)
+    assert n1 * n2 >= 2 * d - 1 and rows * n2 >= d
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(16, d)).astype(np.float32))
+    matrices = [torch.from_numpy(m) for m in four_step_matrices(d).values()]
+    np.testing.assert_allclose(autocorrelation_four_step(x, *matrices).numpy(), autocorrelation_fft(x).numpy(),
+                               atol=2e-4 * np.sqrt(d), rtol=1e-4)
+
+
+def test_four_step_form_needs_a_quarter_of_the_dense_multiply_adds_at_1000_genes():
+    d = 1000
+    dense = 3 * d * d  # x @ cos, x @ sin, power @ inverse
+    n1, n2, r = four_step_shape(d)
+    four_step = n2 * r * 2 * n1 + (2 * n2) ** 2 * n1 + 2 * n2 * n2 * n1 + n2 * 2 * n1 * r
+    assert four_step < dense / 4
+
+
+@pytest.mark.parametrize("form", ["four_step", "dense"])
+def test_block_forward_is_the_same_in_every_form(form):
     torch.manual_seed(0)
     block = SACC(300, mode="sa").eval()
     x = torch.randn(8, 300)
     fft_out, fft_alpha = block(x)
-    block.enable_dft_matrices()
+    block.enable_export_form(form)
     mat_out, mat_alpha = block(x)
     np.testing.assert_allclose(mat_out.detach().numpy(), fft_out.detach().numpy(), atol=1e-4)
     np.testing.assert_allclose(mat_alpha.detach().numpy(), fft_alpha.detach().numpy(), atol=1e-5)

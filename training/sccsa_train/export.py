@@ -57,10 +57,11 @@ def training_versions() -> dict[str, str | None]:
     return versions
 
 
-def export_onnx(graph: ServingGraph, n_genes: int) -> onnx.ModelProto:
-    """Trace ``graph`` into an ONNX model with a dynamic batch axis and the DFT-matrix SA-CC."""
+def export_onnx(graph: ServingGraph, n_genes: int, form: str = "four_step") -> onnx.ModelProto:
+    """Trace ``graph`` into an ONNX model with a dynamic batch axis and the SA-CC autocorrelation
+    as matrix products (``form``: see :meth:`sccsa_train.sacc.SACC.enable_export_form`)."""
     graph = copy.deepcopy(graph).cpu().eval()
-    graph.net.sacc.enable_dft_matrices()
+    graph.net.sacc.enable_export_form(form)
     example = (torch.zeros(2, n_genes), torch.ones(2, 1))
     batch = torch.export.Dim("batch", min=1)
     exporter_log = logging.getLogger("torch.onnx")
@@ -157,11 +158,13 @@ def bundle_metadata(fitted: FittedModel, metrics: dict[str, float]) -> dict[str,
     }
 
 
-def export_bundle(fitted: FittedModel, path: str | Path, *, metrics: dict[str, float], overwrite: bool = False) -> Path:
-    """Write the bundle of a fitted model to ``path`` (directory, or ``.zip``)."""
+def export_bundle(fitted: FittedModel, path: str | Path, *, metrics: dict[str, float], overwrite: bool = False,
+                  form: str = "four_step") -> Path:
+    """Write the bundle of a fitted model to ``path`` (directory, or ``.zip``); ``form``: how the
+    graph computes the autocorrelation (the speed page compares the two)."""
     state = fitted.state
     graph = fitted.serving_graph()
-    model = export_onnx(graph, len(state.panel.genes))
+    model = export_onnx(graph, len(state.panel.genes), form)
     metadata = bundle_metadata(fitted, metrics)
     selector = io.BytesIO()
     joblib.dump(state.selector, selector)
