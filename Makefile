@@ -35,10 +35,10 @@ test: $(STAMP) browser
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -rP --show-capture=stdout
+	$(PY) -m pytest -m "slow or bench" -rP --show-capture=stdout
 
-test-all: $(STAMP)
-	$(PY) -m pytest -m "slow or not slow"
+test-all: $(STAMP) browser
+	$(PY) -m pytest -m "slow or bench or not (slow or bench)"
 
 default-model: $(STAMP)
 	$(PY) models/build_default.py --out inference/sccsa_infer/default_model

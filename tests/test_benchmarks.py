@@ -16,6 +16,8 @@ from conftest import FAST_TRAINING, REPO, synthetic_counts, with_batches
 pytest.importorskip("torch")
 pytest.importorskip("leidenalg")
 
+pytestmark = pytest.mark.bench  # run by `make test-slow` (and CI), not by the default run
+
 RECORD_FIELDS = {"dataset", "method", "protocol", "seed", "ari", "nmi", "acc", "seconds"}
 # scVI rows come with the bench extra (scvi-tools), which the test install does not hold
 SCVI_ROWS = [("scvi_kmeans", "-"), ("scvi_leiden_k", "-")] if importlib.util.find_spec("scvi") else []
