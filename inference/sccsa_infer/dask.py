@@ -59,8 +59,11 @@ def connect(scheduler: str, *, threads_per_worker: int = 1) -> Iterator[Any]:
             n_workers = 0
         if n_workers < 1:
             raise InvalidParameterError(f"--scheduler {scheduler!r}: write local:N with N ≥ 1 worker processes.")
+        # the cluster is ours and short-lived: its workers' own log lines (e.g. a heartbeat that timed
+        # out on a busy machine, with a traceback) are not the user's concern; a failed task still
+        # raises here through the client
         with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
             yield client
         return
     if "://" not in scheduler:
