@@ -147,7 +147,9 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
     blinded = adata if eval_key in (None, params["labels_key"], params["batch_key"]) else _without_obs_column(adata, eval_key)
     model = SCCSA(**params)
     labels = model.fit_predict(blinded)
-    if not _main_process():  # under torchrun every process trains; process 0 alone writes and reports
+    from .distributed import is_main_process
+
+    if not is_main_process():  # under torchrun every process trains; process 0 alone writes and reports
         return
     metrics = {}
     if truth is not None:
@@ -176,13 +178,6 @@ def _check_paths(data: Path, out: Path, write_adata: Path | None, overwrite: boo
         check_no_overlap(write_adata, [data], option="--write-adata")
         check_no_overlap(out, [write_adata], role="the --write-adata file")
         check_writable(write_adata, overwrite=overwrite, replaceable=OWN_RESULTS, option="--write-adata")
-
-
-def _main_process() -> bool:
-    """False in the processes ``torchrun`` started besides rank 0 (see sccsa_train.distributed)."""
-    from torch import distributed
-
-    return not (distributed.is_available() and distributed.is_initialized()) or distributed.get_rank() == 0
 
 
 def _without_obs_column(adata: ad.AnnData, key: str) -> ad.AnnData:

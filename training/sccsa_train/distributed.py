@@ -66,6 +66,13 @@ class Workers:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def same_buffers(self, net: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm statistics, centroids) on every rank before the network is
+        used in evaluation mode: DistributedDataParallel copies them only at the next forward pass."""
+        if self.size > 1:
+            for buffer in net.buffers():
+                dist.broadcast(buffer, src=0)
+
     def device(self, device: torch.device) -> torch.device:
         """One GPU per process (``LOCAL_RANK``) when training on CUDA; the CPU is shared."""
         if device.type != "cuda" or self.size == 1:
@@ -79,6 +86,11 @@ SINGLE = Workers()
 def unwrap(model: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel wrapper (or ``model`` itself)."""
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def is_main_process() -> bool:
+    """False in the processes ``torchrun`` started besides rank 0 (after the group was joined)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def workers_from_environment(device: torch.device) -> Workers:

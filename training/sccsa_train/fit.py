@@ -134,14 +134,6 @@ def _epoch_means(sums: list[float], n: int, workers: Workers) -> list[float]:
     return (workers.sum(torch.tensor(sums, dtype=torch.float64)) / n).tolist()
 
 
-def _sync_buffers(net: SCCSANet, workers: Workers) -> None:
-    """Rank 0's buffers (BatchNorm statistics, centroids) on every rank before the network is
-    used in evaluation mode: DistributedDataParallel copies them only at the next forward pass."""
-    if workers.size > 1:
-        for buffer in net.buffers():
-            torch.distributed.broadcast(buffer, src=0)
-
-
 def _rows(covariates: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
     return None if covariates is None else covariates[index]
 
@@ -176,7 +168,7 @@ def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, see
     (integers 0..K-1; −1 for a cell without a label, e.g. outside the sketch), the mean z of each label; β and 1/D0 from the initial distortion D0 (mean
     squared distance to the nearest centroid). Returns the nearest-centroid labels. With several
     ``workers`` every rank embeds all cells and rank 0's K-means is sent to the others."""
-    _sync_buffers(net, workers)
+    workers.same_buffers(net)
     latent, _ = embed_all(net, x)
     if start_labels is None:
         fitted = None
@@ -227,7 +219,7 @@ def cluster(model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray, schedul
             loss.backward()
             optimizer.step()
             sums += np.array([float(t.detach()) for t in (loss, l1, l2, l3)]) * len(index)
-        _sync_buffers(net, workers)
+        workers.same_buffers(net)
         latent, _ = embed_all(net, workers.share(x))
         net.centroids.copy_(update_centroids(latent, net.centroids, net.beta, workers.sum))
         new_labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy()
