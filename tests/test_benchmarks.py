@@ -230,3 +230,28 @@ def test_pseudolabel_page_scores_both_rules_with_and_without_harmony(tmp_path, m
     assert all(r["members_min"] <= r["members_median"] <= r["members_max"] and -1 <= r["most_agreeing"] <= 1
                for r in found)
     assert "Harmony-corrected PCs" in out.with_suffix(".md").read_text()
+
+
+def test_k_estimate_page_reads_every_rule_and_merges_shards(tmp_path, monkeypatch):
+    """k_estimate.py: every rule per dataset and seed (the default equal to what ``-k auto`` returns,
+    checked inside the script), the Harmony row only where a donor column exists, errors by half,
+    and shards joined by --merge."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    k_estimate = importlib.import_module("k_estimate")  # trains nothing
+    monkeypatch.setattr(k_estimate, "split_of", {"d": "tuning", "e": "confirmation"}.get)
+    with_batches(synthetic_counts(n_cells=150, seed=1), ["a", "b"], {"a": 1.0, "b": 6.0}).write_h5ad(tmp_path / "d.h5ad")
+    synthetic_counts(n_cells=120, n_clusters=4, seed=2).write_h5ad(tmp_path / "e.h5ad")
+    shard, out = tmp_path / "shard.json", tmp_path / "k.json"
+    run(k_estimate, monkeypatch, "--data", str(tmp_path), "--datasets", "d", "--seeds", "0", "--out", str(shard))
+    run(k_estimate, monkeypatch, "--data", str(tmp_path), "--datasets", "e", "--seeds", "0", "1", "--out", str(out))
+    run(k_estimate, monkeypatch, "--out", str(out), "--merge", str(shard))
+    found = records(out)
+    assert {(r["dataset"], r["seed"]) for r in found} == {("d", 0), ("e", 0), ("e", 1)}
+    for record in found:
+        rules = record["estimates"]
+        assert rules["default"] == record["estimated_k"] and {"previous", "median, K <= 20"} <= set(rules)
+        assert (k_estimate.HARMONY in rules) == (record["dataset"] == "d")
+        assert all(2 <= value <= 40 for value in rules.values())
+    page = out.with_suffix(".md").read_text()
+    for title in ("## Estimates", "## With a batch column (donor)", "## Absolute error by rule and half"):
+        assert title in page

@@ -1,6 +1,8 @@
 """Consensus pseudo-labels and the K estimate."""
 
 import numpy as np
+import pytest
+import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import real_dataset, synthetic_counts
@@ -35,5 +37,51 @@ def test_consensus_pseudo_labels_on_real_pbmc_beat_single_kmeans_level():
 def test_k_estimate_on_separable_groups():
     adata = synthetic_counts(n_cells=300, n_genes=60, n_clusters=3)
     k = n_clusters.estimate(prepare(adata).lognorm)
-    assert 2 <= k <= 6
+    assert k == 3
     assert isinstance(k, int) and not isinstance(k, np.integer)
+
+
+def test_eigengap_is_the_largest_jump_after_two():
+    assert n_clusters.eigengap(np.array([0, 0, 0, 0.9, 0.95, 1.0])) == 3
+    assert n_clusters.eigengap(np.array([0, 0.8, 0.85, 0.9, 0.99])) == 4  # the jump after one group is not a K
+    values = np.r_[np.zeros(5), 0.2, 0.2, 0.2, np.ones(30)]
+    assert n_clusters.eigengap(values) == 8 and n_clusters.eigengap(values, max_k=6) == 5  # the cap bounds K
+
+
+def _blocks(n_blocks: int, size: int, seed: int = 0) -> sp.csr_matrix:
+    """A symmetric graph of ``n_blocks`` random communities (about 20 edges per node), each joined
+    to the next by one weak edge."""
+    rng = np.random.default_rng(seed)
+    n = n_blocks * size
+    starts = np.arange(n_blocks) * size
+    rows = np.repeat(np.arange(n), 10)
+    cols = (rows // size) * size + rng.integers(0, size, len(rows))
+    weights = np.ones(len(rows))
+    rows, cols = np.r_[rows, starts], np.r_[cols, (starts + size) % n]
+    graph = sp.csr_matrix((np.r_[weights, np.full(n_blocks, 0.01)], (rows, cols)), shape=(n, n))
+    return (graph + graph.T).tocsr()
+
+
+@pytest.mark.parametrize("size", [100, 700])  # the dense path (< DENSE_BELOW cells) and the Lanczos path
+def test_laplacian_spectrum_counts_communities(size):
+    spectrum = n_clusters.laplacian_spectrum(_blocks(4, size), 8)
+    assert spectrum.shape == (8,) and np.all(np.diff(spectrum) >= -1e-9)
+    assert spectrum[3] < 0.01 < 0.3 < spectrum[4]
+    assert n_clusters.eigengap(spectrum) == 4
+
+
+def test_both_spectrum_paths_agree():
+    graph = _blocks(3, 600, seed=1)
+    lanczos = n_clusters.laplacian_spectrum(graph, 6)
+    scale = sp.diags(1 / np.sqrt(np.asarray(graph.sum(axis=1)).ravel()))
+    dense = 1 - np.linalg.eigvalsh((scale @ graph @ scale).toarray())[::-1][:6]
+    np.testing.assert_allclose(lanczos, dense, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "true_k"), [("goolam", 5), ("yan_embryo_rpkm", 7)])
+def test_k_estimate_on_small_real_datasets(name, true_k):
+    """Two of the sets ``-k auto`` gets exactly (benchmarks/results/k_estimate.md): the rule
+    found there still holds; the labels are only counted."""
+    adata = real_dataset(name)
+    kind = "abundance" if name == "yan_embryo_rpkm" else "counts"
+    assert n_clusters.estimate(prepare(adata, input_kind=kind).lognorm, seed=0) == true_k

@@ -45,13 +45,11 @@ def harmony_corrected(pcs: np.ndarray, batches: np.ndarray, *, seed: int = 0) ->
     return corrected if corrected.shape[0] == len(frame) else corrected.T
 
 
-def clustering_embedding(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0, n_neighbors: int = 15,
-                         batches: np.ndarray | None = None) -> ad.AnnData:
-    """Scanpy's standard embedding of log-normalised data: HVGs (if many genes), scale, PCA, kNN graph.
+def standard_pcs(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0, batches: np.ndarray | None = None) -> np.ndarray:
+    """Scanpy's standard principal components of log-normalised data: HVGs (if many genes), scale, PCA.
 
-    With ``batches`` (one batch name per cell) the principal components are Harmony-corrected
-    before the neighbour graph, so pseudo-labels follow cell types rather than donors.
-    Returns an AnnData with ``obsm['X_pca']`` and the neighbour graph in ``obsp``.
+    With ``batches`` (one batch name per cell) the components are Harmony-corrected, so that
+    what is built on them follows cell types rather than donors.
     """
     adata = ad.AnnData(X=sp.csr_matrix(lognorm, dtype=np.float32))
     with warnings.catch_warnings():
@@ -61,10 +59,26 @@ def clustering_embedding(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0, n_
         sc.pp.scale(adata, max_value=10)
         n_comps = max(2, min(N_PCS, adata.n_obs - 1, adata.n_vars - 1))
         sc.tl.pca(adata, n_comps=n_comps, random_state=seed)
-        if batches is not None:
-            adata.obsm["X_pca"] = harmony_corrected(adata.obsm["X_pca"], batches, seed=seed)
-        sc.pp.neighbors(adata, n_neighbors=max(2, min(n_neighbors, adata.n_obs // 5)), random_state=seed)
+    pcs = adata.obsm["X_pca"]
+    return harmony_corrected(pcs, batches, seed=seed) if batches is not None else pcs
+
+
+def neighbour_graph(pcs: np.ndarray, *, seed: int = 0, n_neighbors: int = 15) -> ad.AnnData:
+    """Scanpy's kNN graph on ``pcs`` (``n_neighbors`` capped at a fifth of the cells): an AnnData
+    with ``obsm['X_pca']`` and the graph in ``obsp``, ready for :func:`leiden`."""
+    adata = ad.AnnData(obsm={"X_pca": np.asarray(pcs, dtype=np.float32)},
+                       obs=pd.DataFrame(index=pd.RangeIndex(len(pcs)).astype(str)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.neighbors(adata, n_neighbors=max(2, min(n_neighbors, adata.n_obs // 5)), use_rep="X_pca",
+                        random_state=seed)
     return adata
+
+
+def clustering_embedding(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0, n_neighbors: int = 15,
+                         batches: np.ndarray | None = None) -> ad.AnnData:
+    """Scanpy's standard embedding and neighbour graph (:func:`standard_pcs`, :func:`neighbour_graph`)."""
+    return neighbour_graph(standard_pcs(lognorm, seed=seed, batches=batches), seed=seed, n_neighbors=n_neighbors)
 
 
 def leiden(adata: ad.AnnData, resolution: float, seed: int = 0) -> np.ndarray:
