@@ -44,13 +44,15 @@ class Workers:
         row from ``rank``, so a global mini-batch is split evenly."""
         return rows[self.rank :: self.size]
 
-    def wrap(self, net: nn.Module) -> nn.Module:
-        """``net`` inside DistributedDataParallel when there are several processes. Unused
-        parameters are allowed: pretraining does not train the classifier head."""
+    def wrap(self, net: nn.Module, *, unused_parameters: bool = False) -> nn.Module:
+        """``net`` inside DistributedDataParallel when there are several processes.
+        ``unused_parameters``: some parameters get no gradient (pretraining does not train the
+        classifier head); DDP must then look for them after every backward pass, and warns on every
+        rank when asked to look where there is nothing to find, so only pretraining asks."""
         if self.size == 1:
             return net
         devices = [net.centroids.device] if net.centroids.device.type == "cuda" else None
-        return DistributedDataParallel(net, device_ids=devices, find_unused_parameters=True)
+        return DistributedDataParallel(net, device_ids=devices, find_unused_parameters=unused_parameters)
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over all ranks (in place; returned for chaining)."""

@@ -252,9 +252,8 @@ def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, 
     generator = torch.Generator().manual_seed(seed)
     history = History()
     progress = progress and workers.is_main
-    model = workers.wrap(net)
     started = time.perf_counter()
-    pretrain(model, x, schedule, history, generator, progress, covariates, workers)
+    pretrain(workers.wrap(net, unused_parameters=True), x, schedule, history, generator, progress, covariates, workers)
     history.seconds["pretrain"] = time.perf_counter() - started
     log.info("stage 1 (pretraining): %d epochs, reconstruction %.4f, %.1f s", len(history.pretrain),
              history.pretrain[-1]["reconstruction"], history.seconds["pretrain"])
@@ -265,7 +264,7 @@ def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, 
     log.info("centroids from %s in %.1f s", "K-means" if start_labels is None else "label means",
              history.seconds["kmeans_init"])
     mark = time.perf_counter()
-    labels = cluster(model, x, labels, schedule, history, generator, progress, covariates, workers)
+    labels = cluster(workers.wrap(net), x, labels, schedule, history, generator, progress, covariates, workers)
     history.seconds["cluster"] = time.perf_counter() - mark
     log.info("stage 2 (clustering): %d epochs, %s, %.1f s", len(history.cluster),
              "converged" if history.converged else "stopped at the epoch limit", history.seconds["cluster"])
