@@ -164,7 +164,7 @@ def summarise(records: list[dict]) -> str:
     parts = []
     titles = {"ari": "Cell-type ARI", "nmi": "Cell-type NMI", "batch_nmi": "Batch NMI of the clusters (lower is better)",
               "batch_entropy": "kNN batch entropy of the embedding (higher is better)", "seconds": "Wall time (s)"}
-    for metric, title in titles.items():
+    for metric, title in titles.items() if not clustering.empty else ():  # a --only heldout shard has none
         table = clustering.pivot_table(index="dataset", columns="method", values=metric, aggfunc=mean_sd)[columns]
         table.insert(0, "split", [DATASETS.get(d, ("?",))[0] for d in table.index])
         parts.append(f"## {title} (mean ± sd over seeds)\n\n{markdown_table(table.fillna('–'))}")
@@ -180,7 +180,7 @@ def summarise(records: list[dict]) -> str:
     intro = (f"{frame['dataset'].nunique()} dataset(s) with a donor column, seeds "
              f"{', '.join(map(str, sorted(frame['seed'].unique())))}; K = number of true labels for every method. "
              "Batch-aware defaults were chosen on the tuning set only. "
-             + seed_coverage(clustering, "method", columns))
+             + (seed_coverage(clustering, "method", columns) if columns else ""))
     return intro + "\n\n" + "\n\n".join(parts)
 
 

@@ -216,6 +216,8 @@ def test_batch_page_records_and_page(tmp_path, monkeypatch):
     page = out.with_suffix(".md").read_text()
     for title in ("Cell-type ARI", "Batch NMI of the clusters", "kNN batch entropy", "Protocol T by donor"):
         assert title in page
+    # a shard of held-out runs only (--only heldout) still gets its page
+    assert "Protocol T by donor" in batch.summarise(heldout) and "Cell-type ARI" not in batch.summarise(heldout)
 
 
 def test_pseudolabel_page_scores_both_rules_with_and_without_harmony(tmp_path, monkeypatch):
