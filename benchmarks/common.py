@@ -76,16 +76,29 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-def machine() -> dict[str, Any]:
-    """Where the numbers were measured."""
-    cpu = "unknown"
+def cpu_description() -> str:
+    """The CPU's name with its family/model and widest vector extension: virtual machines may name
+    only the vendor ("AMD EPYC"), and hosts behind the same name differ by 2-3x per core in the
+    matrix products the graph is made of, so timings from different sessions compare only when
+    this string matches."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if key.strip() == "flags":
                 break
     except OSError:
-        pass
+        return "unknown"
+    flags = set(fields.get("flags", "").split())
+    vector = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "no AVX")
+    return (f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')}, model "
+            f"{fields.get('model', '?')}, {vector.replace('avx512f', 'AVX-512').upper() if vector != 'no AVX' else vector})")
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    cpu = cpu_description()
     try:
         import torch
 

@@ -366,7 +366,11 @@ BUSY = "while True: pass"  # one CPU-bound neighbour process
 
 def _measured(payload: dict, section: str) -> str:
     when = payload.get("measured", {}).get(section)
-    return f" Measured at commit {when['commit']}, {when['date']}." if when else ""
+    if not when:
+        return ""
+    # sections kept from earlier sessions may have run on another host behind the same CPU name
+    cpu = when.get("cpu", "a CPU whose model was not recorded (compare with other sessions' rows with care)")
+    return f" Measured at commit {when['commit']}, {when['date']}, on {cpu}."
 
 
 def summarise(payload: dict) -> str:
@@ -465,7 +469,8 @@ def main() -> None:
 
     payload = json.loads(args.out.read_text()) if args.out.exists() and set(args.sections) != set(SECTIONS) else {}
     payload.setdefault("measured", {})
-    stamp = {"commit": machine()["git_commit"], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    here = machine()
+    stamp = {"commit": here["git_commit"], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": here["cpu"]}
     model = None
     if "training" in args.sections:
         payload["training"] = []
