@@ -55,8 +55,6 @@ def test_torchrun_two_processes_write_one_bundle_that_labels_like_one_process(tm
 
     # rank 1 trains but neither writes nor reports: one summary, as from one process
     assert two.stdout.count("bundle written to") == one.stdout.count("bundle written to") == 1
-    # DDP looks for unused parameters only where some exist (pretraining), so it warns about none
-    assert "find_unused_parameters" not in two.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad", "one", "one.h5ad", "two", "two.h5ad"]
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 

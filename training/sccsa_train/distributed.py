@@ -47,8 +47,9 @@ class Workers:
     def wrap(self, net: nn.Module, *, unused_parameters: bool = False) -> nn.Module:
         """``net`` inside DistributedDataParallel when there are several processes.
         ``unused_parameters``: some parameters get no gradient (pretraining does not train the
-        classifier head); DDP must then look for them after every backward pass, and warns on every
-        rank when asked to look where there is nothing to find, so only pretraining asks."""
+        classifier head), so DDP must look for them after every backward pass; only pretraining
+        asks, sparing stage 2 that traversal. (DDP still warns once per rank in pretraining that
+        it found none: it searches from the forward's outputs, which include the idle head.)"""
         if self.size == 1:
             return net
         devices = [net.centroids.device] if net.centroids.device.type == "cuda" else None
