@@ -76,6 +76,9 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+VECTOR_EXTENSIONS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))  # /proc/cpuinfo flag, name; widest first
+
+
 def cpu_description() -> str:
     """The CPU's name with its family/model and widest vector extension: virtual machines may name
     only the vendor ("AMD EPYC"), and hosts behind the same name differ by 2-3x per core in the
@@ -91,9 +94,9 @@ def cpu_description() -> str:
     except OSError:
         return "unknown"
     flags = set(fields.get("flags", "").split())
-    vector = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "no AVX")
+    vector = next((name for flag, name in VECTOR_EXTENSIONS if flag in flags), "no AVX")
     return (f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')}, model "
-            f"{fields.get('model', '?')}, {vector.replace('avx512f', 'AVX-512').upper() if vector != 'no AVX' else vector})")
+            f"{fields.get('model', '?')}, {vector})")
 
 
 def machine() -> dict[str, Any]:
