@@ -79,7 +79,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     if args.merge is not None:
-        finish(args.out, "Ablations", summarise(merge_records(args.out, args.merge, _key)), merged=True)
+        finish(args.out, "Ablations", summarise(merge_records(args.out, args.merge, _key)), merged_from=args.merge)
         return
     records = read_records(args.out) if args.resume else []
     done = {_key(r) for r in records}

@@ -15,16 +15,18 @@ For every ``.h5ad`` in ``--data`` (default ../shared/data) and every seed:
 - ``logreg`` (protocol T): a CellTypist-style logistic regression on log1p-normalised, standardised
   counts, trained on the same 70 % as sccsa T and scored on the same 30 % (accuracy, macro-F1, ARI).
 
-``--init labels`` runs sccsa with its centroids started at the latent means of the consensus
-pseudo-labels instead of K-means on the latent; those records are kept apart as method
-``sccsa_init_labels``, so both starts can sit on one page.
+``--variant NAME`` runs sccsa with other settings than the defaults (:data:`VARIANTS`), kept apart
+as method ``sccsa_NAME`` so that a candidate sits beside the default on one page: ``init_labels``
+starts the centroids at the latent means of the consensus pseudo-labels instead of K-means on the
+latent; ``starts3`` pretrains 3 networks for min(1000 steps, 250 epochs) each and keeps the one
+whose latent K-means partition has the highest silhouette.
 
 Results: ``results/clustering.json`` (one record per dataset × method × protocol × seed) and
 ``results/clustering.md``. ``--resume`` keeps the records already in the JSON file.
 
     python benchmarks/clustering.py                       # everything, 3 seeds
     python benchmarks/clustering.py --datasets pbmc_zheng4k_top2000 --protocols U --seeds 0
-    python benchmarks/clustering.py --resume --protocols U --no-baselines --init labels
+    python benchmarks/clustering.py --resume --protocols U --no-baselines --variant init_labels
     python benchmarks/clustering.py --only logreg --protocols T --out logreg.json   # the transfer baseline alone
 """
 
@@ -50,18 +52,25 @@ from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, fi
 from sccsa_infer import Predictor
 from sccsa_infer.metrics import label_accuracy
 from sccsa_train import SCCSA
-from sccsa_train.options import CENTROID_INITS
 from sccsa_train.preprocess import prepare
 from sccsa_train.pseudolabels import clustering_embedding, leiden, leiden_resolution_for_k
 
 COUNTS_ONLY = ("scvi_kmeans", "scvi_leiden_k")  # columns that skip the non-count datasets
-METHOD_ORDER = ["sccsa U", "sccsa S (label leakage)", "sccsa T (30 % query)", "sccsa U (init labels)",
+# name → (SCCSA parameters that differ from the defaults, how the page's column calls it)
+VARIANTS: dict[str, tuple[dict, str]] = {
+    "init_labels": ({"init": "labels"}, "init labels"),
+    "starts3": ({"pretrain_starts": 3, "pretrain_max_steps": 1000, "pretrain_epochs": 250},
+                "3 starts, ≤ 1000 steps"),
+}
+METHOD_ORDER = ["sccsa U", "sccsa S (label leakage)", "sccsa T (30 % query)",
+                *(f"sccsa U ({name})" for _, name in VARIANTS.values()),
+                *(f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values()),
                 "leiden_res1", "leiden_k", "kmeans_pca", "scvi_kmeans", "scvi_leiden_k", "logreg T (30 % query)"]
 
 
-def sccsa_method(init: str) -> str:
-    """The ``method`` of sccsa records: ``sccsa`` for the default K-means start, else ``sccsa_init_<init>``."""
-    return "sccsa" if init == "kmeans" else f"sccsa_init_{init}"
+def sccsa_method(variant: str | None) -> str:
+    """The ``method`` of sccsa records: ``sccsa`` for the defaults, else ``sccsa_<variant>``."""
+    return "sccsa" if variant is None else f"sccsa_{variant}"
 
 
 def scvi_latent(adata, seed: int, batch_key: str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
@@ -153,13 +162,14 @@ def logreg_record(adata, labels, kind, seed) -> dict:
             **transfer_scores(truth, predicted)}
 
 
-def sccsa_record(adata, labels, k, kind, protocol, seed, init="kmeans") -> dict:
+def sccsa_record(adata, labels, k, kind, protocol, seed, variant: str | None = None) -> dict:
+    params = VARIANTS[variant][0] if variant else {}
     with Timer() as timer:
         if protocol == "T":
             ref_idx, query_idx = transfer_split(labels, seed)
             reference, query = adata[ref_idx].copy(), adata[query_idx].copy()
-            model = SCCSA(k, labels_key="cell_type", input_kind=kind, random_state=seed, init=init,
-                          progress=False).fit(reference)
+            model = SCCSA(k, labels_key="cell_type", input_kind=kind, random_state=seed, progress=False,
+                          **params).fit(reference)
             with tempfile.TemporaryDirectory() as folder:
                 model.export(Path(folder) / "bundle")
                 result = Predictor(Path(folder) / "bundle").predict(query)
@@ -168,11 +178,11 @@ def sccsa_record(adata, labels, k, kind, protocol, seed, init="kmeans") -> dict:
             predicted = result.cluster
         else:
             model = SCCSA(k, labels_key="cell_type" if protocol == "S" else None, input_kind=kind, random_state=seed,
-                          init=init, progress=False).fit(adata)
+                          progress=False, **params).fit(adata)
             truth, predicted, extra = labels, model.labels_, {}
             extra["alpha_mean"] = round(float(model.alpha_.mean()), 4)
             extra["alpha_sd"] = round(float(model.alpha_.std()), 4)
-    return {"method": sccsa_method(init), "protocol": protocol, **score(truth, predicted),
+    return {"method": sccsa_method(variant), "protocol": protocol, **score(truth, predicted),
             "seconds": round(timer.seconds, 2), "torch_threads": training_threads(), **extra}
 
 
@@ -202,8 +212,8 @@ def label(record: dict) -> str:
     if not record["method"].startswith("sccsa"):
         return record["method"]
     name = {"U": "sccsa U", "S": "sccsa S (label leakage)", "T": "sccsa T (30 % query)"}[record["protocol"]]
-    start = record["method"].removeprefix("sccsa").removeprefix("_init_")
-    return f"{name} (init {start})" if start else name
+    variant = record["method"].removeprefix("sccsa").removeprefix("_")
+    return f"{name} ({VARIANTS[variant][1]})" if variant else name
 
 
 def summarise(records: list[dict]) -> str:
@@ -264,7 +274,7 @@ def _baseline_comparison(frame: pd.DataFrame) -> str:
     baselines = [c for c in ("leiden_res1", "leiden_k", "kmeans_pca") if c in means]
     if "sccsa U" not in means or not baselines:
         return ""
-    ours = [c for c in ("sccsa U", "sccsa U (init labels)") if c in means]
+    ours = [c for c in ("sccsa U", *(f"sccsa U ({name})" for _, name in VARIANTS.values())) if c in means]
     common = means[[*ours, *baselines]].dropna()
     best_name = max(baselines, key=lambda c: common[c].mean())
     wins = ", ".join(f"{c} on {int((common[c] > common[best_name]).sum())}" for c in ours)
@@ -293,8 +303,8 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true", help="sccsa only")
     parser.add_argument("--only", choices=["sccsa", "baselines", "scvi", "logreg"],
                         help="run only sccsa, the Scanpy baselines, scVI, or the protocol T logistic regression")
-    parser.add_argument("--init", choices=CENTROID_INITS, default="kmeans",
-                        help="centroid start of sccsa (records of 'labels' get method 'sccsa_init_labels')")
+    parser.add_argument("--variant", choices=sorted(VARIANTS),
+                        help="sccsa with other settings (VARIANTS), recorded as method 'sccsa_<variant>'")
     parser.add_argument("--resume", action="store_true", help="keep and skip records already in the JSON file")
     parser.add_argument("--out", type=Path, default=RESULTS / "clustering.json")
     add_merge_option(parser)
@@ -302,11 +312,11 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     if args.merge is not None:
-        finish(args.out, "Clustering quality", summarise(merge_records(args.out, args.merge, _key)), merged=True)
+        finish(args.out, "Clustering quality", summarise(merge_records(args.out, args.merge, _key)), merged_from=args.merge)
         return
     records = read_records(args.out) if args.resume else []
     done = {_key(r) for r in records}
-    sccsa = sccsa_method(args.init)
+    sccsa = sccsa_method(args.variant)
     use_scvi = not args.no_baselines and args.only in (None, "scvi") and scvi_available()
     for path in datasets(args.data, args.datasets):
         adata, labels, k, kind = load(path)
@@ -325,7 +335,7 @@ def main() -> None:
                 if (path.stem, recorded, protocol, seed) in done:
                     continue
                 if method == "sccsa":
-                    new = [sccsa_record(adata, labels, k, kind, protocol, seed, args.init)]
+                    new = [sccsa_record(adata, labels, k, kind, protocol, seed, args.variant)]
                 elif method == "scvi":
                     new = scvi_records(adata, labels, k, kind, seed)
                 elif method == "logreg":

@@ -162,7 +162,7 @@ def merge_or_resume(args: argparse.Namespace, title: str, summarise: Callable[[l
     """``--merge``: join the shards into ``--out``, rewrite the page and return None (nothing to run);
     otherwise the records to start from (``--out``'s with ``--resume``, else none)."""
     if args.merge is not None:
-        finish(args.out, title, summarise(merge_records(args.out, args.merge, key)), merged=True)
+        finish(args.out, title, summarise(merge_records(args.out, args.merge, key)), merged_from=args.merge)
         return None
     return read_records(args.out) if args.resume else []
 
@@ -206,6 +206,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def write_markdown(path: Path, title: str, body: str, meta: dict[str, Any]) -> None:
     """A results page: title, body, then how and where it was produced."""
+    again = meta.get("resummarised")
     footer = (
         f"\n\nWritten by `{meta['command']}` (from the repository root, in `.venv`; benchmarks/README.md says "
         "how to regenerate it).\n\n"
@@ -214,6 +215,9 @@ def write_markdown(path: Path, title: str, body: str, meta: dict[str, Any]) -> N
         f"Python {meta['machine']['python']}, "
         f"commit {meta['machine']['git_commit']}, {meta['date']}.\n"
     )
+    if again:
+        footer += (f"\nPage re-summarised from those records (nothing re-measured) by `{again['command']}` at commit "
+                   f"{again['git_commit']}, {again['date']}.\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {title}\n\n{body}{footer}")
 
@@ -238,14 +242,22 @@ def training_threads() -> int | None:
     return torch.get_num_threads()
 
 
-def finish(out: Path, title: str, summary: str, *, merged: bool = False) -> None:
+def finish(out: Path, title: str, summary: str, *, merged_from: list[Path] | None = None) -> None:
     """Record this run's metadata beside ``out`` (``*_meta.json``) and write its Markdown page.
 
-    ``merged``: the records come from other processes (shards), so this process's thread count
-    says nothing about them; the page then points to the records' own ``torch_threads``.
+    ``merged_from``: the shards merged into ``out`` (``--merge``): the records come from other
+    processes, so this process's thread count says nothing about them and the page points to the
+    records' own ``torch_threads``. No shards means the page is only re-summarised from the records
+    already there: the previous metadata (where and when they were measured) is kept.
     """
     meta = run_meta()
-    if merged:
+    meta_path = out.with_name(out.stem + "_meta.json")
+    if merged_from is not None:
         meta["machine"]["torch_threads"] = None
-    write_json(out.with_name(out.stem + "_meta.json"), meta)
+        if not merged_from and meta_path.exists():
+            previous = json.loads(meta_path.read_text())
+            previous["resummarised"] = {"command": meta["command"], "git_commit": meta["machine"]["git_commit"],
+                                        "date": meta["date"]}
+            meta = previous
+    write_json(meta_path, meta)
     write_markdown(out.with_suffix(".md"), title, summary, meta)

@@ -198,7 +198,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     if args.merge is not None:
-        finish(args.out, "Where the signal is lost", summarise(merge_records(args.out, args.merge, _key)), merged=True)
+        finish(args.out, "Where the signal is lost", summarise(merge_records(args.out, args.merge, _key)), merged_from=args.merge)
         return
     records = read_records(args.out) if args.resume else []
     done = {(r["dataset"], r["seed"]) for r in records}

@@ -55,7 +55,9 @@ def checkpoint_latents(adata, kind: str, k: int, seed: int,
     captured: dict[int, Any] = {}
     info: dict[str, int] = {}
 
-    def pretrain_only(net, x, schedule, *, seed=0, progress=True, start_labels=None):
+    def pretrain_only(make_net, x, schedule, *, seed=0, **_):
+        fit_module.seed_everything(seed)
+        net = make_net()
         fit_module.seed_everything(seed)
         generator = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.Adam(net.parameters(), lr=schedule.pretrain_lr)
@@ -82,7 +84,7 @@ def checkpoint_latents(adata, kind: str, k: int, seed: int,
                     captured[step] = (latent.cpu().numpy().astype(np.float64), mse)
                 if step >= wanted[-1]:
                     break
-        return np.zeros(x.shape[0], dtype=np.int64), fit_module.History()
+        return net, np.zeros(x.shape[0], dtype=np.int64), fit_module.History()
 
     original = estimator_module.train
     estimator_module.train = pretrain_only
@@ -148,7 +150,39 @@ def summarise(records: list[dict[str, Any]]) -> str:
                  f"today's {DEFAULT_EPOCHS} epochs; `rule`: min({RULE_STEPS} steps, {RULE_EPOCHS} epochs). Mean ± sd "
                  "over seeds; a value without ± comes from one seed.")
     parts.append("## ARI by pretraining budget\n\n" + markdown_table(out))
+    parts.append(_starts_section(frame, seeds))
     return "\n\n".join(parts)
+
+
+def chosen_by_silhouette(rows: pd.DataFrame) -> float:
+    """ARI of the start (one row per seed) whose K-means partition has the highest silhouette."""
+    return float(rows.loc[rows["silhouette"].idxmax(), "ari"])
+
+
+def _starts_section(frame: pd.DataFrame, seeds: list[int]) -> str:
+    """The seeds' pretrained networks read as the starts of one run with ``pretrain_starts`` = number
+    of seeds: the ARI of the start the silhouette picks, beside the mean over starts."""
+    table, columns = {}, {}
+    for budget, name in (("default_step", "default"), ("rule_step", "rule")):
+        columns[budget] = (f"{name}: mean of the starts", f"{name}: chosen by silhouette")
+        for dataset, group in _pick(frame, budget).groupby("dataset"):
+            row = table.setdefault(dataset, {"half": split_of(dataset)})
+            row[columns[budget][0]] = group["ari"].mean()
+            row[columns[budget][1]] = chosen_by_silhouette(group)
+    out = pd.DataFrame.from_dict(table, orient="index").sort_values("half", ascending=False)
+    for half in ("tuning", "confirmation"):
+        part = out[out["half"] == half]
+        if not part.empty:
+            out.loc[f"**mean, {half} half ({len(part)})**"] = {"half": half, **part.drop(columns="half").mean()}
+    numbers = out.drop(columns="half").map(lambda v: f"{v:.3f}")
+    out = pd.concat([out[["half"]], numbers], axis=1)
+    out.index.name = "dataset"
+    return ("## Several pretraining starts, one kept by the silhouette\n\n"
+            f"The {len(seeds)} seeds' pretrained networks of each dataset read as {len(seeds)} starts of one run "
+            "(`--pretrain-starts`): K-means at K on each start's latent, and the start whose partition has the "
+            "highest silhouette (no labels) is kept. `mean of the starts` is what one start gives on average; "
+            "`chosen by silhouette` is one value per dataset (one set of starts), so it carries no ± here.\n\n"
+            + markdown_table(out))
 
 
 def _key(record: dict[str, Any]) -> tuple:
@@ -170,7 +204,7 @@ def main() -> None:
 
     if args.merge is not None:
         records = merge_records(args.out, args.merge, _key)
-        finish(args.out, "Pretraining length", summarise(records), merged=True)
+        finish(args.out, "Pretraining length", summarise(records), merged_from=args.merge)
         return
     names = args.datasets or (None if args.half == "all" else split_datasets(args.half))
     records = read_records(args.out) if args.out.exists() else []

@@ -20,8 +20,9 @@ def main() -> None:
     extra = ["--data", args.data] if args.data else []
     runs = [
         ["clustering.py"],
-        # the label-mean centroid start beside the default, on the same page
-        ["clustering.py", "--resume", "--protocols", "U", "--no-baselines", "--init", "labels"],
+        # candidate settings beside the defaults, on the same page
+        ["clustering.py", "--resume", "--protocols", "U", "--no-baselines", "--variant", "init_labels"],
+        ["clustering.py", "--resume", "--protocols", "U", "T", "--no-baselines", "--variant", "starts3"],
         ["diagnose.py"],
         ["pretrain_steps.py"],
         ["ablations.py"],

@@ -77,7 +77,7 @@ def test_label_starts_are_kept_apart_and_shards_merge(data_dir, tmp_path, monkey
     run(clustering, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_a", "--seeds", "0", "--protocols", "U",
         "--no-baselines", "--out", str(main))
     run(clustering, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_a", "--seeds", "0", "--protocols", "U",
-        "--no-baselines", "--init", "labels", "--out", str(shard))
+        "--no-baselines", "--variant", "init_labels", "--out", str(shard))
     assert [(r["method"], r["protocol"]) for r in records(shard)] == [("sccsa_init_labels", "U")]
 
     run(clustering, monkeypatch, "--out", str(main), "--merge", str(shard))

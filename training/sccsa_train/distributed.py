@@ -44,16 +44,14 @@ class Workers:
         row from ``rank``, so a global mini-batch is split evenly."""
         return rows[self.rank :: self.size]
 
-    def wrap(self, net: nn.Module, *, unused_parameters: bool = False) -> nn.Module:
-        """``net`` inside DistributedDataParallel when there are several processes.
-        ``unused_parameters``: some parameters get no gradient (pretraining does not train the
-        classifier head), so DDP must look for them after every backward pass; only pretraining
-        asks, sparing stage 2 that traversal. (DDP still warns once per rank in pretraining that
-        it found none: it searches from the forward's outputs, which include the idle head.)"""
+    def wrap(self, net: nn.Module) -> nn.Module:
+        """``net`` inside DistributedDataParallel when there are several processes. Every parameter
+        that requires a gradient must get one in each step (pretraining freezes the idle classifier
+        head), so DDP need not search for unused ones."""
         if self.size == 1:
             return net
         devices = [net.centroids.device] if net.centroids.device.type == "cuda" else None
-        return DistributedDataParallel(net, device_ids=devices, find_unused_parameters=unused_parameters)
+        return DistributedDataParallel(net, device_ids=devices)
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over all ranks (in place; returned for chaining)."""

@@ -87,6 +87,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         layer: str | None = default("layer"),
         total_counts_key: str | None = default("total_counts_key"),
         pretrain_epochs: int = default("pretrain_epochs"),
+        pretrain_max_steps: int = default("pretrain_max_steps"),
+        pretrain_starts: int = default("pretrain_starts"),
         cluster_epochs: int = default("cluster_epochs"),
         batch_size: int = default("batch_size"),
         lr: float = default("lr"),
@@ -117,6 +119,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.layer = layer
         self.total_counts_key = total_counts_key
         self.pretrain_epochs = pretrain_epochs
+        self.pretrain_max_steps = pretrain_max_steps
+        self.pretrain_starts = pretrain_starts
         self.cluster_epochs = cluster_epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -133,7 +137,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _schedule(self) -> Schedule:
         return Schedule(
-            pretrain_epochs=self.pretrain_epochs, cluster_epochs=self.cluster_epochs, batch_size=self.batch_size,
+            pretrain_epochs=self.pretrain_epochs, pretrain_max_steps=self.pretrain_max_steps,
+            pretrain_starts=self.pretrain_starts, cluster_epochs=self.cluster_epochs, batch_size=self.batch_size,
             pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, beta_scale=self.beta_scale,
             weights=ObjectiveWeights(kl=self.kl_weight, reconstruction=self.reconstruction_weight,
                                      latent_norm=self.latent_norm_weight),
@@ -195,15 +200,18 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             raise SccsaError(f"Training process {workers.rank} selected other genes than process 0 from the same "
                              "data and labels; start every torchrun process on the same file and options.")
         mark = time.perf_counter()
-        seed_everything(self.random_state)
-        net = self._network(len(panel.genes), k, 0 if batches is None else len(batches.names)).to(device)
+        n_batches = 0 if batches is None else len(batches.names)
+
+        def make_net() -> SCCSANet:
+            return self._network(len(panel.genes), k, n_batches).to(device)
+
         covariates = None if batches is None else batches.one_hot().to(device)
         x = torch.from_numpy(standardised_panel(lognorm, data.genes, panel)).to(device)
         start_labels = None
         if init == "labels":  # the user's labels are known for every cell, pseudo-labels for the sketch
             start_labels = (_start_labels(user_labels, k) if user_labels is not None
                             else to_all_cells(_start_labels(pseudo, k), sketch, len(fit_rows)))
-        labels, history = train(net, x, self._schedule(), seed=self.random_state, progress=self.progress,
+        net, labels, history = train(make_net, x, self._schedule(), seed=self.random_state, progress=self.progress,
                                 start_labels=start_labels, covariates=covariates, workers=workers)
         timings["train"] = time.perf_counter() - mark
 

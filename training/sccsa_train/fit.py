@@ -2,6 +2,10 @@
 the means of the labels gene selection used), then optimise the joint objective until fewer
 than ``tol`` of the labels change per epoch.
 
+With ``pretrain_starts`` > 1, stage 1 trains that many networks from different random starts
+and stage 2 goes on with the one whose latent K-means partitions best by the silhouette (an
+unsupervised criterion: the latent differs by seed, and a start can split a large class).
+
 Under ``torchrun`` the stages run data-parallel (:mod:`sccsa_train.distributed`): ``workers``
 says which share of every mini-batch and of the cells this process handles.
 
@@ -13,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
 from tqdm.auto import tqdm
 
 from sccsa_infer.defaults import bar_disabled
@@ -45,6 +50,8 @@ class Schedule:
     """Optimisation settings of both stages."""
 
     pretrain_epochs: int = default("pretrain_epochs")
+    pretrain_max_steps: int = default("pretrain_max_steps")
+    pretrain_starts: int = default("pretrain_starts")
     cluster_epochs: int = default("cluster_epochs")
     batch_size: int = default("batch_size")
     pretrain_lr: float = default("lr")
@@ -52,6 +59,7 @@ class Schedule:
     tol: float = default("tol")
     beta_scale: float = default("beta_scale")
     kmeans_n_init: int = 20
+    silhouette_cells: int = 10_000
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
 
 
@@ -64,10 +72,17 @@ class History:
     seconds: dict[str, float] = field(default_factory=dict)
     converged: bool = False
     beta: float = float("nan")
+    starts: list[dict[str, float]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"pretrain": self.pretrain, "cluster": self.cluster, "seconds": self.seconds,
-                "converged": self.converged, "beta": self.beta}
+                "converged": self.converged, "beta": self.beta, "starts": self.starts}
+
+
+def start_seed(seed: int, start: int) -> int:
+    """The seed of pretraining start ``start``: the run's own seed for the first (one start trains
+    exactly as before), then seeds drawn from (seed, start), distinct from other runs' first starts."""
+    return seed if start == 0 else int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
 
 
 def seed_everything(seed: int) -> None:
@@ -146,9 +161,10 @@ def pretrain(model: torch.nn.Module, x: torch.Tensor, schedule: Schedule, histor
     conditional decoder)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=schedule.pretrain_lr)
     model.train()
+    steps, limit = 0, schedule.pretrain_max_steps or None
     for epoch in tqdm(range(schedule.pretrain_epochs), desc="pretrain", unit="epoch", disable=bar_disabled(progress),
                       leave=False):
-        started, total = time.perf_counter(), 0.0
+        started, total, seen = time.perf_counter(), 0.0, 0
         for index in _batches(x.shape[0], schedule.batch_size, generator, workers):
             batch = x[index]
             out = model(batch, _rows(covariates, index))
@@ -157,26 +173,42 @@ def pretrain(model: torch.nn.Module, x: torch.Tensor, schedule: Schedule, histor
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(index)
-        (reconstruction,) = _epoch_means([total], x.shape[0], workers)
-        history.pretrain.append({"epoch": epoch, "reconstruction": reconstruction,
+            seen += len(index)
+            steps += 1
+            if steps == limit:
+                break
+        total, seen = workers.sum(torch.tensor([total, seen], dtype=torch.float64)).tolist()  # over all ranks
+        history.pretrain.append({"epoch": epoch, "reconstruction": total / seen, "steps": steps,
                                  "seconds": time.perf_counter() - started})
+        if steps == limit:
+            log.info("stage 1 reached its step budget (%d) in epoch %d", limit, epoch)
+            break
+
+
+def latent_kmeans(latent: torch.Tensor, k: int, schedule: Schedule, seed: int,
+                  workers: Workers = SINGLE) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and labels of K-means (k-means++, ``kmeans_n_init`` restarts) on ``latent``,
+    computed by rank 0 and sent to the other ranks."""
+    fitted = None
+    if workers.is_main:
+        kmeans = KMeans(k, n_init=schedule.kmeans_n_init, random_state=seed)
+        kmeans.fit(latent.cpu().numpy().astype(np.float64))
+        fitted = (kmeans.cluster_centers_, kmeans.labels_.astype(np.int64))
+    return workers.from_main(fitted)
 
 
 def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, seed: int,
-                         start_labels: np.ndarray | None = None, workers: Workers = SINGLE) -> np.ndarray:
-    """μ ← K-means (k-means++, ``kmeans_n_init`` restarts) on z, or, given ``start_labels``
-    (integers 0..K-1; −1 for a cell without a label, e.g. outside the sketch), the mean z of each label; β and 1/D0 from the initial distortion D0 (mean
+                         start_labels: np.ndarray | None = None, workers: Workers = SINGLE,
+                         kmeans: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """μ ← K-means on z (``kmeans``: a fit of :func:`latent_kmeans` already made on this net's
+    latent), or, given ``start_labels`` (integers 0..K-1; −1 for a cell without a label, e.g.
+    outside the sketch), the mean z of each label; β and 1/D0 from the initial distortion D0 (mean
     squared distance to the nearest centroid). Returns the nearest-centroid labels. With several
     ``workers`` every rank embeds all cells and rank 0's K-means is sent to the others."""
     workers.same_buffers(net)
     latent, _ = embed_all(net, x)
     if start_labels is None:
-        fitted = None
-        if workers.is_main:
-            kmeans = KMeans(net.n_clusters, n_init=schedule.kmeans_n_init, random_state=seed)
-            kmeans.fit(latent.cpu().numpy().astype(np.float64))
-            fitted = (kmeans.cluster_centers_, kmeans.labels_)
-        centers, kmeans_labels = workers.from_main(fitted)
+        centers, kmeans_labels = kmeans or latent_kmeans(latent, net.n_clusters, schedule, seed, workers)
         net.centroids.copy_(torch.as_tensor(centers, dtype=net.centroids.dtype))
     else:
         groups = torch.as_tensor(start_labels, device=latent.device)
@@ -186,7 +218,7 @@ def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, see
     net.distortion_scale.fill_(1.0 / distortion)
     net.beta.fill_(schedule.beta_scale / distortion)
     if start_labels is None:
-        return kmeans_labels.astype(np.int64)
+        return kmeans_labels
     return distances.argmin(dim=1).cpu().numpy().astype(np.int64)
 
 
@@ -241,31 +273,93 @@ def cluster(model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray, schedul
     return labels
 
 
-def train(net: SCCSANet, x: torch.Tensor, schedule: Schedule, *, seed: int = 0, progress: bool = True,
-          start_labels: np.ndarray | None = None, covariates: torch.Tensor | None = None,
-          workers: Workers = SINGLE) -> tuple[np.ndarray, History]:
-    """Run both stages on standardised inputs ``x`` (on the net's device); return labels and history.
-    ``start_labels`` (0..K-1 per row, −1: none) initialise μ as label means instead of K-means;
-    ``covariates`` (batch one-hot per row) feed a conditional decoder; ``workers``: the processes
-    ``torchrun`` started (each holds all of ``x`` and trains on its share)."""
+@dataclass
+class Start:
+    """One pretrained network, the generator that goes on into stage 2, and the K-means of its latent."""
+
+    net: SCCSANet
+    generator: torch.Generator
+    history: History
+    kmeans: tuple[np.ndarray, np.ndarray] | None = None
+    silhouette: float = float("nan")
+
+
+def pretrain_start(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: Schedule, seed: int,
+                   progress: bool, covariates: torch.Tensor | None, workers: Workers) -> Start:
+    """Stage 1 for one random start: a new network from ``make_net`` under ``seed``. The classifier
+    head is idle in stage 1, so it is frozen there and DDP has no unused parameters to look for."""
     seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
-    history = History()
+    net = make_net()
+    seed_everything(seed)
+    start = Start(net, torch.Generator().manual_seed(seed), History())
+    net.head.requires_grad_(False)
+    pretrain(workers.wrap(net), x, schedule, start.history, start.generator, progress, covariates, workers)
+    net.head.requires_grad_(True)
+    return start
+
+
+def score_start(start: Start, x: torch.Tensor, schedule: Schedule, seed: int, workers: Workers) -> None:
+    """K-means at K on the start's latent and the silhouette of that partition (on at most
+    ``silhouette_cells`` cells, drawn with ``seed``): the criterion that chooses among starts."""
+    workers.same_buffers(start.net)
+    latent, _ = embed_all(start.net, x)
+    start.kmeans = latent_kmeans(latent, start.net.n_clusters, schedule, seed, workers)
+    silhouette = None
+    if workers.is_main:
+        sample = schedule.silhouette_cells if latent.shape[0] > schedule.silhouette_cells else None
+        silhouette = float(silhouette_score(latent.cpu().numpy(), start.kmeans[1], sample_size=sample,
+                                            random_state=seed))
+    start.silhouette = workers.from_main(silhouette)
+
+
+def pretrain_best(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: Schedule, seed: int,
+                  progress: bool, covariates: torch.Tensor | None, workers: Workers) -> tuple[Start, History]:
+    """Stage 1 from ``pretrain_starts`` random starts; the start whose latent K-means partition
+    has the highest silhouette goes on (one start: that start, unscored)."""
+    best, summaries = None, []
+    for index in range(schedule.pretrain_starts):
+        started = time.perf_counter()
+        start = pretrain_start(make_net, x, schedule, start_seed(seed, index), progress, covariates, workers)
+        if schedule.pretrain_starts > 1:
+            score_start(start, x, schedule, seed, workers)
+            summaries.append({"start": index, "silhouette": start.silhouette,
+                              "reconstruction": start.history.pretrain[-1]["reconstruction"],
+                              "seconds": time.perf_counter() - started})
+            log.info("pretraining start %d: silhouette %.4f", index, start.silhouette)
+        if best is None or start.silhouette > best.silhouette:
+            best = start
+    history = best.history
+    history.starts = summaries
+    if summaries:
+        log.info("kept pretraining start %d of %d (highest silhouette)", summaries.index(
+            max(summaries, key=lambda item: item["silhouette"])), len(summaries))
+    return best, history
+
+
+def train(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: Schedule, *, seed: int = 0,
+          progress: bool = True, start_labels: np.ndarray | None = None, covariates: torch.Tensor | None = None,
+          workers: Workers = SINGLE) -> tuple[SCCSANet, np.ndarray, History]:
+    """Run both stages on standardised inputs ``x`` (on the device ``make_net``'s networks live on);
+    return the trained network, its labels and the history. ``start_labels`` (0..K-1 per row, −1:
+    none) initialise μ as label means instead of K-means; ``covariates`` (batch one-hot per row)
+    feed a conditional decoder; ``workers``: the processes ``torchrun`` started (each holds all
+    of ``x`` and trains on its share)."""
     progress = progress and workers.is_main
     started = time.perf_counter()
-    pretrain(workers.wrap(net, unused_parameters=True), x, schedule, history, generator, progress, covariates, workers)
+    best, history = pretrain_best(make_net, x, schedule, seed, progress, covariates, workers)
+    net = best.net
     history.seconds["pretrain"] = time.perf_counter() - started
     log.info("stage 1 (pretraining): %d epochs, reconstruction %.4f, %.1f s", len(history.pretrain),
              history.pretrain[-1]["reconstruction"], history.seconds["pretrain"])
     mark = time.perf_counter()
-    labels = initialise_centroids(net, x, schedule, seed, start_labels, workers)
+    labels = initialise_centroids(net, x, schedule, seed, start_labels, workers, best.kmeans)
     history.beta = float(net.beta)
     history.seconds["kmeans_init"] = time.perf_counter() - mark
     log.info("centroids from %s in %.1f s", "K-means" if start_labels is None else "label means",
              history.seconds["kmeans_init"])
     mark = time.perf_counter()
-    labels = cluster(workers.wrap(net), x, labels, schedule, history, generator, progress, covariates, workers)
+    labels = cluster(workers.wrap(net), x, labels, schedule, history, best.generator, progress, covariates, workers)
     history.seconds["cluster"] = time.perf_counter() - mark
     log.info("stage 2 (clustering): %d epochs, %s, %.1f s", len(history.cluster),
              "converged" if history.converged else "stopped at the epoch limit", history.seconds["cluster"])
-    return labels, history
+    return net, labels, history

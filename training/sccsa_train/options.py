@@ -116,6 +116,10 @@ OPTIONS: tuple[Option, ...] = (
            "hold only a subset of genes (default: the row sums). Serving then needs the same option or full-gene "
            "queries."),
     Option("pretrain_epochs", int, 60, "Stage 1 epochs.", low=1),
+    Option("pretrain_max_steps", int, 0, "Stage 1 stops after this many optimizer steps even before pretrain_epochs "
+           "(0: no limit), so large data do not pay for epochs they do not need.", low=0),
+    Option("pretrain_starts", int, 1, "Pretrain this many networks from different random starts and go on with the "
+           "one whose latent K-means partition has the highest silhouette (costs one stage 1 per start).", low=1),
     Option("cluster_epochs", int, 100, "Stage 2 maximum epochs (stops earlier when < tol of labels change).", low=0),
     Option("batch_size", int, 256, "Cells per mini-batch.", low=2),
     Option("lr", float, 1e-3, "Stage 1 learning rate.", low=0, low_open=True),

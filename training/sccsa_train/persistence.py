@@ -142,7 +142,8 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
     net.load_state_dict(torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     history_dict = fitted["history"]
     history = History(pretrain=history_dict["pretrain"], cluster=history_dict["cluster"],
-                      seconds=history_dict["seconds"], converged=history_dict["converged"], beta=history_dict["beta"])
+                      seconds=history_dict["seconds"], converged=history_dict["converged"], beta=history_dict["beta"],
+                      starts=history_dict.get("starts", []))  # models saved before starts existed have none
     model.net_ = net.eval()
     model.state_ = FittedState(
         n_clusters=fitted["n_clusters"], n_clusters_method=fitted["n_clusters_method"],
