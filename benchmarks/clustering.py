@@ -48,7 +48,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, finish, load, markdown_table, mean_sd, merge_records,
-                    read_records, score, seed_coverage, training_threads, write_json)
+                    read_records, score, seed_coverage, split_of, training_threads, write_json)
 from sccsa_infer import Predictor
 from sccsa_infer.metrics import label_accuracy
 from sccsa_train import SCCSA
@@ -62,9 +62,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "starts3": ({"pretrain_starts": 3, "pretrain_max_steps": 1000, "pretrain_epochs": 250},
                 "3 starts, ≤ 1000 steps"),
 }
-METHOD_ORDER = ["sccsa U", "sccsa S (label leakage)", "sccsa T (30 % query)",
-                *(f"sccsa U ({name})" for _, name in VARIANTS.values()),
-                *(f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values()),
+VARIANT_COLUMNS = [f"sccsa {protocol} ({name})" for protocol in ("U", "T (30 % query)") for _, name in VARIANTS.values()]
+METHOD_ORDER = ["sccsa U", "sccsa S (label leakage)", "sccsa T (30 % query)", *VARIANT_COLUMNS,
                 "leiden_res1", "leiden_k", "kmeans_pca", "scvi_kmeans", "scvi_leiden_k", "logreg T (30 % query)"]
 
 
@@ -224,9 +223,11 @@ def summarise(records: list[dict]) -> str:
     for metric in ("ari", "nmi", "acc", "seconds"):
         table = frame.pivot_table(index="dataset", columns="column", values=metric, aggfunc=mean_sd)[columns].fillna("–")
         dataset_means = frame.groupby(["column", "dataset"])[metric].mean().unstack(0)[columns]
-        core = dataset_means.dropna(subset=[c for c in columns if c not in COUNTS_ONLY])
+        partial = [*COUNTS_ONLY, *VARIANT_COLUMNS]  # columns that may cover only some datasets
+        core = dataset_means.dropna(subset=[c for c in columns if c not in partial])
         row = f"**mean over the {len(core)} datasets every method ran on**" + (
-            " (scVI: the count datasets among them, n)" if set(COUNTS_ONLY) & set(columns) else "")
+            " (scVI, candidate settings: the datasets among them they ran on, n)" if set(partial) & set(columns)
+            else "")
         table.loc[row] = [f"**{core[c].mean():.3f}**" + (f" ({core[c].count()})" if core[c].count() < len(core) else "")
                           for c in columns]
         title = {"ari": "ARI", "nmi": "NMI", "acc": "ACC (Hungarian)", "seconds": "Wall time (s)"}[metric]
@@ -234,6 +235,9 @@ def summarise(records: list[dict]) -> str:
     transfer = _transfer_table(frame)
     if transfer:
         parts.append(transfer)
+    candidates = _variant_comparison(frame)
+    if candidates:
+        parts.insert(0, candidates)
     seeds = sorted(frame["seed"].unique())
     best = _baseline_comparison(frame)
     intro = (f"{frame['dataset'].nunique()} datasets, seeds {', '.join(map(str, seeds))}. K = number of true "
@@ -269,13 +273,44 @@ def _transfer_table(frame: pd.DataFrame) -> str:
             + markdown_table(table))
 
 
+def _variant_comparison(frame: pd.DataFrame) -> str:
+    """Each candidate setting against the defaults (and K-means on PCA when it ran) on the datasets
+    it ran on, by half of benchmarks/split.json (a default is chosen on the tuning half and must
+    hold on the other)."""
+    means = frame.groupby(["column", "dataset"])["ari"].mean().unstack(0)
+    references = [c for c in ("sccsa U", "kmeans_pca") if c in means]
+    if "sccsa U" not in references:
+        return ""
+    rows = {}
+    for column in (c for c in VARIANT_COLUMNS if c in means and c.startswith("sccsa U")):
+        ran = means[[column, *references]].dropna()
+        for half in ("tuning", "confirmation"):
+            part = ran[[split_of(d) == half for d in ran.index]]
+            if len(part):
+                rows[f"{column}, {half} half"] = {
+                    "datasets": len(part), "mean ARI": f"{part[column].mean():.3f}",
+                    **{f"{c} (defaults)" if c == "sccsa U" else c: f"{part[c].mean():.3f}" for c in references},
+                    "candidate ahead of the defaults on": f"{int((part[column] > part['sccsa U']).sum())} of {len(part)}"}
+    if not rows:
+        return ""
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "candidate"
+    return ("## Candidate settings (`--variant`) against the defaults\n\nMean ARI over the datasets each "
+            "candidate ran on, by half of `benchmarks/split.json`, beside the defaults and K-means on PCA on the "
+            "same datasets. A candidate becomes a default only if it is ahead on both halves.\n\n"
+            + markdown_table(table))
+
+
 def _baseline_comparison(frame: pd.DataFrame) -> str:
     means = frame.groupby(["column", "dataset"])["ari"].mean().unstack(0)
     baselines = [c for c in ("leiden_res1", "leiden_k", "kmeans_pca") if c in means]
     if "sccsa U" not in means or not baselines:
         return ""
-    ours = [c for c in ("sccsa U", *(f"sccsa U ({name})" for _, name in VARIANTS.values())) if c in means]
-    common = means[[*ours, *baselines]].dropna()
+    covered = means[["sccsa U", *baselines]].dropna().index
+    # candidates that ran on only some of these datasets are compared in their own section
+    ours = ["sccsa U", *(c for c in VARIANT_COLUMNS if c.startswith("sccsa U") and c in means
+                         and means.loc[covered, c].notna().all())]
+    common = means.loc[covered, [*ours, *baselines]]
     best_name = max(baselines, key=lambda c: common[c].mean())
     wins = ", ".join(f"{c} on {int((common[c] > common[best_name]).sum())}" for c in ours)
     scvi = ""

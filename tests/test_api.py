@@ -151,6 +151,11 @@ def test_save_load_round_trip(fitted_model, synthetic, tmp_path):
     assert loaded.get_params() == fitted_model.get_params()
     assert loaded.state_.cluster_names == fitted_model.state_.cluster_names
     np.testing.assert_array_equal(loaded.state_.selector.get_support(), fitted_model.state_.selector.get_support())
+    assert loaded.history_.as_dict() == fitted_model.history_.as_dict()
+    saved = json.loads((path / "sccsa_model.json").read_text())
+    del saved["fitted"]["history"]["starts"]  # as written before pretraining starts were recorded
+    (path / "sccsa_model.json").write_text(json.dumps(saved))
+    assert SCCSA.load(path).history_.starts == []
     with pytest.raises(OutputError, match="already exists"):
         fitted_model.save(path)
     fitted_model.save(path, overwrite=True)  # replaces its own saved model

@@ -257,3 +257,19 @@ def test_k_estimate_page_reads_every_rule_and_merges_shards(tmp_path, monkeypatc
     page = out.with_suffix(".md").read_text()
     for title in ("## Estimates", "## With a batch column (donor)", "## Absolute error by rule and half"):
         assert title in page
+
+
+def test_candidate_settings_are_compared_with_the_defaults_by_half(monkeypatch):
+    clustering = script("clustering", monkeypatch)
+    scores = {("pollen_simlr_log", "sccsa"): 0.70, ("pollen_simlr_log", "sccsa_starts3"): 0.90,
+              ("yan_embryo_rpkm", "sccsa"): 0.90, ("yan_embryo_rpkm", "sccsa_starts3"): 0.80,
+              ("pollen_simlr_log", "kmeans_pca"): 0.60, ("yan_embryo_rpkm", "kmeans_pca"): 0.50,
+              ("goolam", "sccsa"): 0.95, ("goolam", "kmeans_pca"): 0.90}  # the candidate did not run on goolam
+    records = [{"dataset": dataset, "method": method, "protocol": "-" if method == "kmeans_pca" else "U",
+                "seed": 0, "ari": ari, "nmi": ari, "acc": ari, "seconds": 1.0}
+               for (dataset, method), ari in scores.items()]
+    page = clustering.summarise(records)
+    assert "| sccsa U (3 starts, ≤ 1000 steps), tuning half | 1 | 0.900 | 0.700 | 0.600 | 1 of 1 |" in page
+    assert "| sccsa U (3 starts, ≤ 1000 steps), confirmation half | 1 | 0.800 | 0.900 | 0.500 | 0 of 1 |" in page
+    # the headline compares only what ran on every dataset
+    assert "Mean ARI over the 3 datasets every one of these ran on: sccsa U 0.850, best baseline" in page

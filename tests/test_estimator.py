@@ -183,3 +183,51 @@ def test_init_labels_without_labels_uses_the_consensus_pseudo_labels(adata):
 def test_bad_init(adata, kwargs, message):
     with pytest.raises(InputDataError, match=message):
         SCCSA(**kwargs, **FAST_TRAINING).fit(adata)
+
+
+def test_pretraining_stops_at_its_step_budget(adata):
+    # 240 cells in batches of 64: 4 steps per epoch, so 10 steps end inside the third epoch.
+    model = SCCSA(3, n_genes=40, random_state=0, **{**FAST_TRAINING, "pretrain_max_steps": 10,
+                                                    "cluster_epochs": 0}).fit(adata)
+    pretrain = model.history_.pretrain
+    assert [h["steps"] for h in pretrain] == [4, 8, 10]
+    assert all(np.isfinite(h["reconstruction"]) for h in pretrain)
+
+
+def test_several_starts_keep_the_one_with_the_best_silhouette(adata, unsupervised):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    assert unsupervised.history_.starts == []  # one start: nothing to choose, nothing scored
+    model = SCCSA(3, n_genes=40, random_state=1, **{**FAST_TRAINING, "pretrain_starts": 3,
+                                                    "cluster_epochs": 0}).fit(adata)
+    starts = model.history_.starts
+    assert [s["start"] for s in starts] == [0, 1, 2] and len({s["silhouette"] for s in starts}) == 3
+    best = max(starts, key=lambda s: s["silhouette"])
+    assert model.history_.pretrain[-1]["reconstruction"] == best["reconstruction"]
+    # without stage 2 the kept network's latent is the pretrained one: its K-means partition scores best
+    latent = model.state_.latent.astype(np.float64)
+    labels = KMeans(3, n_init=20, random_state=1).fit_predict(latent)
+    assert silhouette_score(latent, labels) == pytest.approx(best["silhouette"], abs=1e-4)
+    np.testing.assert_array_equal(model.labels_, labels)
+    # the first start is the one-start run's network, so several starts never do worse by the criterion
+    assert starts[0]["reconstruction"] == pytest.approx(
+        SCCSA(3, n_genes=40, random_state=1, **{**FAST_TRAINING, "cluster_epochs": 0}).fit(adata)
+        .history_.pretrain[-1]["reconstruction"])
+
+
+def test_auto_k_and_the_pseudo_labels_share_one_pca(adata, monkeypatch):
+    import sccsa_train.estimator as estimator
+    import sccsa_train.n_clusters as n_clusters
+    import sccsa_train.pseudolabels as pseudolabels
+
+    calls, original = [], pseudolabels.standard_pcs
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    for module in (estimator, n_clusters, pseudolabels):
+        monkeypatch.setattr(module, "standard_pcs", counted)
+    model = SCCSA("auto", n_genes=40, random_state=0, **{**FAST_TRAINING, "cluster_epochs": 0}).fit(adata)
+    assert len(calls) == 1 and model.state_.pseudo_labels is not None

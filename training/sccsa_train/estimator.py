@@ -6,6 +6,8 @@ import logging
 import time
 import warnings
 from dataclasses import replace
+from functools import cache, partial
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ from .model import SCCSANet
 from .objective import ObjectiveWeights
 from .options import default, validate
 from .preprocess import MIN_CELLS_PER_GENE, expression_matrix, library_sizes, prepare
-from .pseudolabels import consensus_labels
+from .pseudolabels import consensus_labels, standard_pcs
 from .sketch import on_sketch, sketch_rows, to_all_cells
 
 log = logging.getLogger(__name__)
@@ -174,7 +176,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             user_labels = self._user_labels(adata, fit_rows)
             sketch = sketch_rows(len(fit_rows), self.random_state)  # None: all cells (up to SKETCH_CELLS)
             sketched = on_sketch(lognorm, sketch)
-            k, k_method = workers.from_main(self._resolve_k(sketched, len(fit_rows), user_labels)
+            pcs = cache(partial(standard_pcs, sketched, seed=self.random_state))  # for K and pseudo-labels, once
+            k, k_method = workers.from_main(self._resolve_k(sketched, len(fit_rows), user_labels, pcs)
                                             if workers.is_main else None)
             timings["preprocess"] = time.perf_counter() - started
             log.info("preprocessed %d cells × %d genes (%d pass QC); K=%d (%s) in %.1f s", len(fit_rows),
@@ -186,7 +189,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             init = self._init(batches is not None)
             if user_labels is None and (self.genes == "ftest" or init == "labels"):
                 codes = None if batches is None else on_sketch(batches.codes, sketch)
-                pseudo = workers.from_main(consensus_labels(sketched, k, seed=self.random_state, batches=codes).labels
+                pseudo = workers.from_main(consensus_labels(sketched, k, seed=self.random_state, batches=codes,
+                                                            pcs=pcs()).labels
                                            if workers.is_main else None)
                 selection_labels = pseudo
             selector = fit_selector(sketched, data.genes, self.n_genes, self.genes, selection_labels)
@@ -307,12 +311,15 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                         attention_dim=self.attention_dim, channels=tuple(self.channels), batch_norm=self.batch_norm,
                         n_covariates=n_batches)
 
-    def _resolve_k(self, lognorm: Any, n_cells: int, user_labels: np.ndarray | None) -> tuple[int, str]:
+    def _resolve_k(self, lognorm: Any, n_cells: int, user_labels: np.ndarray | None,
+                   pcs: Callable[[], np.ndarray]) -> tuple[int, str]:
+        """K as given, the number of reference labels, or estimated (``pcs``: the standard PCs of ``lognorm``)."""
         if self.n_clusters == "auto":
             if user_labels is not None:
                 k, method = len(np.unique(user_labels)), f"number of distinct {self.labels_key}"
             else:
-                k, method = n_clusters_estimation.estimate(lognorm, seed=self.random_state), n_clusters_estimation.METHOD
+                k = n_clusters_estimation.estimate(lognorm, seed=self.random_state, pcs=pcs())
+                method = n_clusters_estimation.METHOD
         else:
             k, method = int(self.n_clusters), "given"
         if k > n_cells:

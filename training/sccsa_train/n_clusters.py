@@ -53,10 +53,11 @@ def eigengap(eigenvalues: np.ndarray, max_k: int = MAX_K) -> int:
 
 
 def graph_spectra(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0, n_values: int = MAX_K + 1,
-                  batches: np.ndarray | None = None) -> list[np.ndarray]:
-    """The Laplacian spectrum of each of the ``N_NEIGHBORS`` graphs on the standard PCA
-    (Harmony-corrected by ``batches`` when given: measured for the K page, not used by ``estimate``)."""
-    pcs = standard_pcs(lognorm, seed=seed, batches=batches)[:, :N_PCS]
+                  batches: np.ndarray | None = None, pcs: np.ndarray | None = None) -> list[np.ndarray]:
+    """The Laplacian spectrum of each of the ``N_NEIGHBORS`` graphs on the standard PCA (``pcs``
+    when given; Harmony-corrected by ``batches`` when given: measured for the K page, not used by
+    ``estimate``)."""
+    pcs = (standard_pcs(lognorm, seed=seed, batches=batches) if pcs is None else pcs)[:, :N_PCS]
     return [laplacian_spectrum(neighbour_graph(pcs, seed=seed, n_neighbors=n).obsp["connectivities"], n_values)
             for n in N_NEIGHBORS]
 
@@ -66,13 +67,14 @@ def median_eigengap(spectra: list[np.ndarray], max_k: int = MAX_K) -> int:
     return max(2, int(np.round(np.median([eigengap(values, max_k) for values in spectra]))))
 
 
-def estimate(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0) -> int:
-    """K for log-normalised data (cells × genes); between 2 and ``MAX_K``.
+def estimate(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0, pcs: np.ndarray | None = None) -> int:
+    """K for log-normalised data (cells × genes); between 2 and ``MAX_K``. ``pcs``:
+    :func:`standard_pcs` of ``lognorm`` when the caller has them already.
 
     Batches are not corrected for: on the two multi-donor Baron sets the Harmony-corrected graph
     estimated K no better (benchmarks/results/k_estimate.md).
     """
-    spectra = graph_spectra(lognorm, seed=seed)
+    spectra = graph_spectra(lognorm, seed=seed, pcs=pcs)
     k = median_eigengap(spectra)
     log.info("estimated K = %d (%s; per graph: %s)", k, METHOD,
              ", ".join(str(eigengap(values)) for values in spectra))

@@ -135,7 +135,7 @@ def most_agreeing(ensemble: list[np.ndarray], k: int) -> np.ndarray:
 
 
 def consensus_labels(lognorm: sp.spmatrix | np.ndarray, k: int, *, seed: int = 0,
-                     batches: np.ndarray | None = None) -> Consensus:
+                     batches: np.ndarray | None = None, pcs: np.ndarray | None = None) -> Consensus:
     """Pseudo-labels with ``k`` groups from a K-means + Leiden ensemble (no ground truth used).
 
     Without ``batches``: K-means on the ensemble's membership matrix (today's default). With
@@ -143,8 +143,10 @@ def consensus_labels(lognorm: sp.spmatrix | np.ndarray, k: int, *, seed: int = 0
     member that agrees most with the others is chosen (:func:`most_agreeing`), since the
     membership K-means can merge and split types that every member keeps apart
     (benchmarks/results/pseudolabels.md); training then starts its centroids from these labels.
+    ``pcs``: :func:`standard_pcs` of ``lognorm`` (uncorrected) when the caller has them already.
     """
-    embedding = clustering_embedding(lognorm, seed=seed, batches=batches)
+    pcs = standard_pcs(lognorm, seed=seed) if pcs is None else pcs
+    embedding = neighbour_graph(pcs if batches is None else harmony_corrected(pcs, batches, seed=seed), seed=seed)
     pcs = embedding.obsm["X_pca"]
     ensemble = []
     for n_pcs in KMEANS_PCS:
