@@ -205,19 +205,19 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def write_markdown(path: Path, title: str, body: str, meta: dict[str, Any]) -> None:
-    """A results page: title, body, then how and where it was produced."""
+    """A results page: title, body, then how and where it was produced (the last line: where and
+    when it was measured, which the README quotes)."""
     again = meta.get("resummarised")
+    resummarised = (f" Page re-summarised from its records (nothing re-measured) by `{again['command']}` at commit "
+                    f"{again['git_commit']}, {again['date']}." if again else "")
     footer = (
         f"\n\nWritten by `{meta['command']}` (from the repository root, in `.venv`; benchmarks/README.md says "
-        "how to regenerate it).\n\n"
+        f"how to regenerate it).{resummarised}\n\n"
         f"Measured on {meta['machine']['cpu']} ({meta['machine']['cores']} cores, "
         f"{meta['machine']['memory_gib']} GiB, {_threads(meta['machine']['torch_threads'])}), "
         f"Python {meta['machine']['python']}, "
         f"commit {meta['machine']['git_commit']}, {meta['date']}.\n"
     )
-    if again:
-        footer += (f"\nPage re-summarised from those records (nothing re-measured) by `{again['command']}` at commit "
-                   f"{again['git_commit']}, {again['date']}.\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {title}\n\n{body}{footer}")
 

@@ -98,8 +98,14 @@ def test_merge_without_shards_only_rewrites_the_page(data_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(clustering, "SCCSA", no_training)
     (tmp_path / "clustering.md").unlink()
+    measured = json.loads((tmp_path / "clustering_meta.json").read_text())
     run(clustering, monkeypatch, "--out", str(out), "--merge")
-    assert len(records(out)) == 1 and "Label transfer" in (tmp_path / "clustering.md").read_text()
+    page = (tmp_path / "clustering.md").read_text()
+    assert len(records(out)) == 1 and "Label transfer" in page
+    # where and when the records were measured is kept; the re-summary is noted beside it
+    meta = json.loads((tmp_path / "clustering_meta.json").read_text())
+    assert meta["command"] == measured["command"] and meta["date"] == measured["date"]
+    assert "Page re-summarised from its records (nothing re-measured)" in page
 
 
 def test_scvi_rows_on_count_data_only(data_dir, monkeypatch):
