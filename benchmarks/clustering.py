@@ -62,7 +62,9 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "starts3": ({"pretrain_starts": 3, "pretrain_max_steps": 1000, "pretrain_epochs": 250},
                 "3 starts, ≤ 1000 steps"),
 }
-VARIANT_COLUMNS = [f"sccsa {protocol} ({name})" for protocol in ("U", "T (30 % query)") for _, name in VARIANTS.values()]
+VARIANT_U_COLUMNS = [f"sccsa U ({name})" for _, name in VARIANTS.values()]
+VARIANT_COLUMNS = [*VARIANT_U_COLUMNS, *(f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values())]
+PARTIAL_COLUMNS = (*COUNTS_ONLY, *VARIANT_COLUMNS)  # columns that may cover only some datasets
 METHOD_ORDER = ["sccsa U", "sccsa S (label leakage)", "sccsa T (30 % query)", *VARIANT_COLUMNS,
                 "leiden_res1", "leiden_k", "kmeans_pca", "scvi_kmeans", "scvi_leiden_k", "logreg T (30 % query)"]
 
@@ -223,10 +225,9 @@ def summarise(records: list[dict]) -> str:
     for metric in ("ari", "nmi", "acc", "seconds"):
         table = frame.pivot_table(index="dataset", columns="column", values=metric, aggfunc=mean_sd)[columns].fillna("–")
         dataset_means = frame.groupby(["column", "dataset"])[metric].mean().unstack(0)[columns]
-        partial = [*COUNTS_ONLY, *VARIANT_COLUMNS]  # columns that may cover only some datasets
-        core = dataset_means.dropna(subset=[c for c in columns if c not in partial])
+        core = dataset_means.dropna(subset=[c for c in columns if c not in PARTIAL_COLUMNS])
         row = f"**mean over the {len(core)} datasets every method ran on**" + (
-            " (scVI, candidate settings: the datasets among them they ran on, n)" if set(partial) & set(columns)
+            " (scVI, candidate settings: the datasets among them they ran on, n)" if set(PARTIAL_COLUMNS) & set(columns)
             else "")
         table.loc[row] = [f"**{core[c].mean():.3f}**" + (f" ({core[c].count()})" if core[c].count() < len(core) else "")
                           for c in columns]
@@ -282,7 +283,7 @@ def _variant_comparison(frame: pd.DataFrame) -> str:
     if "sccsa U" not in references:
         return ""
     rows = {}
-    for column in (c for c in VARIANT_COLUMNS if c in by_seed and c.startswith("sccsa U")):
+    for column in (c for c in VARIANT_U_COLUMNS if c in by_seed):
         ran = by_seed[[column, *references]].dropna().groupby("dataset").mean()  # the same seeds for all
         for half in ("tuning", "confirmation"):
             part = ran[[split_of(d) == half for d in ran.index]]
@@ -308,8 +309,7 @@ def _baseline_comparison(frame: pd.DataFrame) -> str:
         return ""
     covered = means[["sccsa U", *baselines]].dropna().index
     # candidates that ran on only some of these datasets are compared in their own section
-    ours = ["sccsa U", *(c for c in VARIANT_COLUMNS if c.startswith("sccsa U") and c in means
-                         and means.loc[covered, c].notna().all())]
+    ours = ["sccsa U", *(c for c in VARIANT_U_COLUMNS if c in means and means.loc[covered, c].notna().all())]
     common = means.loc[covered, [*ours, *baselines]]
     best_name = max(baselines, key=lambda c: common[c].mean())
     wins = ", ".join(f"{c} on {int((common[c] > common[best_name]).sum())}" for c in ours)

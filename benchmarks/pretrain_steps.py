@@ -162,13 +162,12 @@ def chosen_by_silhouette(rows: pd.DataFrame) -> float:
 def _starts_section(frame: pd.DataFrame, seeds: list[int]) -> str:
     """The seeds' pretrained networks read as the starts of one run with ``pretrain_starts`` = number
     of seeds: the ARI of the start the silhouette picks, beside the mean over starts."""
-    table, columns = {}, {}
+    table: dict[str, dict[str, Any]] = {}
     for budget, name in (("default_step", "default"), ("rule_step", "rule")):
-        columns[budget] = (f"{name}: mean of the starts", f"{name}: chosen by silhouette")
         for dataset, group in _pick(frame, budget).groupby("dataset"):
             row = table.setdefault(dataset, {"half": split_of(dataset)})
-            row[columns[budget][0]] = group["ari"].mean()
-            row[columns[budget][1]] = chosen_by_silhouette(group)
+            row[f"{name}: mean of the starts"] = group["ari"].mean()
+            row[f"{name}: chosen by silhouette"] = chosen_by_silhouette(group)
     out = pd.DataFrame.from_dict(table, orient="index").sort_values("half", ascending=False)
     for half in ("tuning", "confirmation"):
         part = out[out["half"] == half]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cache, partial
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             start_labels = (_start_labels(user_labels, k) if user_labels is not None
                             else to_all_cells(_start_labels(pseudo, k), sketch, len(fit_rows)))
         net, labels, history = train(make_net, x, self._schedule(), seed=self.random_state, progress=self.progress,
-                                start_labels=start_labels, covariates=covariates, workers=workers)
+                                     start_labels=start_labels, covariates=covariates, workers=workers)
         timings["train"] = time.perf_counter() - mark
 
         self._store(net, x, labels, data, fit_rows, adata.n_obs, history=history, timings=timings, n_clusters=k,

@@ -277,6 +277,7 @@ def cluster(model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray, schedul
 class Start:
     """One pretrained network, the generator that goes on into stage 2, and the K-means of its latent."""
 
+    index: int
     net: SCCSANet
     generator: torch.Generator
     history: History
@@ -284,14 +285,15 @@ class Start:
     silhouette: float = float("nan")
 
 
-def pretrain_start(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: Schedule, seed: int,
+def pretrain_start(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: Schedule, seed: int, index: int,
                    progress: bool, covariates: torch.Tensor | None, workers: Workers) -> Start:
-    """Stage 1 for one random start: a new network from ``make_net`` under ``seed``. The classifier
-    head is idle in stage 1, so it is frozen there and DDP has no unused parameters to look for."""
+    """Stage 1 for start ``index``: a new network from ``make_net`` under :func:`start_seed`. The
+    classifier head is idle in stage 1, so it is frozen there and DDP has no unused parameters to look for."""
+    seed = start_seed(seed, index)
     seed_everything(seed)
     net = make_net()
     seed_everything(seed)
-    start = Start(net, torch.Generator().manual_seed(seed), History())
+    start = Start(index, net, torch.Generator().manual_seed(seed), History())
     net.head.requires_grad_(False)
     pretrain(workers.wrap(net), x, schedule, start.history, start.generator, progress, covariates, workers)
     net.head.requires_grad_(True)
@@ -313,13 +315,13 @@ def score_start(start: Start, x: torch.Tensor, schedule: Schedule, seed: int, wo
 
 
 def pretrain_best(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: Schedule, seed: int,
-                  progress: bool, covariates: torch.Tensor | None, workers: Workers) -> tuple[Start, History]:
+                  progress: bool, covariates: torch.Tensor | None, workers: Workers) -> Start:
     """Stage 1 from ``pretrain_starts`` random starts; the start whose latent K-means partition
-    has the highest silhouette goes on (one start: that start, unscored)."""
+    has the highest silhouette goes on, its history listing every start (one start: that start, unscored)."""
     best, summaries = None, []
     for index in range(schedule.pretrain_starts):
         started = time.perf_counter()
-        start = pretrain_start(make_net, x, schedule, start_seed(seed, index), progress, covariates, workers)
+        start = pretrain_start(make_net, x, schedule, seed, index, progress, covariates, workers)
         if schedule.pretrain_starts > 1:
             score_start(start, x, schedule, seed, workers)
             summaries.append({"start": index, "silhouette": start.silhouette,
@@ -328,12 +330,10 @@ def pretrain_best(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: S
             log.info("pretraining start %d: silhouette %.4f", index, start.silhouette)
         if best is None or start.silhouette > best.silhouette:
             best = start
-    history = best.history
-    history.starts = summaries
+    best.history.starts = summaries
     if summaries:
-        log.info("kept pretraining start %d of %d (highest silhouette)", summaries.index(
-            max(summaries, key=lambda item: item["silhouette"])), len(summaries))
-    return best, history
+        log.info("kept pretraining start %d of %d (highest silhouette)", best.index, len(summaries))
+    return best
 
 
 def train(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: Schedule, *, seed: int = 0,
@@ -346,8 +346,8 @@ def train(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: Schedule,
     of ``x`` and trains on its share)."""
     progress = progress and workers.is_main
     started = time.perf_counter()
-    best, history = pretrain_best(make_net, x, schedule, seed, progress, covariates, workers)
-    net = best.net
+    best = pretrain_best(make_net, x, schedule, seed, progress, covariates, workers)
+    net, history = best.net, best.history
     history.seconds["pretrain"] = time.perf_counter() - started
     log.info("stage 1 (pretraining): %d epochs, reconstruction %.4f, %.1f s", len(history.pretrain),
              history.pretrain[-1]["reconstruction"], history.seconds["pretrain"])
