@@ -81,8 +81,8 @@ def trained_stages(adata, kind: str, k: int, seed: int) -> tuple[SCCSA, dict[str
     original = fit_module.initialise_centroids
 
     def capture(net, x, *args, **kwargs):  # called right after pretraining
-        captured["x"] = x
-        captured["sacc_pretrained"], captured["latent_pretrained"] = sacc_and_latent(net, x)
+        captured["x"] = x.dense()
+        captured["sacc_pretrained"], captured["latent_pretrained"] = sacc_and_latent(net, captured["x"])
         return original(net, x, *args, **kwargs)
 
     fit_module.initialise_centroids = capture

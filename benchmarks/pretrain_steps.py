@@ -55,7 +55,8 @@ def checkpoint_latents(adata, kind: str, k: int, seed: int,
     captured: dict[int, Any] = {}
     info: dict[str, int] = {}
 
-    def pretrain_only(make_net, x, schedule, *, seed=0, **_):
+    def pretrain_only(make_net, cells, schedule, *, seed=0, **_):
+        x = cells.dense()  # the small data of these pages fit in memory whole
         fit_module.seed_everything(seed)
         net = make_net()
         fit_module.seed_everything(seed)
@@ -76,7 +77,7 @@ def checkpoint_latents(adata, kind: str, k: int, seed: int,
                 optimizer.step()
                 step += 1
                 if step in wanted:
-                    latent, _ = fit_module.embed_all(net, x)
+                    latent, _ = fit_module.embed_all(net, cells)
                     with torch.no_grad():
                         net.eval()
                         mse = float(reconstruction_loss(net(x).reconstruction, x))

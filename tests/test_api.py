@@ -187,6 +187,15 @@ def test_partial_fit_goes_on_training_on_a_new_batch(fitted_model, tmp_path):
     assert fresh.n_clusters_ == 3  # an unfitted model is fitted
 
 
+def test_partial_fit_on_data_without_some_panel_genes_reads_them_as_zero(fitted_model, tmp_path):
+    batch = synthetic_counts(n_cells=150, seed=8)
+    missing = fitted_model.genes_[:2]
+    model = SCCSA.load(fitted_model.save(tmp_path / "saved")).partial_fit(batch[:, ~batch.var_names.isin(missing)].copy(), epochs=1)
+    assert len(model.labels_) == 150
+    counts = model.state_.panel_counts
+    assert counts.shape == (150, len(model.genes_)) and counts[:, :2].nnz == 0
+
+
 # scikit-learn's checks that apply to an estimator whose X is an AnnData of counts. The others fit
 # on bare float matrices (no gene names, negative and fractional values), which sccsa refuses by
 # design with an InputDataError that says so (see test_a_bare_matrix_is_refused_clearly).

@@ -148,11 +148,14 @@ def test_label_initialisation_puts_each_centroid_at_its_labels_mean_latent():
     import torch
 
     from sccsa_train.fit import Schedule, embed_all, initialise_centroids
+    from sccsa_train.genes import GenePanel
     from sccsa_train.model import SCCSANet
+    from sccsa_train.network_input import NetworkInput
 
     torch.manual_seed(0)
     net = SCCSANet(16, 3, latent_dim=4, attention_dim=8, channels=(4, 4, 4))
-    x = torch.randn(60, 16)
+    identity = GenePanel(genes=[f"g{i}" for i in range(16)], mean=np.zeros(16), std=np.ones(16), scores=np.ones(16))
+    x = NetworkInput(np.random.default_rng(0).normal(size=(60, 16)), identity)
     start = np.arange(60) % 3
     labels = initialise_centroids(net, x, Schedule(beta_scale=2.0), seed=0, start_labels=start)
     latent, _ = embed_all(net, x)
@@ -192,6 +195,21 @@ def test_pretraining_stops_at_its_step_budget(adata):
     pretrain = model.history_.pretrain
     assert [h["steps"] for h in pretrain] == [4, 8, 10]
     assert all(np.isfinite(h["reconstruction"]) for h in pretrain)
+
+
+def test_stage_2_stops_at_its_step_budget_after_updating_centroids_and_labels(adata):
+    # 4 steps per epoch: a budget of 6 ends inside the second epoch, which still updates μ and the labels.
+    import torch
+
+    capped = SCCSA(3, n_genes=40, random_state=0, **{**FAST_TRAINING, "cluster_epochs": 50, "tol": 0.0,
+                                                     "cluster_max_steps": 6}).fit(adata)
+    cluster = capped.history_.cluster
+    assert [h["steps"] for h in cluster] == [4, 6] and not capped.history_.converged
+    latent = torch.as_tensor(capped.state_.latent)
+    np.testing.assert_array_equal(capped.labels_, capped.net_.squared_distances(latent).argmin(1).numpy())
+    uncapped = SCCSA(3, n_genes=40, random_state=0, **{**FAST_TRAINING, "cluster_epochs": 2, "tol": 0.0}).fit(adata)
+    assert [h["steps"] for h in uncapped.history_.cluster] == [4, 8]  # 0: no budget
+    np.testing.assert_array_equal(capped.history_.cluster[0]["loss"], uncapped.history_.cluster[0]["loss"])
 
 
 def test_several_starts_keep_the_one_with_the_best_silhouette(adata, unsupervised):

@@ -40,13 +40,25 @@ def test_a_sketch_selects_genes_and_pseudo_labels_and_every_cell_is_trained_and_
     assert len(set(state.panel.genes) & set(whole.state_.panel.genes)) >= 0.8 * len(whole.state_.panel.genes)
 
 
-def test_the_input_built_in_blocks_equals_the_whole_panel_standardised():
-    from sccsa_train.genes import build_panel, fit_selector, standardised_panel
+def test_the_input_made_dense_per_batch_equals_the_whole_panel_standardised():
+    import torch
+
+    from sccsa_train.genes import build_panel, fit_selector
+    from sccsa_train.network_input import NetworkInput
     from sccsa_train.preprocess import prepare
 
     prepared = prepare(synthetic_counts(n_cells=100, n_genes=60, n_clusters=3, seed=1))
     selector = fit_selector(prepared.lognorm, prepared.genes, 30, "hvg", None)
     panel, values = build_panel(prepared.lognorm, prepared.genes, selector, "correlation")
-    blocks = standardised_panel(prepared.lognorm, prepared.genes, panel, block=7)
-    assert blocks.dtype == np.float32
-    np.testing.assert_array_equal(blocks, panel.standardise(values))
+    expected = panel.standardise(values)
+    x = NetworkInput.from_lognorm(prepared.lognorm, prepared.genes, panel)
+    assert len(x) == 100 and x.n_genes == 30
+    np.testing.assert_array_equal(x.dense().numpy(), expected)
+    np.testing.assert_array_equal(torch.cat(list(x.chunks(7))).numpy(), expected)
+    index = torch.tensor([5, 0, 99, 5])
+    np.testing.assert_array_equal(x.take(index).numpy(), expected[[5, 0, 99, 5]])
+    share = x[1::2]  # a view, as each of two torchrun processes takes its share
+    assert len(share) == 50
+    np.testing.assert_array_equal(share.dense().numpy(), expected[1::2])
+    np.testing.assert_array_equal(share.take(np.array([0, 3])).numpy(), expected[[1, 7]])
+    np.testing.assert_array_equal(share[::5].dense().numpy(), expected[1::10])

@@ -14,6 +14,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
@@ -40,9 +41,10 @@ from .fit import (
 from .batches import read_batches
 from .distributed import workers_from_environment
 from .fitted import FittedModel, FittedState
-from .genes import GenePanel, build_panel, fit_selector, standardised_panel
+from .genes import GenePanel, build_panel, fit_selector
 from .graph import ServingGraph
 from .model import SCCSANet
+from .network_input import NetworkInput
 from .objective import ObjectiveWeights
 from .options import default, validate
 from .preprocess import MIN_CELLS_PER_GENE, expression_matrix, library_sizes, prepare
@@ -92,6 +94,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         pretrain_max_steps: int = default("pretrain_max_steps"),
         pretrain_starts: int = default("pretrain_starts"),
         cluster_epochs: int = default("cluster_epochs"),
+        cluster_max_steps: int = default("cluster_max_steps"),
         batch_size: int = default("batch_size"),
         lr: float = default("lr"),
         cluster_lr: float = default("cluster_lr"),
@@ -124,6 +127,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.pretrain_max_steps = pretrain_max_steps
         self.pretrain_starts = pretrain_starts
         self.cluster_epochs = cluster_epochs
+        self.cluster_max_steps = cluster_max_steps
         self.batch_size = batch_size
         self.lr = lr
         self.cluster_lr = cluster_lr
@@ -140,7 +144,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
     def _schedule(self) -> Schedule:
         return Schedule(
             pretrain_epochs=self.pretrain_epochs, pretrain_max_steps=self.pretrain_max_steps,
-            pretrain_starts=self.pretrain_starts, cluster_epochs=self.cluster_epochs, batch_size=self.batch_size,
+            pretrain_starts=self.pretrain_starts, cluster_epochs=self.cluster_epochs,
+            cluster_max_steps=self.cluster_max_steps, batch_size=self.batch_size,
             pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, beta_scale=self.beta_scale,
             weights=ObjectiveWeights(kl=self.kl_weight, reconstruction=self.reconstruction_weight,
                                      latent_norm=self.latent_norm_weight),
@@ -165,7 +170,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                            total_counts_key=self.total_counts_key)
             fit_rows = np.flatnonzero(~data.empty_cells)
             batches = None if all_batches is None else all_batches.subset(fit_rows)
-            lognorm = data.lognorm[fit_rows]
+            lognorm = data.lognorm if len(fit_rows) == data.lognorm.shape[0] else data.lognorm[fit_rows]
             warn_duplicate_cells(adata.obs_names, "the training data")
             if self.n_genes > len(data.genes):
                 warnings.warn(
@@ -210,7 +215,10 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             return self._network(len(panel.genes), k, n_batches).to(device)
 
         covariates = None if batches is None else batches.one_hot().to(device)
-        x = torch.from_numpy(standardised_panel(lognorm, data.genes, panel)).to(device)
+        x = NetworkInput.from_lognorm(lognorm, data.genes, panel, device)
+        panel_counts = data.counts[:, _positions(data.all_genes, panel.genes)][fit_rows].tocsr()
+        total_counts = data.total_counts[fit_rows]
+        del data, lognorm, sketched, pcs  # all genes of all cells: training reads x alone (gigabytes at 10^6 cells)
         start_labels = None
         if init == "labels":  # the user's labels are known for every cell, pseudo-labels for the sketch
             start_labels = (_start_labels(user_labels, k) if user_labels is not None
@@ -219,8 +227,9 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                                      start_labels=start_labels, covariates=covariates, workers=workers)
         timings["train"] = time.perf_counter() - mark
 
-        self._store(net, x, labels, data, fit_rows, adata.n_obs, history=history, timings=timings, n_clusters=k,
-                    n_clusters_method=k_method, selector=selector, panel=panel,
+        self._store(net, x, labels, fit_rows, adata.n_obs, panel_counts=panel_counts, total_counts=total_counts,
+                    history=history, timings=timings, n_clusters=k, n_clusters_method=k_method, selector=selector,
+                    panel=panel,
                     cluster_names=_cluster_names(labels, user_labels, k),
                     pseudo_labels=None if pseudo is None else to_all_cells(pseudo, sketch, len(fit_rows)),
                     batches=None if batches is None else batches.sizes())
@@ -228,18 +237,18 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         log.info("fitted %d cells into %d clusters in %.1f s", len(fit_rows), k, timings["total"])
         return self
 
-    def _store(self, net: SCCSANet, x: torch.Tensor, labels: np.ndarray, data: Any, fit_rows: np.ndarray, n_obs: int,
+    def _store(self, net: SCCSANet, x: NetworkInput, labels: np.ndarray, fit_rows: np.ndarray, n_obs: int,
                *, panel: GenePanel, **kept: Any) -> None:
         """Keep what was learned: the network on the CPU, and the state export and the report read
-        (latents, α, per-cluster thresholds and the panel counts of the cells trained on)."""
+        (latents, α, per-cluster thresholds; ``kept``: the rest of :class:`FittedState`, e.g. the
+        panel counts and library sizes of the cells trained on)."""
         latent, alpha = embed_all(net, x)
         distance = net.squared_distances(latent).min(dim=1).values.sqrt().cpu().numpy()
         self.net_ = net.cpu().eval()
         self.state_ = FittedState(
             panel=panel, labels=labels, latent=latent.cpu().numpy(), alpha=alpha.cpu().numpy(),
             thresholds=_thresholds(distance, labels, net.n_clusters),
-            panel_counts=data.counts[fit_rows][:, _positions(data.all_genes, panel.genes)].tocsr(),
-            total_counts=data.total_counts[fit_rows], input_kind=self.input_kind, n_cells=len(fit_rows), **kept,
+            input_kind=self.input_kind, n_cells=len(fit_rows), **kept,
         )
         self._fit_rows = fit_rows
         self._n_obs = n_obs
@@ -262,13 +271,12 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                            min_cells=0)
         fit_rows = np.flatnonzero(~data.empty_cells)
         alignment = align_genes(data.genes, old.panel.genes, source="the data")
-        x_np = old.panel.standardise(alignment.take(data.lognorm[fit_rows]))
         device = resolve_device(self.device)
         workers = workers_from_environment(device)
         device = workers.device(device)
         seed_everything(self.random_state)
         net = self.net_.to(device)
-        x = torch.from_numpy(x_np).to(device)
+        x = NetworkInput(alignment.take(data.lognorm[fit_rows]), old.panel, device)
         batches = None
         if old.batches is not None:
             if self.batch_key is None:
@@ -285,7 +293,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                          self.progress and workers.is_main, None if batches is None else batches.one_hot().to(device),
                          workers)
         timings = dict(old.timings, partial_fit=time.perf_counter() - started)
-        self._store(net, x, labels, data, fit_rows, X.n_obs, history=history, timings=timings,
+        self._store(net, x, labels, fit_rows, X.n_obs, panel_counts=sp.csr_matrix(alignment.take(data.counts[fit_rows])),
+                    total_counts=data.total_counts[fit_rows], history=history, timings=timings,
                     n_clusters=old.n_clusters, n_clusters_method=old.n_clusters_method, selector=old.selector,
                     panel=old.panel, cluster_names=old.cluster_names, pseudo_labels=None, batches=old.batches)
         log.info("went on training on %d cells for %d epochs in %.1f s", len(fit_rows),

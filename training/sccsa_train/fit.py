@@ -32,6 +32,7 @@ from sccsa_infer.defaults import bar_disabled
 
 from .distributed import SINGLE, Workers, unwrap
 from .model import SCCSANet
+from .network_input import NetworkInput
 from .objective import (
     ObjectiveWeights,
     clustering_loss,
@@ -53,6 +54,7 @@ class Schedule:
     pretrain_max_steps: int = default("pretrain_max_steps")
     pretrain_starts: int = default("pretrain_starts")
     cluster_epochs: int = default("cluster_epochs")
+    cluster_max_steps: int = default("cluster_max_steps")
     batch_size: int = default("batch_size")
     pretrain_lr: float = default("lr")
     cluster_lr: float = default("cluster_lr")
@@ -121,13 +123,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 @torch.no_grad()
-def embed_all(net: SCCSANet, x: torch.Tensor, batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latent z and α of every row of ``x`` in evaluation mode."""
+def embed_all(net: SCCSANet, x: NetworkInput, batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent z and α of every row of ``x`` in evaluation mode, ``batch_size`` rows at a time."""
     was_training = net.training
     net.eval()
     latents, alphas = [], []
-    for start in range(0, x.shape[0], batch_size):
-        z, a = net.embed(x[start : start + batch_size])
+    for chunk in x.chunks(batch_size):
+        z, a = net.embed(chunk)
         latents.append(z)
         alphas.append(a)
     net.train(was_training)
@@ -153,7 +155,7 @@ def _rows(covariates: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor 
     return None if covariates is None else covariates[index]
 
 
-def pretrain(model: torch.nn.Module, x: torch.Tensor, schedule: Schedule, history: History,
+def pretrain(model: torch.nn.Module, x: NetworkInput, schedule: Schedule, history: History,
              generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None,
              workers: Workers = SINGLE) -> None:
     """Stage 1: reconstruction only (``model``: the network, inside DistributedDataParallel when
@@ -165,8 +167,8 @@ def pretrain(model: torch.nn.Module, x: torch.Tensor, schedule: Schedule, histor
     for epoch in tqdm(range(schedule.pretrain_epochs), desc="pretrain", unit="epoch", disable=bar_disabled(progress),
                       leave=False):
         started, total, seen = time.perf_counter(), 0.0, 0
-        for index in _batches(x.shape[0], schedule.batch_size, generator, workers):
-            batch = x[index]
+        for index in _batches(len(x), schedule.batch_size, generator, workers):
+            batch = x.take(index)
             out = model(batch, _rows(covariates, index))
             loss = reconstruction_loss(out.reconstruction, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -197,7 +199,7 @@ def latent_kmeans(latent: torch.Tensor, k: int, schedule: Schedule, seed: int,
     return workers.from_main(fitted)
 
 
-def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, seed: int,
+def initialise_centroids(net: SCCSANet, x: NetworkInput, schedule: Schedule, seed: int,
                          start_labels: np.ndarray | None = None, workers: Workers = SINGLE,
                          kmeans: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """μ ← K-means on z (``kmeans``: a fit of :func:`latent_kmeans` already made on this net's
@@ -222,24 +224,26 @@ def initialise_centroids(net: SCCSANet, x: torch.Tensor, schedule: Schedule, see
     return distances.argmin(dim=1).cpu().numpy().astype(np.int64)
 
 
-def cluster(model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray, schedule: Schedule, history: History,
+def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedule: Schedule, history: History,
             generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None,
             workers: Workers = SINGLE) -> np.ndarray:
-    """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change.
-    With several ``workers`` each rank embeds its share of the cells; the centroid statistics,
-    the label changes and, at the end, the labels are summed over ranks."""
+    """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change,
+    or after ``cluster_max_steps`` optimizer steps (the epoch they end in still updates μ and the
+    labels from every cell). With several ``workers`` each rank embeds its share of the cells;
+    the centroid statistics, the label changes and, at the end, the labels are summed over ranks."""
     net = unwrap(model)
     weights = schedule.weights
     optimizer = torch.optim.Adam(model.parameters(), lr=schedule.cluster_lr)
     bar = tqdm(range(schedule.cluster_epochs), desc="cluster", unit="epoch", disable=bar_disabled(progress),
                leave=False)
     labels = labels.copy()
+    steps, limit = 0, schedule.cluster_max_steps or None
     for epoch in bar:
         model.train()
         started = time.perf_counter()
         sums = np.zeros(4)
-        for index in _batches(x.shape[0], schedule.batch_size, generator, workers):
-            batch = x[index]
+        for index in _batches(len(x), schedule.batch_size, generator, workers):
+            batch = x.take(index)
             out = model(batch, _rows(covariates, index))
             distances = net.squared_distances(out.latent)
             resp = responsibilities(distances, net.beta)
@@ -251,19 +255,25 @@ def cluster(model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray, schedul
             loss.backward()
             optimizer.step()
             sums += np.array([float(t.detach()) for t in (loss, l1, l2, l3)]) * len(index)
+            steps += 1
+            if steps == limit:
+                break
         workers.same_buffers(net)
         latent, _ = embed_all(net, workers.share(x))
         net.centroids.copy_(update_centroids(latent, net.centroids, net.beta, workers.sum))
         new_labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy()
         changed = float(np.sum(new_labels != workers.share(labels)))
         workers.share(labels)[:] = new_labels
-        loss, l1, l2, l3, change = _epoch_means([*sums, changed], x.shape[0], workers)
+        loss, l1, l2, l3, change = _epoch_means([*sums, changed], len(x), workers)
         history.cluster.append({"epoch": epoch, "loss": loss, "l1": l1, "kl": l2, "reconstruction": l3,
-                                "label_change": change, "seconds": time.perf_counter() - started})
+                                "label_change": change, "steps": steps, "seconds": time.perf_counter() - started})
         bar.set_postfix(loss=f"{loss:.3f}", changed=f"{change:.2%}")
         log.debug("stage 2 epoch %d: loss %.4f, %.2f%% of labels changed", epoch, loss, 100 * change)
         if change < schedule.tol:
             history.converged = True
+            break
+        if steps == limit:
+            log.info("stage 2 reached its step budget (%d) in epoch %d", limit, epoch)
             break
     bar.close()
     if workers.size > 1:  # each rank holds the current labels of its own share of the cells
@@ -285,7 +295,7 @@ class Start:
     silhouette: float = float("nan")
 
 
-def pretrain_start(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: Schedule, seed: int, index: int,
+def pretrain_start(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, seed: int, index: int,
                    progress: bool, covariates: torch.Tensor | None, workers: Workers) -> Start:
     """Stage 1 for start ``index``: a new network from ``make_net`` under :func:`start_seed`. The
     classifier head is idle in stage 1, so it is frozen there and DDP has no unused parameters to look for."""
@@ -300,7 +310,7 @@ def pretrain_start(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: 
     return start
 
 
-def score_start(start: Start, x: torch.Tensor, schedule: Schedule, seed: int, workers: Workers) -> None:
+def score_start(start: Start, x: NetworkInput, schedule: Schedule, seed: int, workers: Workers) -> None:
     """K-means at K on the start's latent and the silhouette of that partition (on at most
     ``silhouette_cells`` cells, drawn with ``seed``): the criterion that chooses among starts."""
     workers.same_buffers(start.net)
@@ -314,7 +324,7 @@ def score_start(start: Start, x: torch.Tensor, schedule: Schedule, seed: int, wo
     start.silhouette = workers.from_main(silhouette)
 
 
-def pretrain_best(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: Schedule, seed: int,
+def pretrain_best(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, seed: int,
                   progress: bool, covariates: torch.Tensor | None, workers: Workers) -> Start:
     """Stage 1 from ``pretrain_starts`` random starts; the start whose latent K-means partition
     has the highest silhouette goes on, its history listing every start (one start: that start, unscored)."""
@@ -336,10 +346,11 @@ def pretrain_best(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: S
     return best
 
 
-def train(make_net: Callable[[], SCCSANet], x: torch.Tensor, schedule: Schedule, *, seed: int = 0,
+def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, *, seed: int = 0,
           progress: bool = True, start_labels: np.ndarray | None = None, covariates: torch.Tensor | None = None,
           workers: Workers = SINGLE) -> tuple[SCCSANet, np.ndarray, History]:
-    """Run both stages on standardised inputs ``x`` (on the device ``make_net``'s networks live on);
+    """Run both stages on the input ``x`` (made dense a batch at a time on the device
+    ``make_net``'s networks live on);
     return the trained network, its labels and the history. ``start_labels`` (0..K-1 per row, −1:
     none) initialise μ as label means instead of K-means; ``covariates`` (batch one-hot per row)
     feed a conditional decoder; ``workers``: the processes ``torchrun`` started (each holds all

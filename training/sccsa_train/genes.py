@@ -135,16 +135,3 @@ def build_panel(
     std[std == 0] = 1.0
     panel = GenePanel(genes=[genes[i] for i in chosen], mean=mean, std=std, scores=scores)
     return panel, values
-
-
-def standardised_panel(lognorm: sp.spmatrix, genes: list[str], panel: GenePanel, block: int = 65_536) -> np.ndarray:
-    """The network's input for every row of ``lognorm`` (cells × ``genes``): the panel's genes in
-    panel order, standardised, float32; built ``block`` cells at a time so that no dense float64
-    copy of all cells is ever made."""
-    index = {gene: i for i, gene in enumerate(genes)}
-    positions = [index[gene] for gene in panel.genes]
-    matrix = sp.csr_matrix(lognorm)
-    out = np.empty((matrix.shape[0], len(positions)), dtype=np.float32)
-    for start in range(0, matrix.shape[0], block):
-        out[start : start + block] = panel.standardise(matrix[start : start + block][:, positions].toarray())
-    return out

@@ -121,6 +121,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("pretrain_starts", int, 1, "Pretrain this many networks from different random starts and go on with the "
            "one whose latent K-means partition has the highest silhouette (costs one stage 1 per start).", low=1),
     Option("cluster_epochs", int, 100, "Stage 2 maximum epochs (stops earlier when < tol of labels change).", low=0),
+    Option("cluster_max_steps", int, 0, "Stage 2 stops after this many optimizer steps even before cluster_epochs "
+           "(0: no limit); the epoch it stops in still updates the centroids and labels from every cell.", low=0),
     Option("batch_size", int, 256, "Cells per mini-batch.", low=2),
     Option("lr", float, 1e-3, "Stage 1 learning rate.", low=0, low_open=True),
     Option("cluster_lr", float, 1e-4, "Stage 2 learning rate.", low=0, low_open=True),

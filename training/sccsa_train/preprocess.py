@@ -38,9 +38,10 @@ class TrainingMatrix:
 
 
 def expression_matrix(adata: ad.AnnData, layer: str | None) -> sp.csr_matrix:
-    """X or ``layers[layer]`` as a float32 CSR copy (the AnnData is never modified)."""
+    """X or ``layers[layer]`` as float32 CSR. When it already is one, its arrays are shared, not
+    copied (a second copy of a million cells' counts is gigabytes): read it, never modify it."""
     matrix, _ = matrix_and_genes(adata, layer=layer)
-    return sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    return sp.csr_matrix(matrix, dtype=np.float32)
 
 
 def normalize_log1p(counts: sp.csr_matrix, total_counts: np.ndarray | None = None,
@@ -101,7 +102,8 @@ def prepare(
             stacklevel=2,
         )
     lognorm = counts.copy() if input_kind == "lognorm" else normalize_log1p(counts, totals if total_counts_key else None)
-    expressed = np.asarray((counts[~empty] > 0).sum(axis=0)).ravel()
+    # cells expressing each gene (empty cells have no positive entries), without a copy of the matrix
+    expressed = np.bincount(counts.indices[counts.data > 0], minlength=counts.shape[1])
     keep = expressed >= min_cells
     if keep.sum() < 2:
         raise InputDataError(
@@ -111,7 +113,7 @@ def prepare(
     return TrainingMatrix(
         counts=counts,
         total_counts=totals,
-        lognorm=sp.csr_matrix(lognorm[:, keep]),
+        lognorm=lognorm if keep.all() else sp.csr_matrix(lognorm[:, keep]),
         genes=[g for g, k in zip(genes, keep) if k],
         all_genes=genes,
         cell_names=[str(c) for c in adata.obs_names],
