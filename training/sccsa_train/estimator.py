@@ -170,7 +170,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                            total_counts_key=self.total_counts_key)
             fit_rows = np.flatnonzero(~data.empty_cells)
             batches = None if all_batches is None else all_batches.subset(fit_rows)
-            lognorm = data.lognorm if len(fit_rows) == data.lognorm.shape[0] else data.lognorm[fit_rows]
+            lognorm = _rows_of(data.lognorm, fit_rows)
             warn_duplicate_cells(adata.obs_names, "the training data")
             if self.n_genes > len(data.genes):
                 warnings.warn(
@@ -216,7 +216,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
 
         covariates = None if batches is None else batches.one_hot().to(device)
         x = NetworkInput.from_lognorm(lognorm, data.genes, panel, device)
-        panel_counts = data.counts[:, _positions(data.all_genes, panel.genes)][fit_rows].tocsr()
+        panel_counts = _rows_of(data.counts[:, _positions(data.all_genes, panel.genes)], fit_rows)
         total_counts = data.total_counts[fit_rows]
         del data, lognorm, sketched, pcs  # all genes of all cells: training reads x alone (gigabytes at 10^6 cells)
         start_labels = None
@@ -485,6 +485,12 @@ def _cluster_names(labels: np.ndarray, user_labels: np.ndarray | None, k: int) -
         members = user_labels[labels == c]
         names.append(pd.Series(members).value_counts().index[0] if len(members) else f"cluster_{c}")
     return [str(n) for n in names]
+
+
+def _rows_of(matrix: sp.csr_matrix, fit_rows: np.ndarray) -> sp.csr_matrix:
+    """``matrix[fit_rows]`` (``fit_rows``: sorted distinct positions), or ``matrix`` itself when
+    they are all of its rows: a fancy row index copies the whole matrix (gigabytes at 10^6 cells)."""
+    return matrix if len(fit_rows) == matrix.shape[0] else matrix[fit_rows]
 
 
 def _positions(names: list[str], wanted: list[str]) -> list[int]:
