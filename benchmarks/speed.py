@@ -141,8 +141,9 @@ def write_csr_h5ad(path: Path, blocks: Iterable[sp.csr_matrix], genes: list[str]
             indices[size:] = part.indices
             indptr.append(part.indptr[1:].astype(np.int64) + written)
             written += part.nnz
-        if sum(len(p) for p in indptr[1:]) != len(obs):
-            raise ValueError(f"the blocks hold {sum(len(p) for p in indptr[1:])} cells but obs has {len(obs)} rows")
+        n_cells = sum(len(part) for part in indptr[1:])
+        if n_cells != len(obs):
+            raise ValueError(f"the blocks hold {n_cells} cells but obs has {len(obs)} rows")
         group.create_dataset("indptr", data=np.concatenate(indptr))
         write_elem(f, "obs", obs)
         write_elem(f, "var", pd.DataFrame(index=pd.Index(genes)))
@@ -420,15 +421,16 @@ def training_vs_scanpy(dataset: Path, work: Path, repeats: int = 3) -> list[dict
     pipeline (normalise, log1p, 2000 HVGs, scale, PCA, kNN graph, Leiden) on the same file, each
     in its own process, the runs alternating; medians of ``repeats``."""
     _, _, k, kind = load(dataset)
+    scanpy = "Scanpy: normalise, HVG, PCA, kNN, Leiden"
     commands = {"sccsa-train (default settings)": train_command(dataset, k, kind, work / "vs_scanpy"),
-                "Scanpy: normalise, HVG, PCA, kNN, Leiden": [sys.executable, "-c", SCANPY_PIPELINE, str(dataset)]}
+                scanpy: [sys.executable, "-c", SCANPY_PIPELINE, str(dataset)]}
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(repeats):
         for name, command in commands.items():
             with Timer() as timer:
                 _, cpu = run_with_rusage(command)
             samples[name].append((timer.seconds, cpu))
-    scanpy_cpu = statistics.median(cpu for _, cpu in samples["Scanpy: normalise, HVG, PCA, kNN, Leiden"])
+    scanpy_cpu = statistics.median(cpu for _, cpu in samples[scanpy])
     rows = []
     for name, values in samples.items():
         cpu = statistics.median(c for _, c in values)

@@ -216,7 +216,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
 
         covariates = None if batches is None else batches.one_hot().to(device)
         x = NetworkInput.from_lognorm(lognorm, data.genes, panel, device)
-        panel_counts = _rows_of(data.counts[:, _positions(data.all_genes, panel.genes)], fit_rows)
+        panel_counts = _rows_of(data.counts[:, panel.columns_in(data.all_genes)], fit_rows)
         total_counts = data.total_counts[fit_rows]
         del data, lognorm, sketched, pcs  # all genes of all cells: training reads x alone (gigabytes at 10^6 cells)
         start_labels = None
@@ -276,7 +276,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         device = workers.device(device)
         seed_everything(self.random_state)
         net = self.net_.to(device)
-        x = NetworkInput(alignment.take(data.lognorm[fit_rows]), old.panel, device)
+        x = NetworkInput(alignment.take(_rows_of(data.lognorm, fit_rows)), old.panel, device)
         batches = None
         if old.batches is not None:
             if self.batch_key is None:
@@ -293,7 +293,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                          self.progress and workers.is_main, None if batches is None else batches.one_hot().to(device),
                          workers)
         timings = dict(old.timings, partial_fit=time.perf_counter() - started)
-        self._store(net, x, labels, fit_rows, X.n_obs, panel_counts=sp.csr_matrix(alignment.take(data.counts[fit_rows])),
+        self._store(net, x, labels, fit_rows, X.n_obs, panel_counts=sp.csr_matrix(alignment.take(_rows_of(data.counts, fit_rows))),
                     total_counts=data.total_counts[fit_rows], history=history, timings=timings,
                     n_clusters=old.n_clusters, n_clusters_method=old.n_clusters_method, selector=old.selector,
                     panel=old.panel, cluster_names=old.cluster_names, pseudo_labels=None, batches=old.batches)
@@ -491,9 +491,3 @@ def _rows_of(matrix: sp.csr_matrix, fit_rows: np.ndarray) -> sp.csr_matrix:
     """``matrix[fit_rows]`` (``fit_rows``: sorted distinct positions), or ``matrix`` itself when
     they are all of its rows: a fancy row index copies the whole matrix (gigabytes at 10^6 cells)."""
     return matrix if len(fit_rows) == matrix.shape[0] else matrix[fit_rows]
-
-
-def _positions(names: list[str], wanted: list[str]) -> list[int]:
-    """Index of each of ``wanted`` in ``names``."""
-    where = {name: i for i, name in enumerate(names)}
-    return [where[name] for name in wanted]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -110,6 +111,11 @@ class GenePanel:
     std: np.ndarray
     scores: np.ndarray
     clip: float = CLIP
+
+    def columns_in(self, genes: Sequence[str]) -> list[int]:
+        """Position of each panel gene, in panel order, among ``genes`` (the columns of a matrix)."""
+        where = {gene: i for i, gene in enumerate(genes)}
+        return [where[gene] for gene in self.genes]
 
     def standardise(self, lognorm_panel: np.ndarray) -> np.ndarray:
         """(x − mean) / std, clipped to ±clip, float32."""

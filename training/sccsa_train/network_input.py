@@ -40,8 +40,7 @@ class NetworkInput:
                      device: torch.device | str = "cpu") -> NetworkInput:
         """The input for every row of ``lognorm`` (cells × ``genes``, log-normalised): the
         panel's columns, in panel order."""
-        index = {gene: i for i, gene in enumerate(genes)}
-        return cls(sp.csr_matrix(lognorm)[:, [index[gene] for gene in panel.genes]], panel, device)
+        return cls(sp.csr_matrix(lognorm)[:, panel.columns_in(genes)], panel, device)
 
     def __len__(self) -> int:
         return self.values.shape[0] if self.rows is None else len(self.rows)
