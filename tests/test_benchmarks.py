@@ -180,17 +180,16 @@ def test_speed_streams_each_size_to_both_outputs_and_times_cold_start(bundle_dir
 def test_graph_forms_count_the_autocorrelation_multiply_adds_and_time_both(fitted_model, monkeypatch, tmp_path):
     import scipy.sparse as sp
 
-    from sccsa_train.sacc import four_step_shape
+    from sccsa_train.sacc import four_step_macs
 
     speed = script("speed", monkeypatch)
     cells = synthetic_counts(n_cells=50, seed=4)
-    rows = speed.graph_forms(fitted_model, speed.INFER_BIN, sp.csr_matrix(cells.X), list(cells.var_names), 300,
+    rows = speed.graph_forms([fitted_model], speed.INFER_BIN, sp.csr_matrix(cells.X), list(cells.var_names), 300,
                              tmp_path, repeats=1)
     by_form = {row["form"]: row for row in rows}
     assert set(by_form) == {"four_step", "dense"} and all(r["cpu_seconds"] > 0 for r in rows)
     d = len(fitted_model.genes_)
-    n1, n2, r = four_step_shape(d)
-    four_step = n2 * r * 2 * n1 + (2 * n2) ** 2 * n1 + 2 * n2 * n2 * n1 + n2 * 2 * n1 * r
+    four_step = four_step_macs(d)
     # the rest of the graph is the same, so the counts differ by exactly the autocorrelation's
     assert by_form["dense"]["macs_per_cell"] - by_form["four_step"]["macs_per_cell"] == 3 * d * d - four_step
     assert "fewer multiply-adds" in speed.summarise({"graph_forms": rows})

@@ -105,6 +105,25 @@ def _gene_names_from_var(var: pd.DataFrame, gene_key: str | None, path: Path) ->
     return [str(g) for g in var[gene_key].astype(str)]
 
 
+class CSRGroup:
+    """A CSR matrix stored as an HDF5 group (``data``, ``indices``, ``indptr``: AnnData's and
+    Cell Ranger's encoding), read a block of rows at a time: ``indptr`` is read per block, not
+    cached whole (8 bytes a cell would make memory grow with the file). AnnData's backed
+    ``sparse_dataset`` reads the same rows but looks up scipy's installed version on every
+    block (anndata 0.12 with scipy ≥ 1.17), ~7 ms each, a tenth of the labelling time."""
+
+    def __init__(self, group: h5py.Group, shape: tuple[int, int]):
+        self.group = group
+        self.shape = shape
+
+    def __getitem__(self, rows: slice) -> sp.csr_matrix:
+        start, stop, _ = rows.indices(self.shape[0])
+        indptr = self.group["indptr"][start : stop + 1]
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        return sp.csr_matrix((self.group["data"][lo:hi], self.group["indices"][lo:hi], indptr - lo),
+                             shape=(stop - start, self.shape[1]))
+
+
 class H5adSource(CellSource):
     """An ``.h5ad`` file read in backed mode (X or a layer)."""
 
@@ -146,9 +165,7 @@ class H5adSource(CellSource):
             encoding = element.attrs.get("encoding-type", "")
             if encoding not in ("csr_matrix", "csc_matrix"):
                 raise InputDataError(f"{self.path}: {self.source_name} has unsupported encoding {encoding!r}.")
-            # CSR: indptr read per block, not cached whole (8 bytes a cell would make memory grow with the
-            # file); CSC is loaded whole anyway
-            backed = sparse_dataset(element, should_cache_indptr=encoding == "csc_matrix")
+            backed = sparse_dataset(element)
             shape = backed.shape
             if encoding == "csc_matrix":
                 warnings.warn(
@@ -159,7 +176,7 @@ class H5adSource(CellSource):
                 )
                 self.matrix = backed.to_memory().tocsr()
             else:
-                self.matrix = backed
+                self.matrix = CSRGroup(element, shape)
         self.n_obs = int(shape[0])
         if shape[1] != len(self.var_names):
             raise InputDataError(f"{self.path}: {self.source_name} has {shape[1]} columns but var has {len(self.var_names)}.")
@@ -219,12 +236,7 @@ class TenxH5Source(CellSource):
         self.n_obs = int(g["indptr"].shape[0]) - 1
 
     def _rows(self, start: int, stop: int) -> sp.csr_matrix:
-        indptr = self.group["indptr"][start : stop + 1]  # per block: memory does not grow with the file
-        lo, hi = int(indptr[0]), int(indptr[-1])
-        return sp.csr_matrix(
-            (self.group["data"][lo:hi], self.group["indices"][lo:hi], indptr - lo),
-            shape=(stop - start, len(self.var_names)),
-        )
+        return CSRGroup(self.group, (self.n_obs, len(self.var_names)))[start:stop]
 
     def close(self) -> None:
         self.file.close()

@@ -14,8 +14,8 @@ learned temperature keeps the scores bounded (|s| ≤ τ), so α varies per cell
 Training computes the autocorrelation with ``torch.fft``. ONNX Runtime's ``DFT`` operator is
 slower than plain matrix products, so the exported graph computes the same numbers with MatMuls:
 by default a four-step (Cooley–Tukey) factorisation of a length N = N1·N2 ≥ 2d − 1 transform
-(:func:`autocorrelation_four_step`, about a quarter of the multiply-adds of the dense form at
-d = 1000), or, for comparison (``form="dense"``), three dense d × d DFT matrices
+that computes only the bins a real signal does not mirror (:func:`autocorrelation_four_step`,
+fewer than an eighth of the multiply-adds of the dense form at d = 1000), or, for comparison (``form="dense"``), three dense d × d DFT matrices
 (:func:`autocorrelation_matmul`).
 """
 
@@ -64,37 +64,53 @@ def autocorrelation_matmul(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     return ((x @ cos).square() + (x @ sin).square()) @ inverse
 
 
-def four_step_shape(d: int) -> tuple[int, int, int]:
-    """(N1, N2, R) of the four-step transform for length-``d`` signals: N1·N2 ≥ 2d − 1 with N2 =
-    ⌈√(2d − 1)⌉ (any factors work, since every step is a matrix product), and the R = ⌈d / N2⌉
-    rows of the N1 × N2 arrangement that hold the signal (the rest is zero padding)."""
+def four_step_shape(d: int) -> tuple[int, int, int, int]:
+    """(N1, N2, R, H) of the four-step transform for length-``d`` signals: N = N1·N2 ≥ 2d − 1 with
+    N2 ≈ √(N/2) (any factors work, since every step is a matrix product; this split measured
+    fastest in ONNX Runtime at d = 1000), the R = ⌈d / N2⌉ rows of the N1 × N2 arrangement that
+    hold the signal (the rest is zero padding), and the H = ⌊N1/2⌋ + 1 first-step bins computed
+    (the others are complex conjugates of these, since the signal is real)."""
     n = 2 * d - 1
-    n2 = math.isqrt(n - 1) + 1
-    return -(-n // n2), n2, -(-d // n2)
+    n2 = max(1, round(math.sqrt(n / 2)))
+    n1 = -(-n // n2)
+    return n1, n2, -(-d // n2), n1 // 2 + 1
+
+
+def four_step_macs(d: int) -> int:
+    """Multiply-adds per cell of :func:`autocorrelation_four_step` (its four matrix products)."""
+    n1, n2, r, h = four_step_shape(d)
+    return 2 * n2 * r * h + (2 * n2) ** 2 * h + 2 * n2 * n2 * h + 2 * n2 * h * r
 
 
 def four_step_matrices(d: int) -> dict[str, np.ndarray]:
-    """Constants of :func:`autocorrelation_four_step` (float32), for N = N1·N2, ω_M = e^{−2πi/M}:
+    """Constants of :func:`autocorrelation_four_step` (float32), for N = N1·N2, ω_M = e^{−2πi/M},
+    signal index n = N2·n1 + n2 and bin k = k1 + N1·k2 with k1 < H only:
 
-    ``rows`` [N2, R, 2·N1]: ω_N1^{n1·k1}·ω_N^{n2·k1} (real | imaginary), the first transform over
+    ``rows`` [2, N2, R, H]: ω_N1^{n1·k1}·ω_N^{n2·k1} (real; imaginary), the first transform over
     n1 with its twiddle folded in, one matrix per n2; ``columns`` [2·N2, 2·N2]: the transform over
-    n2 acting on stacked (real; imaginary) rows; ``back`` [2·N2, N2]: the first transform of the
-    (real, symmetric) power spectrum back; ``out`` [N2, 2·N1, R]: the last transform with its
-    twiddle, real part only, scaled by 1/(N·d), one matrix per output column m2."""
-    n1, n2, r = four_step_shape(d)
+    n2 acting on stacked (real; imaginary) rows; ``back`` [2·N2, N2]: the inverse transform over k2
+    of the (real) power spectrum, (real; imaginary); ``out`` [2, N2, H, R]: the inverse transform
+    over k1 with its twiddle, real part only, one matrix per output column m2, scaled by 1/(N·d)
+    and by 2 for the bins that stand for their conjugate too (all but k1 = 0 and k1 = N1/2)."""
+    n1, n2, r, h = four_step_shape(d)
     n = n1 * n2
     tau = 2.0 * np.pi
+    k1 = np.arange(h)
     col = np.arange(n2)[:, None, None]
-    angle = tau * ((np.arange(r)[None, :, None] * np.arange(n1)[None, None, :]) % n1) / n1 \
-        + tau * ((col * np.arange(n1)[None, None, :]) % n) / n
-    rows = np.concatenate([np.cos(angle), -np.sin(angle)], axis=2)
+    angle = (tau * ((np.arange(r)[None, :, None] * k1[None, None, :]) % n1) / n1
+             + tau * ((col * k1[None, None, :]) % n) / n)                                   # [n2, n1 < R, k1]
+    rows = np.stack([np.cos(angle), -np.sin(angle)])
     inner = tau * ((np.arange(n2)[:, None] * np.arange(n2)[None, :]) % n2) / n2
     cos, sin = np.cos(inner), np.sin(inner)
     columns = np.block([[cos, sin], [-sin, cos]])
-    back = np.concatenate([cos, -sin], axis=0)
-    k1 = np.arange(n1)[None, :, None]
-    angle = -(tau * ((k1 * np.arange(r)[None, None, :]) % n1) / n1 + tau * ((k1 * col) % n) / n)
-    out = np.concatenate([np.cos(angle), -np.sin(angle)], axis=1) / (n * d)
+    back = np.concatenate([cos, sin], axis=0)
+    weight = np.full(h, 2.0)
+    weight[0] = 1.0
+    if n1 % 2 == 0:
+        weight[-1] = 1.0
+    angle = (tau * ((k1[None, :, None] * np.arange(r)[None, None, :]) % n1) / n1
+             + tau * ((col * k1[None, :, None]) % n) / n)                                   # [m2, k1, m1 < R]
+    out = np.stack([np.cos(angle), -np.sin(angle)]) * (weight[:, None] / (n * d))
     return {name: m.astype(np.float32) for name, m in
             (("rows", rows), ("columns", columns), ("back", back), ("out", out))}
 
@@ -102,18 +118,18 @@ def four_step_matrices(d: int) -> dict[str, np.ndarray]:
 def autocorrelation_four_step(x: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, back: torch.Tensor,
                               out: torch.Tensor) -> torch.Tensor:
     """The autocorrelation through a length-N DFT split as N = N1·N2 (index n = N2·n1 + n2, bin
-    k = k1 + N1·k2): a batched MatMul over n1 (twiddles folded in), one over n2, the power
-    spectrum, and the same two steps back (real part only). Matrices from :func:`four_step_matrices`."""
+    k = k1 + N1·k2): a batched MatMul over n1 (twiddles folded in) for the first half of the k1
+    bins only, one over n2, the power spectrum, and the same two steps back (real part only,
+    the missing bins counted through their conjugates). Real and imaginary parts stay stacked on
+    the leading axis, so no step transposes the spectrum. Matrices from :func:`four_step_matrices`."""
     batch, d = x.shape
-    n2, r, two_n1 = rows.shape
-    n1 = two_n1 // 2
-    signal = F.pad(x, (0, r * n2 - d)).reshape(batch, r, n2).permute(2, 0, 1)             # [n2, cells, n1]
-    spectrum = (signal @ rows).reshape(n2, batch, 2, n1).permute(2, 0, 1, 3).reshape(2 * n2, batch * n1)
-    spectrum = columns @ spectrum                                                           # (re; im) rows k2
-    power = spectrum[:n2].square() + spectrum[n2:].square()                                 # [k2, cells · k1]
-    half = (back @ power).reshape(2, n2, batch, n1).permute(1, 2, 0, 3).reshape(n2, batch, 2 * n1)
-    lags = half @ out                                                                       # [m2, cells, m1]
-    return lags.permute(1, 2, 0).reshape(batch, r * n2)[:, :d]
+    _, n2, r, h = rows.shape
+    signal = F.pad(x, (0, r * n2 - d)).reshape(batch, r, n2).permute(2, 0, 1)              # [n2, cells, n1]
+    spectrum = columns @ (signal @ rows).reshape(2 * n2, batch * h)                         # (re; im) rows k2
+    squared = spectrum * spectrum
+    power = squared[:n2] + squared[n2:]                                                     # [k2, cells · k1]
+    parts = (back @ power).reshape(2, n2, batch, h) @ out                                   # (re; im) [m2, cells, m1]
+    return (parts[0] + parts[1]).permute(1, 2, 0).reshape(batch, r * n2)[:, :d]
 
 
 class SACC(nn.Module):
