@@ -43,15 +43,26 @@ class GeneAlignment:
                 f"Expected {self.n_query_genes} gene columns, got {matrix.shape[1]}; "
                 "the matrix does not match the gene names it came with."
             )
+        if sp.issparse(matrix):
+            return self.take_csr(matrix).toarray()
         present = np.flatnonzero(self.source_index >= 0)
-        if not sp.issparse(matrix):
-            out = np.zeros((matrix.shape[0], len(self.panel)), dtype=np.float32)
-            out[:, present] = np.asarray(matrix)[:, self.source_index[present]]
-            return out
-        sub = sp.csr_matrix(matrix)[:, self.source_index[present]]  # columns = present panel genes, in order
+        out = np.zeros((matrix.shape[0], len(self.panel)), dtype=np.float32)
+        out[:, present] = np.asarray(matrix)[:, self.source_index[present]]
+        return out
+
+    def take_csr(self, matrix: sp.spmatrix) -> sp.csr_matrix:
+        """The panel's columns of a sparse ``matrix`` as float32 CSR, still sparse (checks then
+        scan only the stored values, and training keeps large data sparse)."""
+        if matrix.shape[1] != self.n_query_genes:
+            raise InputDataError(
+                f"Expected {self.n_query_genes} gene columns, got {matrix.shape[1]}; "
+                "the matrix does not match the gene names it came with."
+            )
+        present = np.flatnonzero(self.source_index >= 0)
+        sub = sp.csr_matrix(matrix, dtype=np.float32)[:, self.source_index[present]]  # present panel genes, in order
         if len(present) < len(self.panel):  # move them to their panel positions; missing ones stay zero
             sub = sp.csr_matrix((sub.data, present[sub.indices], sub.indptr), shape=(sub.shape[0], len(self.panel)))
-        return sub.toarray().astype(np.float32, copy=False)
+        return sub
 
 
 def align_genes(

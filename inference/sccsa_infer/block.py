@@ -44,9 +44,10 @@ class BlockLabeller:
         if block.ndim != 2:
             raise InputDataError(f"Expected a cells × genes matrix, got an array of shape {block.shape}.")
         totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
-        panel = self.alignment.take(block)
+        panel = self.alignment.take_csr(block) if sp.issparse(block) else self.alignment.take(block)
         check_block(block, panel, totals, self.input_kind, panel_genes=self.alignment.panel, row_offset=row_offset,
                     source=source)
+        panel = panel.toarray() if sp.issparse(panel) else panel
         if total_counts is not None:
             totals = check_library_sizes(total_counts, totals, "total_counts")
         raw = self.run(panel, totals)

@@ -276,7 +276,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         device = workers.device(device)
         seed_everything(self.random_state)
         net = self.net_.to(device)
-        x = NetworkInput(alignment.take(_rows_of(data.lognorm, fit_rows)), old.panel, device)
+        x = NetworkInput(alignment.take_csr(_rows_of(data.lognorm, fit_rows)), old.panel, device)
         batches = None
         if old.batches is not None:
             if self.batch_key is None:
@@ -293,7 +293,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                          self.progress and workers.is_main, None if batches is None else batches.one_hot().to(device),
                          workers)
         timings = dict(old.timings, partial_fit=time.perf_counter() - started)
-        self._store(net, x, labels, fit_rows, X.n_obs, panel_counts=sp.csr_matrix(alignment.take(_rows_of(data.counts, fit_rows))),
+        self._store(net, x, labels, fit_rows, X.n_obs, panel_counts=alignment.take_csr(_rows_of(data.counts, fit_rows)),
                     total_counts=data.total_counts[fit_rows], history=history, timings=timings,
                     n_clusters=old.n_clusters, n_clusters_method=old.n_clusters_method, selector=old.selector,
                     panel=old.panel, cluster_names=old.cluster_names, pseudo_labels=None, batches=old.batches)
