@@ -62,3 +62,41 @@ def test_the_input_made_dense_per_batch_equals_the_whole_panel_standardised():
     np.testing.assert_array_equal(share.dense().numpy(), expected[1::2])
     np.testing.assert_array_equal(share.take(np.array([0, 3])).numpy(), expected[[1, 7]])
     np.testing.assert_array_equal(share[::5].dense().numpy(), expected[1::10])
+
+
+def test_latent_kmeans_beyond_its_cell_limit_fits_a_sample_and_assigns_every_cell():
+    import torch
+
+    from sccsa_train.fit import Schedule, latent_kmeans
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 300)
+    latent = torch.from_numpy(rng.normal(size=(900, 4)) + 8.0 * np.eye(3, 4)[truth]).float()
+    centres, labels = latent_kmeans(latent, 3, Schedule(kmeans_n_init=3, kmeans_cells=90), seed=0)
+    full_centres, full_labels = latent_kmeans(latent, 3, Schedule(kmeans_n_init=3), seed=0)
+    assert labels.shape == (900,) and adjusted_rand_score(truth, labels) == 1.0
+    assert adjusted_rand_score(full_labels, labels) == 1.0
+    # the centres are those of the 90 sampled cells, not of all 900
+    assert not np.allclose(np.sort(centres, axis=0), np.sort(full_centres, axis=0))
+    np.testing.assert_array_equal(labels, ((latent.numpy()[:, None] - centres[None]) ** 2).sum(-1).argmin(1))
+
+
+def test_stage_two_returns_the_embedding_a_fresh_pass_of_the_trained_network_gives():
+    import torch
+
+    from sccsa_train.fit import History, Schedule, cluster, embed_all, initialise_centroids
+    from sccsa_train.genes import GenePanel
+    from sccsa_train.model import SCCSANet
+    from sccsa_train.network_input import NetworkInput
+
+    torch.manual_seed(0)
+    net = SCCSANet(16, 3, latent_dim=4, attention_dim=8, channels=(4, 4, 4))
+    identity = GenePanel(genes=[f"g{i}" for i in range(16)], mean=np.zeros(16), std=np.ones(16), scores=np.ones(16))
+    x = NetworkInput(np.random.default_rng(0).normal(size=(90, 16)), identity)
+    schedule = Schedule(cluster_epochs=3, batch_size=32, tol=0.0, kmeans_n_init=2)
+    labels = initialise_centroids(net, x, schedule, seed=0)
+    labels, (latent, alpha) = cluster(net, x, labels, schedule, History(), torch.Generator().manual_seed(0),
+                                      progress=False)
+    fresh_latent, fresh_alpha = embed_all(net, x)
+    assert torch.equal(latent, fresh_latent) and torch.equal(alpha, fresh_alpha)
+    np.testing.assert_array_equal(labels, net.squared_distances(latent).argmin(1).numpy())

@@ -29,6 +29,7 @@ from sccsa_infer.validate import complete_obs_strings, warn_duplicate_cells
 
 from . import n_clusters as n_clusters_estimation
 from .fit import (
+    Embedding,
     History,
     Schedule,
     cluster,
@@ -223,11 +224,11 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         if init == "labels":  # the user's labels are known for every cell, pseudo-labels for the sketch
             start_labels = (_start_labels(user_labels, k) if user_labels is not None
                             else to_all_cells(_start_labels(pseudo, k), sketch, len(fit_rows)))
-        net, labels, history = train(make_net, x, self._schedule(), seed=self.random_state, progress=self.progress,
+        net, labels, history, embedding = train(make_net, x, self._schedule(), seed=self.random_state, progress=self.progress,
                                      start_labels=start_labels, covariates=covariates, workers=workers)
         timings["train"] = time.perf_counter() - mark
 
-        self._store(net, x, labels, fit_rows, adata.n_obs, panel_counts=panel_counts, total_counts=total_counts,
+        self._store(net, x, labels, fit_rows, adata.n_obs, embedding, panel_counts=panel_counts, total_counts=total_counts,
                     history=history, timings=timings, n_clusters=k, n_clusters_method=k_method, selector=selector,
                     panel=panel,
                     cluster_names=_cluster_names(labels, user_labels, k),
@@ -238,11 +239,12 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _store(self, net: SCCSANet, x: NetworkInput, labels: np.ndarray, fit_rows: np.ndarray, n_obs: int,
-               *, panel: GenePanel, **kept: Any) -> None:
+               embedding: Embedding | None, *, panel: GenePanel, **kept: Any) -> None:
         """Keep what was learned: the network on the CPU, and the state export and the report read
         (latents, α, per-cluster thresholds; ``kept``: the rest of :class:`FittedState`, e.g. the
-        panel counts and library sizes of the cells trained on)."""
-        latent, alpha = embed_all(net, x)
+        panel counts and library sizes of the cells trained on). ``embedding``: stage 2's last
+        embedding of every cell, when training returned one; otherwise it is computed here."""
+        latent, alpha = embedding if embedding is not None else embed_all(net, x)
         distance = net.squared_distances(latent).min(dim=1).values.sqrt().cpu().numpy()
         self.net_ = net.cpu().eval()
         self.state_ = FittedState(
@@ -289,11 +291,11 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         history = History(pretrain=list(old.history.pretrain), cluster=list(old.history.cluster),
                           beta=old.history.beta, seconds=dict(old.history.seconds))
         generator = torch.Generator().manual_seed(self.random_state)
-        labels = cluster(workers.wrap(net), x, labels, schedule, history, generator,
+        labels, embedding = cluster(workers.wrap(net), x, labels, schedule, history, generator,
                          self.progress and workers.is_main, None if batches is None else batches.one_hot().to(device),
                          workers)
         timings = dict(old.timings, partial_fit=time.perf_counter() - started)
-        self._store(net, x, labels, fit_rows, X.n_obs, panel_counts=alignment.take_csr(_rows_of(data.counts, fit_rows)),
+        self._store(net, x, labels, fit_rows, X.n_obs, embedding, panel_counts=alignment.take_csr(_rows_of(data.counts, fit_rows)),
                     total_counts=data.total_counts[fit_rows], history=history, timings=timings,
                     n_clusters=old.n_clusters, n_clusters_method=old.n_clusters_method, selector=old.selector,
                     panel=old.panel, cluster_names=old.cluster_names, pseudo_labels=None, batches=old.batches)

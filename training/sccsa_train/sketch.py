@@ -19,14 +19,15 @@ log = logging.getLogger(__name__)
 SKETCH_CELLS = 50_000
 
 
-def sketch_rows(n_cells: int, seed: int, max_cells: int | None = None) -> np.ndarray | None:
+def sketch_rows(n_cells: int, seed: int, max_cells: int | None = None,
+                purpose: str = "gene selection and pseudo-labels") -> np.ndarray | None:
     """Sorted positions of the sketched cells (``max_cells``, default :data:`SKETCH_CELLS`), or
-    None when all ``n_cells`` fit in the sketch."""
+    None when all ``n_cells`` fit in the sketch; ``purpose`` names what runs on it in the log."""
     max_cells = SKETCH_CELLS if max_cells is None else max_cells
     if n_cells <= max_cells:
         return None
     rows = np.sort(np.random.default_rng(seed).choice(n_cells, size=max_cells, replace=False))
-    log.info("gene selection and pseudo-labels on a sketch of %d of %d cells", max_cells, n_cells)
+    log.info("%s on a sketch of %d of %d cells", purpose, max_cells, n_cells)
     return rows
 
 
