@@ -203,7 +203,8 @@ def latent_kmeans(latent: torch.Tensor, k: int, schedule: Schedule, seed: int,
     """Centres and labels of K-means (k-means++, ``kmeans_n_init`` restarts) on ``latent``,
     computed by rank 0 and sent to the other ranks. Beyond ``kmeans_cells`` cells the centres
     come from a random sample of that many (seeded, as the gene selection's sketch) and every
-    cell gets its nearest centre: 20 restarts on 10⁶ latents took two minutes."""
+    cell gets its nearest centre, so the restarts cost the same at any size (20 restarts on 10⁶
+    ten-dimensional points took ~9 s in a development run, on 50,000 of them ~1 s)."""
     fitted = None
     if workers.is_main:
         values = latent.cpu().numpy().astype(np.float64)
