@@ -36,15 +36,18 @@ class GeneAlignment:
     def missing_genes(self) -> list[str]:
         return [g for g, i in zip(self.panel, self.source_index) if i < 0]
 
-    def take(self, matrix: np.ndarray | sp.spmatrix) -> np.ndarray:
-        """The panel's columns of ``matrix`` (cells × query genes) as dense float32, zero-filled."""
+    def _check_columns(self, matrix: np.ndarray | sp.spmatrix) -> None:
         if matrix.shape[1] != self.n_query_genes:
             raise InputDataError(
                 f"Expected {self.n_query_genes} gene columns, got {matrix.shape[1]}; "
                 "the matrix does not match the gene names it came with."
             )
+
+    def take(self, matrix: np.ndarray | sp.spmatrix) -> np.ndarray:
+        """The panel's columns of ``matrix`` (cells × query genes) as dense float32, zero-filled."""
         if sp.issparse(matrix):
             return self.take_csr(matrix).toarray()
+        self._check_columns(matrix)
         present = np.flatnonzero(self.source_index >= 0)
         out = np.zeros((matrix.shape[0], len(self.panel)), dtype=np.float32)
         out[:, present] = np.asarray(matrix)[:, self.source_index[present]]
@@ -53,11 +56,7 @@ class GeneAlignment:
     def take_csr(self, matrix: sp.spmatrix) -> sp.csr_matrix:
         """The panel's columns of a sparse ``matrix`` as float32 CSR, still sparse (checks then
         scan only the stored values, and training keeps large data sparse)."""
-        if matrix.shape[1] != self.n_query_genes:
-            raise InputDataError(
-                f"Expected {self.n_query_genes} gene columns, got {matrix.shape[1]}; "
-                "the matrix does not match the gene names it came with."
-            )
+        self._check_columns(matrix)
         present = np.flatnonzero(self.source_index >= 0)
         sub = sp.csr_matrix(matrix, dtype=np.float32)[:, self.source_index[present]]  # present panel genes, in order
         if len(present) < len(self.panel):  # move them to their panel positions; missing ones stay zero

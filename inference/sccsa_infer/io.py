@@ -41,9 +41,11 @@ def format_suffix(path: Path) -> str:
 
 
 class CellSource:
-    """Cells × genes read in row chunks; subclasses fill the fields and ``_rows``."""
+    """Cells × genes read in row chunks; subclasses fill the fields, ``matrix`` with anything that
+    a row slice reads (an in-memory matrix, or a :class:`CSRGroup` in the file)."""
 
     path: Path
+    matrix: Any
     n_obs: int
     var_names: list[str]
     obs_names: pd.Index
@@ -64,7 +66,7 @@ class CellSource:
             yield start, stop, sp.csr_matrix(rows, dtype=np.float32)
 
     def _rows(self, start: int, stop: int) -> Any:
-        raise NotImplementedError
+        return self.matrix[start:stop]
 
     def names(self, start: int, stop: int) -> np.ndarray:
         """The names of cells start:stop (read per block where the format allows)."""
@@ -159,7 +161,7 @@ class H5adSource(CellSource):
         self.var_names = _gene_names_from_var(self.var, gene_key, self.path)
         self._index = f["obs"][f["obs"].attrs.get("_index", "_index")]
         if isinstance(element, h5py.Dataset):
-            self.matrix: Any = element
+            self.matrix = element
             shape = element.shape
         else:
             encoding = element.attrs.get("encoding-type", "")
@@ -180,9 +182,6 @@ class H5adSource(CellSource):
         self.n_obs = int(shape[0])
         if shape[1] != len(self.var_names):
             raise InputDataError(f"{self.path}: {self.source_name} has {shape[1]} columns but var has {len(self.var_names)}.")
-
-    def _rows(self, start: int, stop: int) -> Any:
-        return self.matrix[start:stop]
 
     def names(self, start: int, stop: int) -> np.ndarray:
         """Cell names start:stop read from the file, so that no list of all names is held."""
@@ -225,7 +224,6 @@ class TenxH5Source(CellSource):
         else:
             self.file.close()
             raise InputDataError(f"{path} is an HDF5 file but neither an .h5ad nor a 10x Genomics matrix.")
-        self.group = g
         decode = np.vectorize(lambda b: b.decode() if isinstance(b, bytes) else str(b), otypes=[object])
         by_key = {None: decode(names), "gene_symbols": decode(names), "gene_ids": decode(ids)}
         if gene_key not in by_key:
@@ -234,9 +232,7 @@ class TenxH5Source(CellSource):
         self.var_names = [str(v) for v in by_key[gene_key]]
         self.obs_names = pd.Index(decode(g["barcodes"][:]).astype(str))
         self.n_obs = int(g["indptr"].shape[0]) - 1
-
-    def _rows(self, start: int, stop: int) -> sp.csr_matrix:
-        return CSRGroup(self.group, (self.n_obs, len(self.var_names)))[start:stop]
+        self.matrix = CSRGroup(g, (self.n_obs, len(self.var_names)))
 
     def close(self) -> None:
         self.file.close()
@@ -252,9 +248,6 @@ class InMemorySource(CellSource):
         self.obs = obs
         self.obs_names = pd.Index(obs.index.astype(str))
         self.n_obs = self.matrix.shape[0]
-
-    def _rows(self, start: int, stop: int) -> Any:
-        return self.matrix[start:stop]
 
     def obs_column(self, key: str) -> pd.Series:
         if key not in self.obs.columns:

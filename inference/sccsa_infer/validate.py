@@ -266,7 +266,8 @@ def check_block(
     Every gene enters the library sizes, so the whole block is scanned only for what would corrupt
     them (one minimum and the row sums already computed: NaN, infinite or negative values); the
     stricter test of the input kind (whole numbers for counts) runs on the ``panel`` columns the
-    model reads (their stored values only, when ``panel`` is sparse). On a failure the full :func:`check_values` names the first offending value.
+    model reads (their stored values only, when ``panel`` is sparse). On a failure the full
+    :func:`check_values` names the first offending value.
     """
     values = block.data if sp.issparse(block) else block
     if values.size and (not np.all(np.isfinite(totals)) or values.min() < 0):

@@ -224,12 +224,13 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         if init == "labels":  # the user's labels are known for every cell, pseudo-labels for the sketch
             start_labels = (_start_labels(user_labels, k) if user_labels is not None
                             else to_all_cells(_start_labels(pseudo, k), sketch, len(fit_rows)))
-        net, labels, history, embedding = train(make_net, x, self._schedule(), seed=self.random_state, progress=self.progress,
-                                     start_labels=start_labels, covariates=covariates, workers=workers)
+        net, labels, history, embedding = train(make_net, x, self._schedule(), seed=self.random_state,
+                                                progress=self.progress, start_labels=start_labels,
+                                                covariates=covariates, workers=workers)
         timings["train"] = time.perf_counter() - mark
 
-        self._store(net, x, labels, fit_rows, adata.n_obs, embedding, panel_counts=panel_counts, total_counts=total_counts,
-                    history=history, timings=timings, n_clusters=k, n_clusters_method=k_method, selector=selector,
+        self._store(net, x, labels, fit_rows, adata.n_obs, embedding, panel_counts=panel_counts,
+                    total_counts=total_counts, history=history, timings=timings, n_clusters=k, n_clusters_method=k_method, selector=selector,
                     panel=panel,
                     cluster_names=_cluster_names(labels, user_labels, k),
                     pseudo_labels=None if pseudo is None else to_all_cells(pseudo, sketch, len(fit_rows)),
@@ -292,11 +293,11 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                           beta=old.history.beta, seconds=dict(old.history.seconds))
         generator = torch.Generator().manual_seed(self.random_state)
         labels, embedding = cluster(workers.wrap(net), x, labels, schedule, history, generator,
-                         self.progress and workers.is_main, None if batches is None else batches.one_hot().to(device),
-                         workers)
+                                    self.progress and workers.is_main,
+                                    None if batches is None else batches.one_hot().to(device), workers)
         timings = dict(old.timings, partial_fit=time.perf_counter() - started)
-        self._store(net, x, labels, fit_rows, X.n_obs, embedding, panel_counts=alignment.take_csr(_rows_of(data.counts, fit_rows)),
-                    total_counts=data.total_counts[fit_rows], history=history, timings=timings,
+        self._store(net, x, labels, fit_rows, X.n_obs, embedding,
+                    panel_counts=alignment.take_csr(_rows_of(data.counts, fit_rows)), total_counts=data.total_counts[fit_rows], history=history, timings=timings,
                     n_clusters=old.n_clusters, n_clusters_method=old.n_clusters_method, selector=old.selector,
                     panel=old.panel, cluster_names=old.cluster_names, pseudo_labels=None, batches=old.batches)
         log.info("went on training on %d cells for %d epochs in %.1f s", len(fit_rows),

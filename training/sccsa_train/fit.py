@@ -211,7 +211,8 @@ def latent_kmeans(latent: torch.Tensor, k: int, schedule: Schedule, seed: int,
         kmeans = KMeans(k, n_init=schedule.kmeans_n_init, random_state=seed)
         sample = sketch_rows(len(values), seed, schedule.kmeans_cells, purpose="K-means of the latent")
         kmeans.fit(on_sketch(values, sample))
-        fitted = (kmeans.cluster_centers_, (kmeans.labels_ if sample is None else kmeans.predict(values)).astype(np.int64))
+        labels = kmeans.labels_ if sample is None else kmeans.predict(values)
+        fitted = (kmeans.cluster_centers_, labels.astype(np.int64))
     return workers.from_main(fitted)
 
 
@@ -250,7 +251,7 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
 
     Returns the labels and the last epoch's embedding of every cell, which the trained network
     gives unchanged (None under several workers, each holding its share, or without an epoch):
-    embedding 10⁶ cells once more costs about two minutes."""
+    embedding 10⁶ cells once more took about 100 s on the speed page's host."""
     net = unwrap(model)
     weights = schedule.weights
     optimizer = torch.optim.Adam(model.parameters(), lr=schedule.cluster_lr)

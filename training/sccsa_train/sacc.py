@@ -15,8 +15,8 @@ Training computes the autocorrelation with ``torch.fft``. ONNX Runtime's ``DFT``
 slower than plain matrix products, so the exported graph computes the same numbers with MatMuls:
 by default a four-step (Cooley–Tukey) factorisation of a length N = N1·N2 ≥ 2d − 1 transform
 that computes only the bins a real signal does not mirror (:func:`autocorrelation_four_step`,
-fewer than an eighth of the multiply-adds of the dense form at d = 1000), or, for comparison (``form="dense"``), three dense d × d DFT matrices
-(:func:`autocorrelation_matmul`).
+fewer than an eighth of the multiply-adds of the dense form at d = 1000), or, for comparison
+(``form="dense"``), three dense d × d DFT matrices (:func:`autocorrelation_matmul`).
 """
 
 from __future__ import annotations
