@@ -22,8 +22,9 @@ def main() -> None:
         ["clustering.py"],
         # candidate settings beside the defaults, on the same page
         ["clustering.py", "--resume", "--protocols", "U", "--no-baselines", "--variant", "init_labels"],
-        ["clustering.py", "--resume", "--protocols", "U", "T", "--no-baselines", "--variant", "starts3"],
+        ["clustering.py", "--resume", "--protocols", "U", "--no-baselines", "--variant", "starts3"],
         ["diagnose.py"],
+        ["latent_probe.py"],
         ["pretrain_steps.py"],
         ["ablations.py"],
         ["k_estimate.py"],

@@ -131,6 +131,21 @@ def test_diagnose_scores_every_stage(data_dir, tmp_path, monkeypatch):
     assert "latent_pretrained" in page and "Mean ARI change along the network" in page
 
 
+def test_latent_probe_scores_every_variant_without_stage_two_and_merges_shards(data_dir, tmp_path, monkeypatch):
+    probe = script("latent_probe", monkeypatch)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    run(probe, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_a", "--seeds", "0", "--out", str(first))
+    run(probe, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_b", "--seeds", "0",
+        "--variants", "defaults", "--out", str(second))
+    found = records(first)
+    assert {r["variant"] for r in found} == set(probe.VARIANTS) and all(-1 <= r["ari"] <= 1 for r in found)
+    out = tmp_path / "latent_probe.json"
+    run(probe, monkeypatch, "--out", str(out), "--merge", str(first), str(second))
+    assert len(records(out)) == len(probe.VARIANTS) + 1
+    page = (tmp_path / "latent_probe.md").read_text()
+    assert "ARI of K-means on the pretrained latent" in page and all(v in page for v in probe.VARIANTS)
+
+
 def test_ablation_shards_merge_into_one_table(data_dir, tmp_path, monkeypatch):
     ablations = script("ablations", monkeypatch)
     first, second = tmp_path / "ablations.json", tmp_path / "seed1.json"

@@ -197,6 +197,20 @@ def test_pretraining_stops_at_its_step_budget(adata):
     assert all(np.isfinite(h["reconstruction"]) for h in pretrain)
 
 
+def test_input_noise_denoises_from_a_seeded_corruption(adata):
+    # Stage 1 reconstructs the clean panel from a corrupted one: harder than from the clean panel,
+    # so its loss stays higher; the corruption is drawn from the run's seed, so it repeats.
+    params = dict(n_genes=40, random_state=0, **{**FAST_TRAINING, "cluster_epochs": 0})
+    clean = SCCSA(3, **params).fit(adata)
+    noisy = SCCSA(3, input_noise=2.0, **params).fit(adata)
+    again = SCCSA(3, input_noise=2.0, **params).fit(adata)
+    assert [h["reconstruction"] for h in noisy.history_.pretrain] == [h["reconstruction"] for h in again.history_.pretrain]
+    np.testing.assert_array_equal(noisy.state_.latent, again.state_.latent)
+    assert noisy.history_.pretrain[-1]["reconstruction"] > clean.history_.pretrain[-1]["reconstruction"]
+    with pytest.raises(InvalidParameterError, match="input_noise"):
+        SCCSA(3, input_noise=-0.5).fit(adata)
+
+
 def test_stage_2_stops_at_its_step_budget_after_updating_centroids_and_labels(adata):
     # 4 steps per epoch: a budget of 6 ends inside the second epoch, which still updates μ and the labels.
     import torch

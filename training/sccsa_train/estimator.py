@@ -93,6 +93,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         total_counts_key: str | None = default("total_counts_key"),
         pretrain_epochs: int = default("pretrain_epochs"),
         pretrain_max_steps: int = default("pretrain_max_steps"),
+        input_noise: float = default("input_noise"),
         pretrain_starts: int = default("pretrain_starts"),
         cluster_epochs: int = default("cluster_epochs"),
         cluster_max_steps: int = default("cluster_max_steps"),
@@ -126,6 +127,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.total_counts_key = total_counts_key
         self.pretrain_epochs = pretrain_epochs
         self.pretrain_max_steps = pretrain_max_steps
+        self.input_noise = input_noise
         self.pretrain_starts = pretrain_starts
         self.cluster_epochs = cluster_epochs
         self.cluster_max_steps = cluster_max_steps
@@ -145,7 +147,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
     def _schedule(self) -> Schedule:
         return Schedule(
             pretrain_epochs=self.pretrain_epochs, pretrain_max_steps=self.pretrain_max_steps,
-            pretrain_starts=self.pretrain_starts, cluster_epochs=self.cluster_epochs,
+            pretrain_starts=self.pretrain_starts, input_noise=self.input_noise, cluster_epochs=self.cluster_epochs,
             cluster_max_steps=self.cluster_max_steps, batch_size=self.batch_size,
             pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, beta_scale=self.beta_scale,
             weights=ObjectiveWeights(kl=self.kl_weight, reconstruction=self.reconstruction_weight,

@@ -54,6 +54,7 @@ class Schedule:
     pretrain_epochs: int = default("pretrain_epochs")
     pretrain_max_steps: int = default("pretrain_max_steps")
     pretrain_starts: int = default("pretrain_starts")
+    input_noise: float = default("input_noise")
     cluster_epochs: int = default("cluster_epochs")
     cluster_max_steps: int = default("cluster_max_steps")
     batch_size: int = default("batch_size")
@@ -180,7 +181,11 @@ def pretrain(model: torch.nn.Module, x: NetworkInput, schedule: Schedule, histor
         started, total, seen = time.perf_counter(), 0.0, 0
         for index in _batches(len(x), schedule.batch_size, generator, workers):
             batch = x.take(index)
-            out = model(batch, _rows(covariates, index))
+            noisy = batch
+            if schedule.input_noise:
+                noise = torch.randn(batch.shape, generator=generator).to(batch.device)
+                noisy = batch + schedule.input_noise * noise
+            out = model(noisy, _rows(covariates, index))
             loss = reconstruction_loss(out.reconstruction, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

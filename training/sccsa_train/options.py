@@ -118,6 +118,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("pretrain_epochs", int, 60, "Stage 1 epochs.", low=1),
     Option("pretrain_max_steps", int, 0, "Stage 1 stops after this many optimizer steps even before pretrain_epochs "
            "(0: no limit), so large data do not pay for epochs they do not need.", low=0),
+    Option("input_noise", float, 0.0, "Stage 1 adds Gaussian noise of this standard deviation to the standardised "
+           "panel and reconstructs the clean panel (a denoising autoencoder, as scDeepCluster); 0: off.", low=0),
     Option("pretrain_starts", int, 1, "Pretrain this many networks from different random starts and go on with the "
            "one whose latent K-means partition has the highest silhouette (costs one stage 1 per start).", low=1),
     Option("cluster_epochs", int, 100, "Stage 2 maximum epochs (stops earlier when < tol of labels change).", low=0),

@@ -1,0 +1,120 @@
+"""Does a model change keep more of the panel's signal in the latent? K-means at K after stage 1 (issue 13).
+
+The diagnosis page found the loss in the convolutional encoder's compression to the latent
+(stage 2 changes the ARI by ~0). This page measures candidate changes there, cheaply: for every
+dataset, seed and variant of :data:`VARIANTS`, the model is fitted with stage 2 switched off
+(``cluster_epochs=0``), so its labels are the K-means at K (20 restarts, the seed as random
+state) of the pretrained latent, the partition stage 2 would start from. The defaults run in the
+same process and the same run, so every row compares like with like. True labels only score.
+
+Datasets are grouped by the halves of ``benchmarks/split.json``: a variant counts as a gain only
+if it is ahead on both halves.
+
+    python benchmarks/latent_probe.py --datasets goolam --seeds 0
+    python benchmarks/latent_probe.py --half tuning --out /tmp/probe_tuning.json
+    python benchmarks/latent_probe.py --merge /tmp/probe_tuning.json /tmp/probe_conf.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import silhouette_score
+
+from common import (DEFAULT_DATA, RESULTS, datasets, finish, load, markdown_table, mean_sd, merge_or_resume,
+                    add_merge_option, score, seed_coverage, split_datasets, split_of, training_threads, write_json)
+from sccsa_train import SCCSA
+
+# name → SCCSA parameters that differ from the defaults
+VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "latent_32": {"latent_dim": 32},
+    "input_noise_1": {"input_noise": 1.0},
+}
+
+
+def _key(record: dict[str, Any]) -> tuple:
+    return record["dataset"], record["seed"], record["variant"]
+
+
+def probe(adata, truth: np.ndarray, k: int, kind: str, seed: int, variant: str) -> dict[str, Any]:
+    """Fit with stage 2 off; score the K-means partition of the pretrained latent."""
+    started = time.perf_counter()
+    model = SCCSA(k, input_kind=kind, random_state=seed, progress=False, cluster_epochs=0,
+                  **VARIANTS[variant]).fit(adata)
+    state = model.fitted().state
+    latent = state.latent.astype(np.float64)
+    return {**score(truth[model._fit_rows], state.labels),
+            "silhouette": round(float(silhouette_score(latent, state.labels)), 4),
+            "seconds": round(time.perf_counter() - started, 1), "torch_threads": training_threads()}
+
+
+def summarise(records: list[dict[str, Any]]) -> str:
+    frame = pd.DataFrame(records)
+    variants = [v for v in VARIANTS if v in set(frame["variant"])]
+    ari = frame.pivot_table(index="dataset", columns="variant", values="ari", aggfunc=list)
+    table = pd.DataFrame({v: ari[v].map(lambda xs: mean_sd(pd.Series(xs)) if isinstance(xs, list) else "–")
+                          for v in variants}, index=ari.index)
+    table.insert(0, "half", [split_of(d) for d in table.index])
+    table = table.sort_values(["half", "dataset"], ascending=[False, True])
+    means = frame.groupby(["variant", "dataset"])["ari"].mean().unstack("variant")
+    rows = []
+    for half in ("tuning", "confirmation"):
+        names = [d for d in split_datasets(half) if d in means.index]
+        complete = means.loc[names, variants].dropna()
+        row = {"dataset": f"**mean, {half} half** ({len(complete)} datasets every variant ran on)", "half": half}
+        for v in variants:
+            ahead = "" if v == "defaults" else f" (ahead on {int((complete[v] > complete['defaults']).sum())})"
+            row[v] = f"**{complete[v].mean():.3f}**{ahead}" if len(complete) else "–"
+        rows.append(row)
+    body = pd.concat([table, pd.DataFrame(rows).set_index("dataset")])
+    settings = "; ".join(f"`{v}`: " + (", ".join(f"{p}={x}" for p, x in ps.items()) or "the defaults")
+                         for v, ps in VARIANTS.items() if v in variants)
+    return ("Protocol U, K = number of true labels. ARI of sccsa's K-means partition of the pretrained latent "
+            "(stage 2 off), mean ± sd over seeds; a value without ± comes from one seed. Variants: "
+            f"{settings}. Every variant's mean is over the datasets all variants ran on; 'ahead on' counts the "
+            "datasets where a variant's mean over seeds beats the defaults'.\n\n"
+            f"{seed_coverage(frame, 'variant', variants)}\n\n## ARI of K-means on the pretrained latent\n\n"
+            f"{markdown_table(body)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--datasets", nargs="*")
+    parser.add_argument("--half", choices=["tuning", "confirmation"], help="only the datasets of this half")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--resume", action="store_true", help="keep and skip records already in --out")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latent_probe.json")
+    add_merge_option(parser)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    title = "Pretrained latent: candidate model changes"
+    records = merge_or_resume(args, title, summarise, _key)
+    if records is None:
+        return
+    done = {_key(r) for r in records}
+    names = args.datasets or (split_datasets(args.half) if args.half else None)
+    for path in datasets(args.data, names):
+        adata, truth, k, kind = load(path)
+        for seed in args.seeds:
+            for variant in args.variants:
+                if (path.stem, seed, variant) in done:
+                    continue
+                record = {"dataset": path.stem, "split": split_of(path.stem), "seed": seed, "variant": variant,
+                          **probe(adata, truth, k, kind, seed, variant)}
+                records.append(record)
+                print(record, flush=True)
+                write_json(args.out, records)
+    finish(args.out, title, summarise(records))
+
+
+if __name__ == "__main__":
+    main()
