@@ -226,9 +226,10 @@ def latent_kmeans(latent: torch.Tensor, k: int, schedule: Schedule, seed: int,
 
 def initialise_centroids(net: SCCSANet, x: NetworkInput, schedule: Schedule, seed: int,
                          start_labels: np.ndarray | None = None, workers: Workers = SINGLE,
-                         kmeans: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                         kmeans: tuple[np.ndarray, np.ndarray] | None = None,
+                         latent: torch.Tensor | None = None) -> np.ndarray:
     """μ ← K-means on z (``kmeans``: a fit of :func:`latent_kmeans` already made on this net's
-    latent), or, given ``start_labels`` (integers 0..K-1; −1 for a cell without a label, e.g.
+    ``latent`` of every cell, which is then not embedded again), or, given ``start_labels`` (integers 0..K-1; −1 for a cell without a label, e.g.
     outside the sketch), the mean z of each label; β and 1/D0 from the initial distortion D0 (mean
     squared distance to the nearest centroid). Returns the nearest-centroid labels. With several
     ``workers`` every rank embeds the cells and rank 0's K-means is sent to the others.
@@ -241,7 +242,8 @@ def initialise_centroids(net: SCCSANet, x: NetworkInput, schedule: Schedule, see
     sample = None
     if start_labels is None and kmeans is None and schedule.cluster_epochs > 0:
         sample = sketch_rows(len(x), seed, schedule.kmeans_cells, purpose="K-means of the latent")
-    latent, _ = embed_all(net, x if sample is None else x[sample])
+    if latent is None:
+        latent, _ = embed_all(net, x if sample is None else x[sample])
     if start_labels is None:
         centers, kmeans_labels = kmeans or latent_kmeans(latent, net.n_clusters, schedule, seed, workers)
         net.centroids.copy_(torch.as_tensor(centers, dtype=net.centroids.dtype))
@@ -325,12 +327,14 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
 
 @dataclass
 class Start:
-    """One pretrained network, the generator that goes on into stage 2, and the K-means of its latent."""
+    """One pretrained network, the generator that goes on into stage 2, and (scored among several)
+    its latent of every cell and that latent's K-means."""
 
     index: int
     net: SCCSANet
     generator: torch.Generator
     history: History
+    latent: torch.Tensor | None = None
     kmeans: tuple[np.ndarray, np.ndarray] | None = None
     silhouette: float = float("nan")
 
@@ -355,6 +359,7 @@ def score_start(start: Start, x: NetworkInput, schedule: Schedule, seed: int, wo
     ``silhouette_cells`` cells, drawn with ``seed``): the criterion that chooses among starts."""
     workers.same_buffers(start.net)
     latent, _ = embed_all(start.net, x)
+    start.latent = latent
     start.kmeans = latent_kmeans(latent, start.net.n_clusters, schedule, seed, workers)
     silhouette = None
     if workers.is_main:
@@ -404,7 +409,7 @@ def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule,
     log.info("stage 1 (pretraining): %d epochs, reconstruction %.4f, %.1f s", len(history.pretrain),
              history.pretrain[-1]["reconstruction"], history.seconds["pretrain"])
     mark = time.perf_counter()
-    labels = initialise_centroids(net, x, schedule, seed, start_labels, workers, best.kmeans)
+    labels = initialise_centroids(net, x, schedule, seed, start_labels, workers, best.kmeans, best.latent)
     history.beta = float(net.beta)
     history.seconds["kmeans_init"] = time.perf_counter() - mark
     log.info("centroids from %s in %.1f s", "K-means" if start_labels is None else "label means",
