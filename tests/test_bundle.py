@@ -56,6 +56,11 @@ def test_onnx_is_one_file_opset_le_20_with_named_io(bundle_dir):
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch axis
     assert not any(n.op_type in ("DFT", "STFT") for n in model.graph.node)
+    # the encoder's first convolution is exported plain, a 5 × 5 kernel over one channel (training's
+    # phase form runs slower in ONNX Runtime)
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    weights = [shapes.get(n.input[1]) for n in model.graph.node if n.op_type == "Conv"]
+    assert any(w is not None and w[1:] == [1, 5, 5] for w in weights), weights
 
 
 def test_zip_bundle_round_trip(bundle_dir, tmp_path):

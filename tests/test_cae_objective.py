@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from sccsa_train.cae import ConvAutoencoder
+from torch import nn
+
+from sccsa_train.cae import ConvAutoencoder, PhaseConv2d, PhaseConvTranspose2d
 from sccsa_train.objective import clustering_loss, kl_loss, responsibilities, update_centroids
 
 
@@ -17,6 +19,33 @@ def test_cae_image_side_follows_the_gene_count(d):
     z = cae.encode(x)
     assert z.shape == (3, 7)
     assert cae.decode(z).shape == (3, d)
+
+
+@pytest.mark.parametrize("side", [2, 3, 5, 16, 23, 32])
+@pytest.mark.parametrize("cin, cout", [(1, 4), (3, 2)])
+def test_phase_layers_are_the_plain_layers(side, cin, cout):
+    # Same parameters, same values and same gradients as Conv2d / ConvTranspose2d (odd sides included).
+    torch.manual_seed(side)
+    phase, plain = PhaseConv2d(cin, cout), nn.Conv2d(cin, cout, 5, stride=2, padding=2)
+    plain.load_state_dict(phase.state_dict())
+    half = (side + 1) // 2
+    phase_t = PhaseConvTranspose2d(cout, cin, side)
+    plain_t = nn.ConvTranspose2d(cout, cin, 5, stride=2, padding=2, output_padding=side - (2 * half - 1))
+    plain_t.load_state_dict(phase_t.state_dict())
+    for fast, slow, shape in ((phase, plain, (5, cin, side, side)), (phase_t, plain_t, (5, cout, half, half))):
+        x = torch.randn(shape)
+        a, b = fast(x), slow(x)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        (a.square().sum()).backward()
+        (b.square().sum()).backward()
+        torch.testing.assert_close(fast.weight.grad, slow.weight.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fast.bias.grad, slow.bias.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_the_autoencoder_uses_phase_layers_next_to_the_image():
+    cae = ConvAutoencoder(100, latent_dim=3, channels=(2, 2, 2))
+    assert isinstance(cae.encoder[0], PhaseConv2d) and isinstance(cae.decoder[-1], PhaseConvTranspose2d)
+    assert sum(isinstance(m, (PhaseConv2d, PhaseConvTranspose2d)) for m in cae.modules()) == 2
 
 
 def test_linear_decoder_can_exceed_one():

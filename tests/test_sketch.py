@@ -100,3 +100,33 @@ def test_stage_two_returns_the_embedding_a_fresh_pass_of_the_trained_network_giv
     fresh_latent, fresh_alpha = embed_all(net, x)
     assert torch.equal(latent, fresh_latent) and torch.equal(alpha, fresh_alpha)
     np.testing.assert_array_equal(labels, net.squared_distances(latent).argmin(1).numpy())
+
+
+def test_beyond_its_cell_limit_the_kmeans_start_embeds_only_its_sample():
+    import torch
+
+    from sccsa_train.fit import History, Schedule, cluster, embed_all, initialise_centroids, latent_kmeans
+    from sccsa_train.genes import GenePanel
+    from sccsa_train.model import SCCSANet
+    from sccsa_train.network_input import NetworkInput
+
+    torch.manual_seed(0)
+    net = SCCSANet(16, 3, latent_dim=4, attention_dim=8, channels=(4, 4, 4))
+    identity = GenePanel(genes=[f"g{i}" for i in range(16)], mean=np.zeros(16), std=np.ones(16), scores=np.ones(16))
+    x = NetworkInput(np.random.default_rng(0).normal(size=(90, 16)), identity)
+    schedule = Schedule(cluster_epochs=2, batch_size=32, tol=0.0, kmeans_n_init=2, kmeans_cells=40)
+    labels = initialise_centroids(net, x, schedule, seed=0)
+    sample = sketch_rows(90, 0, 40)
+    assert (labels >= 0).sum() == 40 and np.all(labels[sample] >= 0)  # the other 50 cells: none yet
+    latent, _ = embed_all(net, x)
+    centres, sample_labels = latent_kmeans(latent[sample], 3, schedule, seed=0)
+    np.testing.assert_allclose(net.centroids.numpy(), centres, rtol=1e-6)
+    np.testing.assert_array_equal(labels[sample], sample_labels)
+    history = History()
+    labels, _ = cluster(net, x, labels, schedule, history, torch.Generator().manual_seed(0), progress=False)
+    assert np.all(labels >= 0) and len(history.cluster) == 2  # the first epoch labels every cell
+    changed_of_40 = history.cluster[0]["label_change"] * 40  # counted over the 40 cells that had a label
+    assert 0 <= changed_of_40 <= 40 and np.isclose(changed_of_40, round(changed_of_40))
+    # without stage 2 every cell needs its label now, so all of them are embedded
+    unlabelled = initialise_centroids(net, x, Schedule(cluster_epochs=0, kmeans_n_init=2, kmeans_cells=40), seed=0)
+    assert np.all(unlabelled >= 0)

@@ -42,7 +42,7 @@ from .objective import (
     update_centroids,
 )
 from .options import default
-from .sketch import SKETCH_CELLS, on_sketch, sketch_rows
+from .sketch import SKETCH_CELLS, on_sketch, sketch_rows, to_all_cells
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,14 @@ def _epoch_means(sums: list[float], n: int, workers: Workers) -> list[float]:
     return (workers.sum(torch.tensor(sums, dtype=torch.float64)) / n).tolist()
 
 
+def _label_change(old: np.ndarray, new: np.ndarray, workers: Workers) -> float:
+    """Fraction of the cells that had a label (≥ 0) whose label changed, over all ranks."""
+    known = old >= 0
+    counts = torch.tensor([np.sum(new[known] != old[known]), np.sum(known)], dtype=torch.float64)
+    changed, labelled = workers.sum(counts).tolist()
+    return changed / max(labelled, 1.0)
+
+
 def _rows(covariates: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
     return None if covariates is None else covariates[index]
 
@@ -223,14 +231,24 @@ def latent_kmeans(latent: torch.Tensor, k: int, schedule: Schedule, seed: int,
 
 def initialise_centroids(net: SCCSANet, x: NetworkInput, schedule: Schedule, seed: int,
                          start_labels: np.ndarray | None = None, workers: Workers = SINGLE,
-                         kmeans: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                         kmeans: tuple[np.ndarray, np.ndarray] | None = None,
+                         latent: torch.Tensor | None = None) -> np.ndarray:
     """μ ← K-means on z (``kmeans``: a fit of :func:`latent_kmeans` already made on this net's
-    latent), or, given ``start_labels`` (integers 0..K-1; −1 for a cell without a label, e.g.
+    ``latent`` of every cell, which is then not embedded again), or, given ``start_labels`` (integers 0..K-1; −1 for a cell without a label, e.g.
     outside the sketch), the mean z of each label; β and 1/D0 from the initial distortion D0 (mean
     squared distance to the nearest centroid). Returns the nearest-centroid labels. With several
-    ``workers`` every rank embeds all cells and rank 0's K-means is sent to the others."""
+    ``workers`` every rank embeds the cells and rank 0's K-means is sent to the others.
+
+    Beyond ``kmeans_cells`` cells, when stage 2 follows, the K-means start embeds only the sample
+    its centres are fitted on (one embedding of 10⁶ cells took ~100 s on the speed page's host):
+    D0 is that sample's, and the other cells get the label −1 (none yet), which stage 2's first
+    epoch replaces."""
     workers.same_buffers(net)
-    latent, _ = embed_all(net, x)
+    sample = None
+    if start_labels is None and kmeans is None and schedule.cluster_epochs > 0:
+        sample = sketch_rows(len(x), seed, schedule.kmeans_cells, purpose="K-means of the latent")
+    if latent is None:
+        latent, _ = embed_all(net, x if sample is None else x[sample])
     if start_labels is None:
         centers, kmeans_labels = kmeans or latent_kmeans(latent, net.n_clusters, schedule, seed, workers)
         net.centroids.copy_(torch.as_tensor(centers, dtype=net.centroids.dtype))
@@ -241,9 +259,9 @@ def initialise_centroids(net: SCCSANet, x: NetworkInput, schedule: Schedule, see
     distortion = float(distances.min(dim=1).values.mean().clamp_min(1e-12))
     net.distortion_scale.fill_(1.0 / distortion)
     net.beta.fill_(schedule.beta_scale / distortion)
-    if start_labels is None:
-        return kmeans_labels
-    return distances.argmin(dim=1).cpu().numpy().astype(np.int64)
+    if start_labels is not None:
+        return distances.argmin(dim=1).cpu().numpy().astype(np.int64)
+    return to_all_cells(kmeans_labels, sample, len(x))
 
 
 def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedule: Schedule, history: History,
@@ -254,7 +272,8 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
     labels from every cell). With several ``workers`` each rank embeds its share of the cells;
     the centroid statistics, the label changes and, at the end, the labels are summed over ranks.
 
-    Returns the labels and the last epoch's embedding of every cell, which the trained network
+    ``labels``: the start's (−1 for a cell without one yet: the first epoch's label change counts
+    only the cells that had one). Returns the labels and the last epoch's embedding of every cell, which the trained network
     gives unchanged (None under several workers, each holding its share, or without an epoch):
     embedding 10⁶ cells once more took about 100 s on the speed page's host."""
     net = unwrap(model)
@@ -289,9 +308,9 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
         embedding = latent, _ = embed_all(net, workers.share(x))
         net.centroids.copy_(update_centroids(latent, net.centroids, net.beta, workers.sum))
         new_labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy()
-        changed = float(np.sum(new_labels != workers.share(labels)))
+        change = _label_change(workers.share(labels), new_labels, workers)
         workers.share(labels)[:] = new_labels
-        loss, l1, l2, l3, change = _epoch_means([*sums, changed], len(x), workers)
+        loss, l1, l2, l3 = _epoch_means(list(sums), len(x), workers)
         history.cluster.append({"epoch": epoch, "loss": loss, "l1": l1, "kl": l2, "reconstruction": l3,
                                 "label_change": change, "steps": steps, "seconds": time.perf_counter() - started})
         bar.set_postfix(loss=f"{loss:.3f}", changed=f"{change:.2%}")
@@ -313,12 +332,14 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
 
 @dataclass
 class Start:
-    """One pretrained network, the generator that goes on into stage 2, and the K-means of its latent."""
+    """One pretrained network, the generator that goes on into stage 2, and (scored among several)
+    its latent of every cell and that latent's K-means."""
 
     index: int
     net: SCCSANet
     generator: torch.Generator
     history: History
+    latent: torch.Tensor | None = None
     kmeans: tuple[np.ndarray, np.ndarray] | None = None
     silhouette: float = float("nan")
 
@@ -343,6 +364,7 @@ def score_start(start: Start, x: NetworkInput, schedule: Schedule, seed: int, wo
     ``silhouette_cells`` cells, drawn with ``seed``): the criterion that chooses among starts."""
     workers.same_buffers(start.net)
     latent, _ = embed_all(start.net, x)
+    start.latent = latent
     start.kmeans = latent_kmeans(latent, start.net.n_clusters, schedule, seed, workers)
     silhouette = None
     if workers.is_main:
@@ -392,7 +414,7 @@ def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule,
     log.info("stage 1 (pretraining): %d epochs, reconstruction %.4f, %.1f s", len(history.pretrain),
              history.pretrain[-1]["reconstruction"], history.seconds["pretrain"])
     mark = time.perf_counter()
-    labels = initialise_centroids(net, x, schedule, seed, start_labels, workers, best.kmeans)
+    labels = initialise_centroids(net, x, schedule, seed, start_labels, workers, best.kmeans, best.latent)
     history.beta = float(net.beta)
     history.seconds["kmeans_init"] = time.perf_counter() - mark
     log.info("centroids from %s in %.1f s", "K-means" if start_labels is None else "label means",

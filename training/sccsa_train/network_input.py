@@ -22,8 +22,9 @@ from .genes import GenePanel
 class NetworkInput:
     """Cells × panel genes, standardised on demand and placed on ``device``.
 
-    ``input[rows]`` (a slice) is the same input restricted to those cells, without copying data
-    (each ``torchrun`` process embeds its share this way); :meth:`take` makes rows dense.
+    ``input[rows]`` (a slice, or an array of positions) is the same input restricted to those
+    cells, without copying data (each ``torchrun`` process embeds its share this way, and the
+    centroids start from a sample); :meth:`take` makes rows dense.
     """
 
     def __init__(self, values: sp.spmatrix | np.ndarray, panel: GenePanel, device: torch.device | str = "cpu",
@@ -49,9 +50,10 @@ class NetworkInput:
     def n_genes(self) -> int:
         return self.values.shape[1]
 
-    def __getitem__(self, rows: slice) -> NetworkInput:
-        if not isinstance(rows, slice):
-            raise TypeError("index a NetworkInput with a slice (a view of some cells); take() makes rows dense")
+    def __getitem__(self, rows: slice | np.ndarray) -> NetworkInput:
+        if not isinstance(rows, (slice, np.ndarray)):
+            raise TypeError("index a NetworkInput with a slice or an array of row positions (a view of some "
+                            "cells); take() makes rows dense")
         positions = np.arange(len(self))[rows] if self.rows is None else self.rows[rows]
         return NetworkInput(self.values, self.panel, self.device, positions)
 
