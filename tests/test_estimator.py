@@ -204,7 +204,8 @@ def test_input_noise_denoises_from_a_seeded_corruption(adata):
     clean = SCCSA(3, **params).fit(adata)
     noisy = SCCSA(3, input_noise=2.0, **params).fit(adata)
     again = SCCSA(3, input_noise=2.0, **params).fit(adata)
-    assert [h["reconstruction"] for h in noisy.history_.pretrain] == [h["reconstruction"] for h in again.history_.pretrain]
+    losses = [h["reconstruction"] for h in noisy.history_.pretrain]
+    assert losses == [h["reconstruction"] for h in again.history_.pretrain]
     np.testing.assert_array_equal(noisy.state_.latent, again.state_.latent)
     assert noisy.history_.pretrain[-1]["reconstruction"] > clean.history_.pretrain[-1]["reconstruction"]
     with pytest.raises(InvalidParameterError, match="input_noise"):

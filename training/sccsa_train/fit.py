@@ -234,13 +234,14 @@ def initialise_centroids(net: SCCSANet, x: NetworkInput, schedule: Schedule, see
                          kmeans: tuple[np.ndarray, np.ndarray] | None = None,
                          latent: torch.Tensor | None = None) -> np.ndarray:
     """μ ← K-means on z (``kmeans``: a fit of :func:`latent_kmeans` already made on this net's
-    ``latent`` of every cell, which is then not embedded again), or, given ``start_labels`` (integers 0..K-1; −1 for a cell without a label, e.g.
-    outside the sketch), the mean z of each label; β and 1/D0 from the initial distortion D0 (mean
-    squared distance to the nearest centroid). Returns the nearest-centroid labels. With several
-    ``workers`` every rank embeds the cells and rank 0's K-means is sent to the others.
+    ``latent`` of every cell, which is then not embedded again), or, given ``start_labels``
+    (integers 0..K-1; −1 for a cell without a label, e.g. outside the sketch), the mean z of each
+    label; β and 1/D0 from the initial distortion D0 (mean squared distance to the nearest
+    centroid). Returns the nearest-centroid labels. With several ``workers`` every rank embeds the
+    cells and rank 0's K-means is sent to the others.
 
     Beyond ``kmeans_cells`` cells, when stage 2 follows, the K-means start embeds only the sample
-    its centres are fitted on (one embedding of 10⁶ cells took ~100 s on the speed page's host):
+    its centres are fitted on (one embedding of 10⁶ cells took ~100 s in the speed page's rows at 9b1e317):
     D0 is that sample's, and the other cells get the label −1 (none yet), which stage 2's first
     epoch replaces."""
     workers.same_buffers(net)
@@ -273,9 +274,10 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
     the centroid statistics, the label changes and, at the end, the labels are summed over ranks.
 
     ``labels``: the start's (−1 for a cell without one yet: the first epoch's label change counts
-    only the cells that had one). Returns the labels and the last epoch's embedding of every cell, which the trained network
-    gives unchanged (None under several workers, each holding its share, or without an epoch):
-    embedding 10⁶ cells once more took about 100 s on the speed page's host."""
+    only the cells that had one). Returns the labels and the last epoch's embedding of every
+    cell, which the trained network gives unchanged (None under several workers, each holding its
+    share, or without an epoch): embedding 10⁶ cells once more took about 100 s in the speed
+    page's rows at 9b1e317."""
     net = unwrap(model)
     weights = schedule.weights
     optimizer = torch.optim.Adam(model.parameters(), lr=schedule.cluster_lr)
