@@ -61,6 +61,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "init_labels": ({"init": "labels"}, "init labels"),
     "starts3": ({"pretrain_starts": 3, "pretrain_max_steps": 1000, "pretrain_epochs": 250},
                 "3 starts, ≤ 1000 steps"),
+    "cluster_objective": ({"objective": "cluster"}, "stage 2 clusters"),
 }
 VARIANT_U_COLUMNS = [f"sccsa U ({name})" for _, name in VARIANTS.values()]
 VARIANT_COLUMNS = [*VARIANT_U_COLUMNS, *(f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values())]
@@ -178,8 +179,8 @@ def sccsa_record(adata, labels, k, kind, protocol, seed, variant: str | None = N
             extra = transfer_scores(truth, result.label)
             predicted = result.cluster
         else:
-            model = SCCSA(k, labels_key="cell_type" if protocol == "S" else None, input_kind=kind, random_state=seed,
-                          progress=False, **params).fit(adata)
+            supervision = {"labels_key": "cell_type", "objective": "cluster"} if protocol == "S" else {}
+            model = SCCSA(k, input_kind=kind, random_state=seed, progress=False, **supervision, **params).fit(adata)
             truth, predicted, extra = labels, model.labels_, {}
             extra["alpha_mean"] = round(float(model.alpha_.mean()), 4)
             extra["alpha_sd"] = round(float(model.alpha_.std()), 4)

@@ -181,7 +181,9 @@ def test_init_labels_without_labels_uses_the_consensus_pseudo_labels(adata):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(n_clusters=2, labels_key="cell_type", init="labels"), "labels have 3 classes and n_clusters is 2"),
+    (dict(n_clusters=2, labels_key="cell_type", init="labels", objective="cluster"),
+     "labels have 3 classes and n_clusters is 2"),
+    (dict(n_clusters=2, labels_key="cell_type"), "cell_type has 3 classes and n_clusters is 2"),
 ])
 def test_bad_init(adata, kwargs, message):
     with pytest.raises(InputDataError, match=message):

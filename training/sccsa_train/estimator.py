@@ -103,6 +103,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         tol: float = default("tol"),
         beta_scale: float = default("beta_scale"),
         init: str = default("init"),
+        objective: str = default("objective"),
         kl_weight: float = default("kl_weight"),
         reconstruction_weight: float = default("reconstruction_weight"),
         latent_norm_weight: float = default("latent_norm_weight"),
@@ -137,6 +138,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.tol = tol
         self.beta_scale = beta_scale
         self.init = init
+        self.objective = objective
         self.kl_weight = kl_weight
         self.reconstruction_weight = reconstruction_weight
         self.latent_norm_weight = latent_norm_weight
@@ -222,19 +224,21 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         panel_counts = _rows_of(data.counts[:, panel.columns_in(data.all_genes)], fit_rows)
         total_counts = data.total_counts[fit_rows]
         del data, lognorm, sketched, pcs  # all genes of all cells: training reads x alone (gigabytes at 10^6 cells)
-        start_labels = None
-        if init == "labels":  # the user's labels are known for every cell, pseudo-labels for the sketch
+        start_labels = targets = names = None
+        if self._classifies():
+            names, targets = _label_codes(user_labels)
+        elif init == "labels":  # the user's labels are known for every cell, pseudo-labels for the sketch
             start_labels = (_start_labels(user_labels, k) if user_labels is not None
                             else to_all_cells(_start_labels(pseudo, k), sketch, len(fit_rows)))
         net, labels, history, embedding = train(make_net, x, self._schedule(), seed=self.random_state,
                                                 progress=self.progress, start_labels=start_labels,
-                                                covariates=covariates, workers=workers)
+                                                covariates=covariates, workers=workers, targets=targets)
         timings["train"] = time.perf_counter() - mark
 
         self._store(net, x, labels, fit_rows, adata.n_obs, embedding, panel_counts=panel_counts,
                     total_counts=total_counts, history=history, timings=timings, n_clusters=k, n_clusters_method=k_method, selector=selector,
                     panel=panel,
-                    cluster_names=_cluster_names(labels, user_labels, k),
+                    cluster_names=names or _cluster_names(labels, user_labels, k),
                     pseudo_labels=None if pseudo is None else to_all_cells(pseudo, sketch, len(fit_rows)),
                     batches=None if batches is None else batches.sizes())
         timings["total"] = time.perf_counter() - started
@@ -288,6 +292,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                 raise InputDataError("This model was trained with a batch_key, so partial_fit needs one too; set "
                                      "batch_key to the obs column naming each cell's batch.")
             batches = read_batches(X, self.batch_key, fit_rows, known=tuple(old.batches))
+        targets = self._known_label_codes(X, fit_rows, old.cluster_names) if self._classifies() else None
         latent, _ = embed_all(net, x)
         labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy()
         schedule = replace(self._schedule(), cluster_epochs=self.cluster_epochs if epochs is None else epochs)
@@ -296,7 +301,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         generator = torch.Generator().manual_seed(self.random_state)
         labels, embedding = cluster(workers.wrap(net), x, labels, schedule, history, generator,
                                     self.progress and workers.is_main,
-                                    None if batches is None else batches.one_hot().to(device), workers)
+                                    None if batches is None else batches.one_hot().to(device), workers,
+                                    None if targets is None else torch.as_tensor(targets, device=device))
         timings = dict(old.timings, partial_fit=time.perf_counter() - started)
         self._store(net, x, labels, fit_rows, X.n_obs, embedding,
                     panel_counts=alignment.take_csr(_rows_of(data.counts, fit_rows)), total_counts=data.total_counts[fit_rows], history=history, timings=timings,
@@ -311,6 +317,21 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             return None
         return complete_obs_strings(adata.obs, self.labels_key, "labels_key", rows,
                                     "label every cell or drop the unlabelled ones before training.")
+
+    def _known_label_codes(self, adata: ad.AnnData, rows: np.ndarray, names: list[str] | None) -> np.ndarray:
+        """Codes of ``labels_key`` in the cluster names of a classifying model (``partial_fit``: the
+        new cells must carry labels the model already knows)."""
+        labels = self._user_labels(adata, rows)
+        unknown = sorted(set(labels) - set(names or []))
+        if unknown:
+            raise InputDataError(
+                f"partial_fit goes on learning the model's {len(names or [])} labels, but {self.labels_key} also "
+                f"holds {', '.join(map(repr, unknown[:5]))}; drop those cells, or fit a new model on all labels.")
+        return np.searchsorted(names, labels).astype(np.int64)
+
+    def _classifies(self) -> bool:
+        """Stage 2 learns the reference labels (``objective='classify'``, or 'auto' with ``labels_key``)."""
+        return self.objective == "classify" or (self.objective == "auto" and self.labels_key is not None)
 
     def _init(self, batch_aware: bool) -> str:
         """``init='auto'``: centroids at the pseudo-label means when training is batch-aware (the
@@ -336,6 +357,11 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                 method = n_clusters_estimation.METHOD
         else:
             k, method = int(self.n_clusters), "given"
+        if self._classifies() and k != len(np.unique(user_labels)):
+            raise InputDataError(
+                f"objective='classify' learns one cluster per label, but {self.labels_key} has "
+                f"{len(np.unique(user_labels))} classes and n_clusters is {k}; set n_clusters to 'auto' or use "
+                "objective='cluster'.")
         if k > n_cells:
             raise InputDataError(
                 f"{k} clusters were requested but only {n_cells} cells (with counts) are available; "
@@ -459,6 +485,13 @@ def _require_anndata(X: Any) -> None:
             f"SCCSA needs an AnnData (cells × genes with gene names in var_names), not {type(X).__name__}: "
             "wrap a matrix as anndata.AnnData(X=counts, var=pandas.DataFrame(index=gene_names))."
         )
+
+
+def _label_codes(labels: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The reference labels' names (sorted) and each cell's code, for objective='classify', whose
+    cluster k is label k (:meth:`SCCSA._resolve_k` checked that K is their number)."""
+    names, codes = np.unique(labels, return_inverse=True)
+    return [str(name) for name in names], codes.astype(np.int64)
 
 
 def _start_labels(labels: np.ndarray, k: int) -> np.ndarray:

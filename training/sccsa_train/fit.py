@@ -35,6 +35,8 @@ from .model import SCCSANet
 from .network_input import NetworkInput
 from .objective import (
     ObjectiveWeights,
+    class_means,
+    classification_loss,
     clustering_loss,
     kl_loss,
     reconstruction_loss,
@@ -171,6 +173,18 @@ def _label_change(old: np.ndarray, new: np.ndarray, workers: Workers) -> float:
     return changed / max(labelled, 1.0)
 
 
+PATIENCE = 10
+"""Epochs without progress after which classification stops (scikit-learn's MLP ``n_iter_no_change``)."""
+
+
+def _plateaued(epochs: list[dict[str, float]], tol: float) -> bool:
+    """The cross-entropy has not improved by ``tol`` on its best value for :data:`PATIENCE` epochs.
+    Classification cannot stop on stable labels as clustering does: the training cells' nearest
+    centroids can stay the same from the first epoch while the classifier still improves."""
+    losses = [epoch["cross_entropy"] for epoch in epochs]
+    return len(losses) > PATIENCE and min(losses[-PATIENCE:]) > min(losses[:-PATIENCE]) - tol
+
+
 def _rows(covariates: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
     return None if covariates is None else covariates[index]
 
@@ -265,9 +279,24 @@ def initialise_centroids(net: SCCSANet, x: NetworkInput, schedule: Schedule, see
     return to_all_cells(kmeans_labels, sample, len(x))
 
 
+def _stage2_loss(net: SCCSANet, out: Any, batch: torch.Tensor, weights: ObjectiveWeights,
+                 targets: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Stage 2's loss on one mini-batch and its terms: the joint clustering objective, or with
+    ``targets`` (the batch's reference label codes) cross-entropy plus reconstruction."""
+    distances = net.squared_distances(out.latent)
+    l3 = reconstruction_loss(out.reconstruction, batch)
+    if targets is not None:
+        ce = classification_loss(distances, net.beta, targets)
+        return ce + weights.reconstruction * l3, {"cross_entropy": ce, "reconstruction": l3}
+    resp = responsibilities(distances, net.beta)
+    l1 = clustering_loss(distances, resp, out.latent, net.distortion_scale, weights.latent_norm)
+    l2 = kl_loss(resp, out.logits)
+    return l1 + weights.kl * l2 + weights.reconstruction * l3, {"l1": l1, "kl": l2, "reconstruction": l3}
+
+
 def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedule: Schedule, history: History,
             generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None,
-            workers: Workers = SINGLE) -> tuple[np.ndarray, Embedding | None]:
+            workers: Workers = SINGLE, targets: torch.Tensor | None = None) -> tuple[np.ndarray, Embedding | None]:
     """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change,
     or after ``cluster_max_steps`` optimizer steps (the epoch they end in still updates μ and the
     labels from every cell). With several ``workers`` each rank embeds its share of the cells;
@@ -277,7 +306,11 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
     only the cells that had one). Returns the labels and the last epoch's embedding of every
     cell, which the trained network gives unchanged (None under several workers, each holding its
     share, or without an epoch): embedding 10⁶ cells once more took about 100 s in the speed
-    page's rows at 9b1e317."""
+    page's rows at 9b1e317.
+
+    ``targets`` (reference label codes 0..K−1 of every row, ``objective='classify'``): the loss is
+    cross-entropy plus reconstruction and μ_k is the mean latent of label k; the labels returned
+    are still the nearest centroids, and their changes still decide when to stop."""
     net = unwrap(model)
     weights = schedule.weights
     optimizer = torch.optim.Adam(model.parameters(), lr=schedule.cluster_lr)
@@ -289,35 +322,35 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
     for epoch in bar:
         model.train()
         started = time.perf_counter()
-        sums = np.zeros(4)
+        sums: dict[str, float] = {}
         for index in _batches(len(x), schedule.batch_size, generator, workers):
             batch = x.take(index)
             out = model(batch, _rows(covariates, index))
-            distances = net.squared_distances(out.latent)
-            resp = responsibilities(distances, net.beta)
-            l1 = clustering_loss(distances, resp, out.latent, net.distortion_scale, weights.latent_norm)
-            l2 = kl_loss(resp, out.logits)
-            l3 = reconstruction_loss(out.reconstruction, batch)
-            loss = l1 + weights.kl * l2 + weights.reconstruction * l3
+            loss, terms = _stage2_loss(net, out, batch, weights, _rows(targets, index))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums += np.array([float(t.detach()) for t in (loss, l1, l2, l3)]) * len(index)
+            for name, value in {"loss": loss, **terms}.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) * len(index)
             steps += 1
             if steps == limit:
                 break
         workers.same_buffers(net)
         embedding = latent, _ = embed_all(net, workers.share(x))
-        net.centroids.copy_(update_centroids(latent, net.centroids, net.beta, workers.sum))
+        if targets is None:
+            net.centroids.copy_(update_centroids(latent, net.centroids, net.beta, workers.sum))
+        else:
+            net.centroids.copy_(class_means(latent, workers.share(targets), net.centroids, workers.sum))
         new_labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy()
         change = _label_change(workers.share(labels), new_labels, workers)
         workers.share(labels)[:] = new_labels
-        loss, l1, l2, l3 = _epoch_means(list(sums), len(x), workers)
-        history.cluster.append({"epoch": epoch, "loss": loss, "l1": l1, "kl": l2, "reconstruction": l3,
+        means = dict(zip(sums, _epoch_means(list(sums.values()), len(x), workers)))
+        loss = means["loss"]
+        history.cluster.append({"epoch": epoch, **means,
                                 "label_change": change, "steps": steps, "seconds": time.perf_counter() - started})
         bar.set_postfix(loss=f"{loss:.3f}", changed=f"{change:.2%}")
         log.debug("stage 2 epoch %d: loss %.4f, %.2f%% of labels changed", epoch, loss, 100 * change)
-        if change < schedule.tol:
+        if (change < schedule.tol if targets is None else _plateaued(history.cluster, schedule.tol)):
             history.converged = True
             break
         if steps == limit:
@@ -400,14 +433,18 @@ def pretrain_best(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: S
 
 def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, *, seed: int = 0,
           progress: bool = True, start_labels: np.ndarray | None = None, covariates: torch.Tensor | None = None,
-          workers: Workers = SINGLE) -> tuple[SCCSANet, np.ndarray, History, Embedding | None]:
+          workers: Workers = SINGLE, targets: np.ndarray | None = None,
+          ) -> tuple[SCCSANet, np.ndarray, History, Embedding | None]:
     """Run both stages on the input ``x`` (made dense a batch at a time on the device
     ``make_net``'s networks live on);
     return the trained network, its labels, the history and the final embedding of every cell
     (see :func:`cluster`). ``start_labels`` (0..K-1 per row, −1:
     none) initialise μ as label means instead of K-means; ``covariates`` (batch one-hot per row)
     feed a conditional decoder; ``workers``: the processes ``torchrun`` started (each holds all
-    of ``x`` and trains on its share)."""
+    of ``x`` and trains on its share); ``targets`` (reference label codes 0..K−1 of every row):
+    stage 2 classifies (μ starts at, and stays, the label means; see :func:`cluster`)."""
+    if targets is not None:
+        start_labels = targets
     progress = progress and workers.is_main
     started = time.perf_counter()
     best = pretrain_best(make_net, x, schedule, seed, progress, covariates, workers)
@@ -422,8 +459,10 @@ def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule,
     log.info("centroids from %s in %.1f s", "K-means" if start_labels is None else "label means",
              history.seconds["kmeans_init"])
     mark = time.perf_counter()
+    head = net.head.requires_grad_(targets is None)  # idle when classifying (DDP: no unused parameters)
     labels, embedding = cluster(workers.wrap(net), x, labels, schedule, history, best.generator, progress, covariates,
-                                workers)
+                                workers, None if targets is None else torch.as_tensor(targets, device=x.device))
+    head.requires_grad_(True)
     history.seconds["cluster"] = time.perf_counter() - mark
     log.info("stage 2 (clustering): %d epochs, %s, %.1f s", len(history.cluster),
              "converged" if history.converged else "stopped at the epoch limit", history.seconds["cluster"])

@@ -7,6 +7,13 @@
     L3   = mean squared reconstruction error
     L    = L1 + α1 L2 + α2 L3
 
+With reference labels (``objective='classify'``) stage 2 instead minimises
+
+    L    = CE(y, softmax_k(−β ‖z_i − μ_k‖²)) + α2 L3,   μ_k = the mean z of label k
+
+so the encoder learns to place each cell nearest its own label's centroid: a nearest-class-mean
+classifier (as prototypical networks), computed by the same exported graph as the clusters.
+
 D0, the mean squared distance of a cell to its nearest centroid at K-means initialisation, makes
 L1 dimensionless (≈ 1 at the start) whatever the latent's scale, so the same α1/α2 work across
 datasets; β = ``beta_scale`` / D0 sets how soft r is, independently of L1's weight. r is
@@ -67,3 +74,21 @@ def update_centroids(latent: torch.Tensor, centroids: torch.Tensor, beta: torch.
     weight = total(resp.sum(dim=0))
     updated = total(resp.T @ latent) / weight.clamp_min(1e-8).unsqueeze(1)
     return torch.where(weight.unsqueeze(1) > 1e-6, updated, centroids)
+
+
+def classification_loss(squared_distances: torch.Tensor, beta: torch.Tensor | float,
+                        targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the reference labels under softmax_k(−β d_ik), the soft assignment whose
+    argmax the exported graph returns."""
+    return F.cross_entropy(-beta * squared_distances, targets)
+
+
+@torch.no_grad()
+def class_means(latent: torch.Tensor, targets: torch.Tensor, centroids: torch.Tensor,
+                total: Callable[[torch.Tensor], torch.Tensor] = lambda sums: sums) -> torch.Tensor:
+    """μ_k = mean z of the cells labelled k (``total``: as :func:`update_centroids`); a label with
+    no cell keeps its centroid."""
+    one_hot = F.one_hot(targets, centroids.shape[0]).to(latent.dtype)
+    weight = total(one_hot.sum(dim=0))
+    updated = total(one_hot.T @ latent) / weight.clamp_min(1).unsqueeze(1)
+    return torch.where(weight.unsqueeze(1) > 0, updated, centroids)

@@ -21,6 +21,7 @@ GENE_SELECTIONS: tuple[str, ...] = ("ftest", "hvg")
 GENE_ORDERS: tuple[str, ...] = ("correlation", "fscore", "input")
 CC_MODES: tuple[str, ...] = ("sa", "fixed", "off")
 CENTROID_INITS: tuple[str, ...] = ("auto", "kmeans", "labels")
+OBJECTIVES: tuple[str, ...] = ("auto", "cluster", "classify")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_CHANNELS: tuple[int, int, int] = (16, 32, 64)
 
@@ -135,6 +136,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("init", str, "auto", "Initial centroids: K-means on the pretrained latent, or the latent means of the "
            "labels the gene selection used (consensus pseudo-labels, or labels_key); auto: labels with batch_key, "
            "else kmeans.", choices=CENTROID_INITS),
+    Option("objective", str, "auto", "Stage 2: cluster (the paper's soft k-means, KL and reconstruction); classify "
+           "(needs labels_key: one centroid per label at its latent mean, and the encoder learns to put each cell "
+           "nearest its own label's centroid, cross-entropy plus reconstruction: a nearest-class-mean classifier for "
+           "label transfer, served by the same graph); auto: classify with labels_key, else cluster.",
+           choices=OBJECTIVES),
     Option("kl_weight", float, 1.0, "alpha1, weight of KL(R||P).", low=0),
     Option("reconstruction_weight", float, 100.0, "alpha2, weight of the reconstruction MSE.", low=0,
            aliases=("--recon-weight",)),
@@ -159,3 +165,10 @@ def validate(params: Mapping[str, Any]) -> None:
         raise InvalidParameterError(f"Unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(BY_NAME)}.")
     for name, value in params.items():
         BY_NAME[name].check(value)
+    if params.get("objective") == "classify":
+        if params.get("labels_key") is None:
+            raise InvalidParameterError("objective='classify' learns the reference labels, so it needs labels_key "
+                                        "(--labels-key COL, the obs column of cell types); or use objective='cluster'.")
+        if params.get("init") == "kmeans":
+            raise InvalidParameterError("objective='classify' starts one centroid at each label's latent mean; "
+                                        "drop init='kmeans' (use 'auto' or 'labels') or use objective='cluster'.")

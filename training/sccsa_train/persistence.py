@@ -134,6 +134,7 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
         warnings.warn(f"{path} was saved by sccsa {saved_by}, newer than this {here}.", SccsaWarning, stacklevel=3)
     params, fitted = dict(meta["params"]), meta["fitted"]
     params["channels"] = tuple(params["channels"])
+    params.setdefault("objective", "cluster")  # saved before the option existed: stage 2 always clustered
     model = cls(**params)
     with np.load(path / ARRAYS_FILE, allow_pickle=False) as stored:
         arrays = {key: stored[key] for key in stored.files}

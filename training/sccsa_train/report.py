@@ -59,7 +59,7 @@ def plot_report(report: dict[str, Any]) -> bytes:
     axes[0].plot([h["epoch"] for h in pre], [h["reconstruction"] for h in pre])
     axes[0].set(title="stage 1: reconstruction", xlabel="epoch", ylabel="MSE")
     clu = history["cluster"]
-    for key in ("l1", "kl", "reconstruction"):
+    for key in [key for key in ("l1", "kl", "cross_entropy", "reconstruction") if clu and key in clu[0]]:
         axes[1].plot([h["epoch"] for h in clu], [h[key] for h in clu], label=key)
     axes[1].set(title="stage 2: objective terms", xlabel="epoch", yscale="log")
     axes[1].legend()
