@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from sccsa_train.cae import ConvAutoencoder, PhaseConv2d, PhaseConvTranspose2d
-from sccsa_train.objective import clustering_loss, kl_loss, responsibilities, update_centroids
+from sccsa_train.fit import PATIENCE, _plateaued
+from sccsa_train.objective import (
+    class_means,
+    classification_loss,
+    clustering_loss,
+    kl_loss,
+    responsibilities,
+    update_centroids,
+)
 
 
 @pytest.mark.parametrize("d", [10, 100, 1000, 1600, 1601, 2003])
@@ -85,3 +93,26 @@ def test_centroid_update_is_the_weighted_mean_and_keeps_empty_centroids():
     torch.testing.assert_close(new[0], torch.tensor([1.0, 0.0]))
     torch.testing.assert_close(new[1], torch.tensor([10.0, 10.0]))
     torch.testing.assert_close(new[2], mu[2])  # no weight: stays
+
+
+def test_class_means_are_the_label_means_and_keep_an_empty_class():
+    z = torch.tensor([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0]])
+    mu = torch.tensor([[5.0, 5.0], [5.0, 5.0], [-1.0, -1.0]])
+    new = class_means(z, torch.tensor([0, 0, 1]), mu)
+    torch.testing.assert_close(new, torch.tensor([[1.0, 0.0], [10.0, 10.0], [-1.0, -1.0]]))
+
+
+def test_classification_loss_is_the_cross_entropy_of_the_soft_assignment():
+    d2 = torch.tensor([[0.0, 1.0], [4.0, 0.0]])
+    expected = -(torch.log_softmax(-2.0 * d2, dim=1)[[0, 1], [0, 0]]).mean()
+    torch.testing.assert_close(classification_loss(d2, 2.0, torch.tensor([0, 0])), expected)
+
+
+@pytest.mark.parametrize("losses, stalled", [
+    ([1.0] * PATIENCE, False),  # too few epochs to judge
+    ([1.0] + [0.9995] * PATIENCE, True),  # a gain of 0.0005 is less than tol
+    ([1.0] + [0.99] * PATIENCE, False),
+    ([0.5, 1.0] + [0.6] * (PATIENCE - 1), True),  # worse than the best before
+])
+def test_classification_plateau(losses, stalled):
+    assert _plateaued([{"cross_entropy": value} for value in losses], tol=0.001) is stalled

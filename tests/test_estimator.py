@@ -266,3 +266,48 @@ def test_auto_k_and_the_pseudo_labels_share_one_pca(adata, monkeypatch):
         monkeypatch.setattr(module, "standard_pcs", counted)
     model = SCCSA("auto", n_genes=40, random_state=0, **{**FAST_TRAINING, "cluster_epochs": 0}).fit(adata)
     assert len(calls) == 1 and model.state_.pseudo_labels is not None
+
+
+def test_labels_key_classifies_by_default(fitted_model, synthetic):
+    """Reference mode: stage 2 learns the labels, cluster k is the k-th sorted label, the history
+    records the cross-entropy, and the exported graph's nearest centroid is the label."""
+    assert fitted_model.state_.cluster_names == ["type0", "type1", "type2"]
+    codes = np.searchsorted(fitted_model.state_.cluster_names, synthetic.obs["cell_type"].astype(str))
+    assert (fitted_model.labels_ == codes).mean() > 0.95
+    stage2 = fitted_model.history_.cluster
+    assert stage2 and "cross_entropy" in stage2[0] and "l1" not in stage2[0]
+    assert stage2[-1]["cross_entropy"] < 0.1  # separable types: the labels are learned
+    assert fitted_model.net_.head.weight.requires_grad  # idle in stage 2, unfrozen again afterwards
+
+
+def test_objective_cluster_keeps_the_papers_stage_two(synthetic):
+    model = SCCSA(3, labels_key="cell_type", objective="cluster", n_genes=30, random_state=0,
+                  **FAST_TRAINING).fit(synthetic)
+    assert {"l1", "kl"} <= set(model.history_.cluster[0])
+
+
+def test_classification_stops_when_the_cross_entropy_stalls(synthetic):
+    # A loose tol: no 0.5 gain in 10 epochs, so it stops after the 11th of up to 60 epochs.
+    model = SCCSA(3, labels_key="cell_type", n_genes=30, random_state=0,
+                  **{**FAST_TRAINING, "cluster_epochs": 60, "tol": 0.5}).fit(synthetic)
+    assert len(model.history_.cluster) == 11 and model.history_.converged
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(objective="classify"), "needs labels_key"),
+    (dict(objective="classify", labels_key="cell_type", init="kmeans"), "drop init='kmeans'"),
+])
+def test_classify_needs_labels_and_their_centroids(adata, kwargs, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        SCCSA(3, **kwargs, **FAST_TRAINING).fit(adata)
+
+
+def test_partial_fit_of_a_classifier_needs_labels_it_knows(synthetic):
+    model = SCCSA(3, labels_key="cell_type", n_genes=30, random_state=0, **FAST_TRAINING).fit(synthetic)
+    before = len(model.history_.cluster)
+    model.partial_fit(synthetic[:90].copy(), epochs=2)
+    assert len(model.history_.cluster) == before + 2 and "cross_entropy" in model.history_.cluster[-1]
+    novel = synthetic[:90].copy()
+    novel.obs["cell_type"] = novel.obs["cell_type"].astype(str).replace("type0", "novel")
+    with pytest.raises(InputDataError, match="also holds 'novel'"):
+        model.partial_fit(novel, epochs=1)
