@@ -349,18 +349,19 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
     def _resolve_k(self, lognorm: Any, n_cells: int, user_labels: np.ndarray | None,
                    pcs: Callable[[], np.ndarray]) -> tuple[int, str]:
         """K as given, the number of reference labels, or estimated (``pcs``: the standard PCs of ``lognorm``)."""
+        classes = None if user_labels is None else len(np.unique(user_labels))
         if self.n_clusters == "auto":
-            if user_labels is not None:
-                k, method = len(np.unique(user_labels)), f"number of distinct {self.labels_key}"
+            if classes is not None:
+                k, method = classes, f"number of distinct {self.labels_key}"
             else:
                 k = n_clusters_estimation.estimate(lognorm, seed=self.random_state, pcs=pcs())
                 method = n_clusters_estimation.METHOD
         else:
             k, method = int(self.n_clusters), "given"
-        if self._classifies() and k != len(np.unique(user_labels)):
+        if self._classifies() and k != classes:
             raise InputDataError(
                 f"objective='classify' learns one cluster per label, but {self.labels_key} has "
-                f"{len(np.unique(user_labels))} classes and n_clusters is {k}; set n_clusters to 'auto' or use "
+                f"{classes} classes and n_clusters is {k}; set n_clusters to 'auto' or use "
                 "objective='cluster'.")
         if k > n_cells:
             raise InputDataError(
@@ -488,21 +489,21 @@ def _require_anndata(X: Any) -> None:
 
 
 def _label_codes(labels: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """The reference labels' names (sorted) and each cell's code, for objective='classify', whose
-    cluster k is label k (:meth:`SCCSA._resolve_k` checked that K is their number)."""
+    """The labels' names (sorted) and each cell's code: cluster k is label k with
+    objective='classify' (:meth:`SCCSA._resolve_k` checked that K is their number) and init='labels'."""
     names, codes = np.unique(labels, return_inverse=True)
     return [str(name) for name in names], codes.astype(np.int64)
 
 
 def _start_labels(labels: np.ndarray, k: int) -> np.ndarray:
     """``labels`` as integers 0..K-1 (init='labels' needs exactly K distinct labels)."""
-    names, codes = np.unique(labels, return_inverse=True)
+    names, codes = _label_codes(labels)
     if len(names) != k:
         raise InputDataError(
             f"init='labels' starts one centroid per label, but the labels have {len(names)} classes and "
             f"n_clusters is {k}; set n_clusters to {len(names)} (or 'auto') or use init='kmeans'."
         )
-    return codes.astype(np.int64)
+    return codes
 
 
 def _thresholds(distance: np.ndarray, labels: np.ndarray, k: int, quantile: float = THRESHOLD_QUANTILE) -> np.ndarray:

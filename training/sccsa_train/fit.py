@@ -310,7 +310,7 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
 
     ``targets`` (reference label codes 0..K−1 of every row, ``objective='classify'``): the loss is
     cross-entropy plus reconstruction and μ_k is the mean latent of label k; the labels returned
-    are still the nearest centroids, and their changes still decide when to stop."""
+    are still the nearest centroids, but it stops when the cross-entropy stalls (:func:`_plateaued`)."""
     net = unwrap(model)
     weights = schedule.weights
     optimizer = torch.optim.Adam(model.parameters(), lr=schedule.cluster_lr)
