@@ -176,7 +176,7 @@ def sccsa_record(adata, labels, k, kind, protocol, seed, variant: str | None = N
                 model.export(Path(folder) / "bundle")
                 result = Predictor(Path(folder) / "bundle").predict(query)
             truth = labels[query_idx]
-            extra = transfer_scores(truth, result.label)
+            extra = {**transfer_scores(truth, result.label), "unassigned": round(float(result.unassigned.mean()), 4)}
             predicted = result.cluster
         else:
             supervision = {"labels_key": "cell_type", "objective": "cluster"} if protocol == "S" else {}
@@ -261,11 +261,15 @@ def _transfer_table(frame: pd.DataFrame) -> str:
             column = f"{name.split(' T ')[0]} {metric.replace('_', ' ')}"
             columns[column] = rows.groupby("dataset")[metric].agg(mean_sd)
             means[column] = rows.groupby("dataset")[metric].mean()
+    sccsa_rows = transfer[transfer["column"] == "sccsa T (30 % query)"]
+    if "unassigned" in sccsa_rows and sccsa_rows["unassigned"].notna().any():
+        columns["sccsa unassigned"] = sccsa_rows.groupby("dataset")["unassigned"].agg(mean_sd)
+        means["sccsa unassigned"] = sccsa_rows.groupby("dataset")["unassigned"].mean()
     table = pd.DataFrame(columns).fillna("–")
     frame_means = pd.DataFrame(means)
     for label, half in (("", None), (", tuning half", "tuning"), (", confirmation half", "confirmation")):
         row = []
-        for metric in ("label accuracy", "macro f1"):
+        for metric in ("label accuracy", "macro f1", "unassigned"):
             pair = frame_means[[c for c in frame_means if c.endswith(metric)]].dropna()
             if half is not None:
                 pair = pair.loc[[split_of(d) == half for d in pair.index]]
@@ -273,7 +277,8 @@ def _transfer_table(frame: pd.DataFrame) -> str:
         table.loc[f"**mean over the datasets where both ran{label} (n)**"] = row
     return ("## Label transfer (protocol T): label accuracy and macro-F1 on the 30 % query\n\n"
             "sccsa T is the default reference mode (`labels_key`, stage 2 `objective='classify'`: cluster k is "
-            "label k, so each query cell is named by its nearest centroid's label; `unassigned` counts as wrong); "
+            "label k, so each query cell is named by its nearest centroid's label; `unassigned` counts as wrong, "
+            "and *sccsa unassigned* is the fraction of query cells it left unassigned); "
             "logreg is the CellTypist-style logistic regression on log1p-normalised, standardised counts, trained "
             "on the same 70 %. Halves as in benchmarks/split.json.\n\n"
             + markdown_table(table))

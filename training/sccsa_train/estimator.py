@@ -51,10 +51,10 @@ from .options import default, validate
 from .preprocess import MIN_CELLS_PER_GENE, expression_matrix, library_sizes, prepare
 from .pseudolabels import consensus_labels, standard_pcs
 from .sketch import on_sketch, sketch_rows, to_all_cells
+from .thresholds import unassigned_thresholds
 
 log = logging.getLogger(__name__)
 
-THRESHOLD_QUANTILE = 0.995
 MIN_CELLS_PER_CLUSTER = 10
 
 
@@ -256,7 +256,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.net_ = net.cpu().eval()
         self.state_ = FittedState(
             panel=panel, labels=labels, latent=latent.cpu().numpy(), alpha=alpha.cpu().numpy(),
-            thresholds=_thresholds(distance, labels, net.n_clusters),
+            thresholds=unassigned_thresholds(distance, labels, net.n_clusters),
             input_kind=self.input_kind, n_cells=len(fit_rows), **kept,
         )
         self._fit_rows = fit_rows
@@ -504,15 +504,6 @@ def _start_labels(labels: np.ndarray, k: int) -> np.ndarray:
             f"n_clusters is {k}; set n_clusters to {len(names)} (or 'auto') or use init='kmeans'."
         )
     return codes
-
-
-def _thresholds(distance: np.ndarray, labels: np.ndarray, k: int, quantile: float = THRESHOLD_QUANTILE) -> np.ndarray:
-    """Per-cluster ``quantile`` of the training cells' distance to their centroid."""
-    fallback = float(np.quantile(distance, quantile))
-    return np.array(
-        [float(np.quantile(distance[labels == c], quantile)) if np.any(labels == c) else fallback for c in range(k)],
-        dtype=np.float64,
-    )
 
 
 def _cluster_names(labels: np.ndarray, user_labels: np.ndarray | None, k: int) -> list[str] | None:
