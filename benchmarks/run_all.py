@@ -20,6 +20,7 @@ def main() -> None:
     extra = ["--data", args.data] if args.data else []
     runs = [
         ["clustering.py"],
+        ["unassigned.py"],
         # candidate settings beside the defaults, on the same page
         ["clustering.py", "--resume", "--protocols", "U", "--no-baselines", "--variant", "init_labels"],
         ["clustering.py", "--resume", "--protocols", "U", "--no-baselines", "--variant", "starts3"],

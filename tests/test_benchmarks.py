@@ -66,7 +66,9 @@ def test_clustering_records_follow_the_contract(data_dir, tmp_path, monkeypatch)
     transfer = [r for r in found if r["protocol"] == "T"]
     assert sorted(r["n_query"] for r in transfer) == [36, 36, 45, 45]  # the 30 % query, same for sccsa and logreg
     assert all(0 <= r["label_accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 for r in transfer)
+    assert all(0 <= r["unassigned"] <= 1 for r in transfer if r["method"] == "sccsa")
     page = (tmp_path / "clustering.md").read_text()
+    assert "sccsa unassigned" in page
     assert "| sccsa U | sccsa T (30 % query) |" in page.replace("dataset | ", "")
     assert json.loads((tmp_path / "clustering_meta.json").read_text())["command"].startswith("python benchmarks/")
 
@@ -144,6 +146,28 @@ def test_latent_probe_scores_every_variant_without_stage_two_and_merges_shards(d
     assert len(records(out)) == len(probe.VARIANTS) + 1
     page = (tmp_path / "latent_probe.md").read_text()
     assert "ARI of K-means on the pretrained latent" in page and all(v in page for v in probe.VARIANTS)
+
+
+def test_unassigned_page_scores_both_rules_from_one_fit_and_merges_shards(data_dir, tmp_path, monkeypatch):
+    """unassigned.py: the reference's most common type held out, both threshold rules scored on the
+    same query, the small dataset run with three seeds by default."""
+    unassigned = script("unassigned", monkeypatch)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    run(unassigned, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_a", "--out", str(first))
+    run(unassigned, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_b", "--seeds", "0", "--out", str(second))
+    found = records(first)
+    assert sorted(r["seed"] for r in found) == [0, 1, 2]  # 150 cells: under SMALL
+    for r in found:
+        assert r["n_unseen"] > 0 and r["n_known"] > 0 and 0 <= r["unseen_auroc"] <= 1
+        for rule in unassigned.RULES:
+            assert all(0 <= r[f"{rule}:{m}"] <= 1 for m in ("known_unassigned", "known_accuracy", "unseen_unassigned"))
+        # about 100 reference cells cannot calibrate the conformal thresholds: nothing unassigned for distance
+        assert r["conformal:known_unassigned"] == 0 and r["conformal:unseen_unassigned"] == 0
+    out = tmp_path / "unassigned.json"
+    run(unassigned, monkeypatch, "--out", str(out), "--merge", str(first), str(second))
+    assert len(records(out)) == 4
+    page = (tmp_path / "unassigned.md").read_text()
+    assert "unseen_unassigned (conformal)" in page and "Seeds run: 3 on 1 dataset(s), 1 on 1 dataset(s)" in page
 
 
 def test_ablation_shards_merge_into_one_table(data_dir, tmp_path, monkeypatch):
