@@ -78,3 +78,34 @@ def test_a_one_cell_tail_joins_the_last_batch_and_no_cell_is_lost():
     batches = _batches(513, 256, torch.Generator().manual_seed(0), SINGLE)  # 513 = 2 × 256 + 1
     assert [len(b) for b in batches] == [256, 257]
     assert sorted(torch.cat(batches).tolist()) == list(range(513))
+
+
+ON_MAIN_SCRIPT = """
+import sys
+import torch.distributed as dist
+from sccsa_train.distributed import Workers
+from sccsa_infer.errors import InputDataError
+rank, path = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+workers = Workers(rank, 2)
+print("value", workers.on_main(lambda: rank + 41), flush=True)  # rank 0's 41 on both
+
+def wrong_k():
+    raise InputDataError("n_clusters is 5 but cell_type has 3 classes")
+
+try:
+    workers.on_main(wrong_k)
+except InputDataError as error:
+    print("raised", error, flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_an_error_on_rank_0_is_raised_on_every_rank_instead_of_leaving_them_waiting(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ranks = [subprocess.Popen([sys.executable, "-c", ON_MAIN_SCRIPT, str(rank), str(tmp_path / "rendezvous")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    outputs = [process.communicate(timeout=120) for process in ranks]
+    for process, (stdout, stderr) in zip(ranks, outputs):
+        assert process.returncode == 0, stderr[-2000:]
+        assert stdout.splitlines() == ["value 41", "raised n_clusters is 5 but cell_type has 3 classes"]

@@ -6,7 +6,7 @@ holds the same standardised panel; each optimiser step takes one global mini-bat
 ``DistributedDataParallel`` (gradients averaged). Centroid statistics, label changes and the
 final labels are summed across ranks, so all ranks keep identical centroids and stop at the same
 epoch. Rank 0 alone computes the pseudo-labels and K and sends them to the others, so every rank
-selects the same genes. Backend: gloo on CPUs, NCCL on GPUs (one per process, ``LOCAL_RANK``).
+selects the same genes (:meth:`Workers.on_main`: an error there is raised on every rank). Backend: gloo on CPUs, NCCL on GPUs (one per process, ``LOCAL_RANK``).
 
 Without ``torchrun`` this is one process (:data:`SINGLE`) and training is exactly what it was:
 the same batches, the same centroid updates, the same labels.
@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import distributed as dist
@@ -25,6 +26,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,23 @@ class Workers:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def on_main(self, compute: Callable[[], T]) -> T:
+        """``compute()`` run by rank 0 alone, its result on every rank. An error raised there is
+        raised on every rank: the others would otherwise wait in the broadcast for a value that never
+        comes (e.g. a wrong ``n_clusters`` found while resolving K under torchrun hung rank 1)."""
+        if self.size == 1:
+            return compute()
+        outcome: tuple[bool, Any] | None = None
+        if self.is_main:
+            try:
+                outcome = (True, compute())
+            except Exception as error:  # noqa: BLE001 - re-raised below, on every rank
+                outcome = (False, error)
+        succeeded, value = self.from_main(outcome)
+        if not succeeded:
+            raise value
+        return value
 
     def same_buffers(self, net: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm statistics, centroids) on every rank before the network is

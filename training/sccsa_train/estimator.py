@@ -187,8 +187,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             sketch = sketch_rows(len(fit_rows), self.random_state)  # None: all cells (up to SKETCH_CELLS)
             sketched = on_sketch(lognorm, sketch)
             pcs = cache(partial(standard_pcs, sketched, seed=self.random_state))  # for K and pseudo-labels, once
-            k, k_method = workers.from_main(self._resolve_k(sketched, len(fit_rows), user_labels, pcs)
-                                            if workers.is_main else None)
+            k, k_method = workers.on_main(partial(self._resolve_k, sketched, len(fit_rows), user_labels, pcs))
             timings["preprocess"] = time.perf_counter() - started
             log.info("preprocessed %d cells × %d genes (%d pass QC); K=%d (%s) in %.1f s", len(fit_rows),
                      len(data.all_genes), len(data.genes), k, k_method, timings["preprocess"])
@@ -199,9 +198,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             init = self._init(batches is not None)
             if user_labels is None and (self.genes == "ftest" or init == "labels"):
                 codes = None if batches is None else on_sketch(batches.codes, sketch)
-                pseudo = workers.from_main(consensus_labels(sketched, k, seed=self.random_state, batches=codes,
-                                                            pcs=pcs()).labels
-                                           if workers.is_main else None)
+                pseudo = workers.on_main(partial(self._pseudo_labels, sketched, k, codes, pcs))
                 selection_labels = pseudo
             selector = fit_selector(sketched, data.genes, self.n_genes, self.genes, selection_labels)
             panel, _ = build_panel(sketched, data.genes, selector, self.gene_order)
@@ -345,6 +342,11 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         return SCCSANet(n_genes, k, latent_dim=self.latent_dim, cc=self.cc, alpha=self.alpha,
                         attention_dim=self.attention_dim, channels=tuple(self.channels), batch_norm=self.batch_norm,
                         n_covariates=n_batches)
+
+    def _pseudo_labels(self, lognorm: Any, k: int, batches: np.ndarray | None,
+                       pcs: Callable[[], np.ndarray]) -> np.ndarray:
+        """The consensus pseudo-labels the F-test reads (``pcs``: the standard PCs of ``lognorm``)."""
+        return consensus_labels(lognorm, k, seed=self.random_state, batches=batches, pcs=pcs()).labels
 
     def _resolve_k(self, lognorm: Any, n_cells: int, user_labels: np.ndarray | None,
                    pcs: Callable[[], np.ndarray]) -> tuple[int, str]:

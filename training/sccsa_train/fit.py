@@ -232,15 +232,15 @@ def latent_kmeans(latent: torch.Tensor, k: int, schedule: Schedule, seed: int,
     come from a random sample of that many (seeded, as the gene selection's sketch) and every
     cell gets its nearest centre, so the restarts cost the same at any size (20 restarts on 10⁶
     ten-dimensional points took ~9 s in a development run, on 50,000 of them ~1 s)."""
-    fitted = None
-    if workers.is_main:
+    def fit() -> tuple[np.ndarray, np.ndarray]:
         values = latent.cpu().numpy().astype(np.float64)
         kmeans = KMeans(k, n_init=schedule.kmeans_n_init, random_state=seed)
         sample = sketch_rows(len(values), seed, schedule.kmeans_cells, purpose="K-means of the latent")
         kmeans.fit(on_sketch(values, sample))
         labels = kmeans.labels_ if sample is None else kmeans.predict(values)
-        fitted = (kmeans.cluster_centers_, labels.astype(np.int64))
-    return workers.from_main(fitted)
+        return kmeans.cluster_centers_, labels.astype(np.int64)
+
+    return workers.on_main(fit)
 
 
 def initialise_centroids(net: SCCSANet, x: NetworkInput, schedule: Schedule, seed: int,
@@ -401,12 +401,9 @@ def score_start(start: Start, x: NetworkInput, schedule: Schedule, seed: int, wo
     latent, _ = embed_all(start.net, x)
     start.latent = latent
     start.kmeans = latent_kmeans(latent, start.net.n_clusters, schedule, seed, workers)
-    silhouette = None
-    if workers.is_main:
-        sample = schedule.silhouette_cells if latent.shape[0] > schedule.silhouette_cells else None
-        silhouette = float(silhouette_score(latent.cpu().numpy(), start.kmeans[1], sample_size=sample,
-                                            random_state=seed))
-    start.silhouette = workers.from_main(silhouette)
+    sample = schedule.silhouette_cells if latent.shape[0] > schedule.silhouette_cells else None
+    start.silhouette = workers.on_main(lambda: float(silhouette_score(
+        latent.cpu().numpy(), start.kmeans[1], sample_size=sample, random_state=seed)))
 
 
 def pretrain_best(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, seed: int,
