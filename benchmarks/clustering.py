@@ -20,7 +20,8 @@ For every ``.h5ad`` in ``--data`` (default ../shared/data) and every seed:
 as method ``sccsa_NAME`` so that a candidate sits beside the default on one page: ``init_labels``
 starts the centroids at the latent means of the consensus pseudo-labels instead of K-means on the
 latent; ``starts3`` pretrains 3 networks for min(1000 steps, 250 epochs) each and keeps the one
-whose latent K-means partition has the highest silhouette.
+whose latent K-means partition has the highest silhouette; ``latent32`` has a 32-dimensional latent
+(the latent probe's candidate) instead of 10.
 
 Results: ``results/clustering.json`` (one record per dataset × method × protocol × seed) and
 ``results/clustering.md``. ``--resume`` keeps the records already in the JSON file.
@@ -62,6 +63,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "init_labels": ({"init": "labels"}, "init labels"),
     "starts3": ({"pretrain_starts": 3, "pretrain_max_steps": 1000, "pretrain_epochs": 250},
                 "3 starts, ≤ 1000 steps"),
+    "latent32": ({"latent_dim": 32}, "latent 32"),
 }
 VARIANT_U_COLUMNS = [f"sccsa U ({name})" for _, name in VARIANTS.values()]
 VARIANT_COLUMNS = [*VARIANT_U_COLUMNS, *(f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values())]
