@@ -21,7 +21,8 @@ as method ``sccsa_NAME`` so that a candidate sits beside the default on one page
 starts the centroids at the latent means of the consensus pseudo-labels instead of K-means on the
 latent; ``starts3`` pretrains 3 networks for min(1000 steps, 250 epochs) each and keeps the one
 whose latent K-means partition has the highest silhouette; ``latent32`` has a 32-dimensional latent
-(the latent probe's candidate) instead of 10.
+(the latent probe's candidate) instead of 10; ``recon1`` weighs stage 2's reconstruction 1 instead of
+100 (for protocol T: the classifier's cross-entropy then shapes the latent more than reconstruction).
 
 Results: ``results/clustering.json`` (one record per dataset × method × protocol × seed) and
 ``results/clustering.md``. ``--resume`` keeps the records already in the JSON file.
@@ -64,6 +65,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "starts3": ({"pretrain_starts": 3, "pretrain_max_steps": 1000, "pretrain_epochs": 250},
                 "3 starts, ≤ 1000 steps"),
     "latent32": ({"latent_dim": 32}, "latent 32"),
+    "recon1": ({"reconstruction_weight": 1.0}, "reconstruction weight 1"),
 }
 VARIANT_U_COLUMNS = [f"sccsa U ({name})" for _, name in VARIANTS.values()]
 VARIANT_COLUMNS = [*VARIANT_U_COLUMNS, *(f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values())]
