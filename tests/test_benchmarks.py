@@ -88,6 +88,24 @@ def test_label_starts_are_kept_apart_and_shards_merge(data_dir, tmp_path, monkey
     assert "sccsa U (init labels)" in page and "merged from runs in several processes" in page
 
 
+def test_protocol_t_candidates_are_compared_by_label_accuracy_per_half(monkeypatch):
+    """A T candidate's row: its label accuracy beside the defaults' and logreg's on the same
+    datasets and seeds, per half (no training: the page from records)."""
+    clustering = script("clustering", monkeypatch)
+    monkeypatch.setattr(clustering, "split_of", {"d": "tuning", "e": "confirmation"}.get)
+    accuracy = {("d", "sccsa"): 0.8, ("d", "sccsa_latent32"): 0.85, ("d", "logreg"): 0.95,
+                ("e", "sccsa"): 0.9, ("e", "sccsa_latent32"): 0.85, ("e", "logreg"): 0.95}
+    found = [{"dataset": d, "method": m, "protocol": "T", "seed": 0, "ari": 0.5, "nmi": 0.5, "acc": a,
+              "seconds": 1.0, "label_accuracy": a, "macro_f1": a, "n_query": 10} for (d, m), a in accuracy.items()]
+    found.append({**found[1], "seed": 1, "label_accuracy": 0.95})  # a seed the defaults lack: left out
+    page = clustering.summarise(found)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in page.splitlines()
+            if line.startswith("| sccsa T (30 % query) (latent 32)")}
+    tuning, confirmation = (rows[f"sccsa T (30 % query) (latent 32), {half} half"] for half in ("tuning", "confirmation"))
+    assert [c.strip(" |") for c in tuning[-4:]] == ["0.850", "0.800", "0.950", "1 of 1"]
+    assert [c.strip(" |") for c in confirmation[-4:]] == ["0.850", "0.900", "0.950", "0 of 1"]
+
+
 def test_merge_without_shards_only_rewrites_the_page(data_dir, tmp_path, monkeypatch):
     clustering = script("clustering", monkeypatch)
     out = tmp_path / "clustering.json"
