@@ -79,6 +79,10 @@ def measure(adata, labels: np.ndarray, kind: str, seed: int) -> dict[str, Any]:
     types, counts = np.unique(labels[ref_idx], return_counts=True)
     held_out = types[np.argmax(counts)]
     ref_idx = ref_idx[labels[ref_idx] != held_out]
+    truth, unseen = labels[query_idx], labels[query_idx] == held_out
+    if unseen.all() or not unseen.any():  # an unstratified split can leave the query without one side
+        raise SystemExit(f"The query of seed {seed} holds {'only' if unseen.all() else 'no'} cells of the held-out "
+                         f"type {held_out!r}; this page needs both. Use another seed or dataset.")
     reference = adata[ref_idx].copy()
     reference.obs[LABEL_KEY] = pd.Categorical(labels[ref_idx])
     model = SCCSA(labels_key=LABEL_KEY, input_kind=kind, random_state=seed, progress=False).fit(reference)
@@ -87,7 +91,6 @@ def measure(adata, labels: np.ndarray, kind: str, seed: int) -> dict[str, Any]:
         predictor = Predictor(Path(folder) / "bundle")
         query, trained = predictor.predict(adata[query_idx].copy()), predictor.predict(reference)
     names = np.asarray(predictor.bundle.cluster_names, dtype=object)
-    truth, unseen = labels[query_idx], labels[query_idx] == held_out
     old = percentile_thresholds(trained.distance, trained.cluster, len(names))
     flagged = {"conformal": query.unassigned, "percentile": (query.distance > old[query.cluster]) | query.empty}
     record: dict[str, Any] = {"held_out": str(held_out), "n_reference": len(ref_idx), "n_unseen": int(unseen.sum()),
