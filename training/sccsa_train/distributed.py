@@ -6,7 +6,8 @@ holds the same standardised panel; each optimiser step takes one global mini-bat
 ``DistributedDataParallel`` (gradients averaged). Centroid statistics, label changes and the
 final labels are summed across ranks, so all ranks keep identical centroids and stop at the same
 epoch. Rank 0 alone computes the pseudo-labels and K and sends them to the others, so every rank
-selects the same genes (:meth:`Workers.on_main`: an error there is raised on every rank). Backend: gloo on CPUs, NCCL on GPUs (one per process, ``LOCAL_RANK``).
+selects the same genes (:meth:`Workers.on_main`: an error there is raised on every rank).
+Backend: gloo on CPUs, NCCL on GPUs (one per process, ``LOCAL_RANK``).
 
 Without ``torchrun`` this is one process (:data:`SINGLE`) and training is exactly what it was:
 the same batches, the same centroid updates, the same labels.
