@@ -29,7 +29,7 @@ from common import (DEFAULT_DATA, RESULTS, add_merge_option, datasets, finish, l
                     merge_or_resume, score, split_datasets, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train.fit import Schedule
-from sccsa_train.kmeans_restarts import Restart, choose_restart, kmeans_restarts, score_silhouettes
+from sccsa_train.kmeans_restarts import Restart, choose_restart, kmeans_restarts, near_lowest, score_silhouettes
 
 TOLERANCES = (0.0, 0.005, 0.01, 0.02, 0.05, float("inf"))
 
@@ -65,7 +65,7 @@ def rule_name(tolerance: float) -> str:
 
 def chosen_ari(record: dict[str, Any], tolerance: float) -> float:
     restarts = [Restart(np.empty(0), np.empty(0), r["inertia"], r["silhouette"]) for r in record["restarts"]]
-    chosen = choose_restart(restarts, tolerance)
+    chosen = choose_restart(near_lowest(restarts, tolerance))
     return record["restarts"][next(i for i, r in enumerate(restarts) if r is chosen)]["ari"]
 
 

@@ -166,6 +166,28 @@ def test_latent_probe_scores_every_variant_without_stage_two_and_merges_shards(d
     assert "ARI of K-means on the pretrained latent" in page and all(v in page for v in probe.VARIANTS)
 
 
+def test_kmeans_start_page_records_every_restart_and_scores_each_rule(data_dir, tmp_path, monkeypatch):
+    """kmeans_start.py: 20 restarts per fit, each with inertia, silhouette and ARI; the page's rule
+    at tolerance 0 picks the lowest inertia, and the library's default tolerance is one of its rules."""
+    page_script = script("kmeans_start", monkeypatch)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    run(page_script, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_a", "--seeds", "0", "--out", str(first))
+    run(page_script, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_b", "--seeds", "0", "--out", str(second))
+    (record,) = records(first)
+    assert len(record["restarts"]) == 20
+    assert all(-1 <= r["silhouette"] <= 1 and -1 <= r["ari"] <= 1 for r in record["restarts"])
+    lowest = min(record["restarts"], key=lambda r: r["inertia"])
+    assert page_script.chosen_ari(record, 0.0) == lowest["ari"]
+    from sccsa_train.fit import Schedule
+
+    assert Schedule().kmeans_tolerance in page_script.TOLERANCES
+    out = tmp_path / "kmeans_start.json"
+    run(page_script, monkeypatch, "--out", str(out), "--merge", str(first), str(second))
+    assert len(records(out)) == 2
+    page = (tmp_path / "kmeans_start.md").read_text()
+    assert "ARI of the chosen restart" in page and page_script.rule_name(0.05) in page
+
+
 def test_unassigned_page_scores_both_rules_from_one_fit_and_merges_shards(data_dir, tmp_path, monkeypatch):
     """unassigned.py: the reference's most common type held out, both threshold rules scored on the
     same query, the small dataset run with three seeds by default."""

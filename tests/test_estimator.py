@@ -230,8 +230,10 @@ def test_stage_2_stops_at_its_step_budget_after_updating_centroids_and_labels(ad
 
 
 def test_several_starts_keep_the_one_with_the_best_silhouette(adata, unsupervised):
-    from sklearn.cluster import KMeans
+    import torch
     from sklearn.metrics import silhouette_score
+
+    from sccsa_train.fit import Schedule, latent_kmeans
 
     assert unsupervised.history_.starts == []  # one start: nothing to choose, nothing scored
     model = SCCSA(3, n_genes=40, random_state=1, **{**FAST_TRAINING, "pretrain_starts": 3,
@@ -242,7 +244,7 @@ def test_several_starts_keep_the_one_with_the_best_silhouette(adata, unsupervise
     assert model.history_.pretrain[-1]["reconstruction"] == best["reconstruction"]
     # without stage 2 the kept network's latent is the pretrained one: its K-means partition scores best
     latent = model.state_.latent.astype(np.float64)
-    labels = KMeans(3, n_init=20, random_state=1).fit_predict(latent)
+    labels = latent_kmeans(torch.from_numpy(latent), 3, Schedule(), seed=1).labels
     assert silhouette_score(latent, labels) == pytest.approx(best["silhouette"], abs=1e-4)
     np.testing.assert_array_equal(model.labels_, labels)
     # the first start is the one-start run's network, so several starts never do worse by the criterion

@@ -72,8 +72,9 @@ def test_latent_kmeans_beyond_its_cell_limit_fits_a_sample_and_assigns_every_cel
     rng = np.random.default_rng(0)
     truth = np.repeat(np.arange(3), 300)
     latent = torch.from_numpy(rng.normal(size=(900, 4)) + 8.0 * np.eye(3, 4)[truth]).float()
-    centres, labels = latent_kmeans(latent, 3, Schedule(kmeans_n_init=3, kmeans_cells=90), seed=0)
-    full_centres, full_labels = latent_kmeans(latent, 3, Schedule(kmeans_n_init=3), seed=0)
+    sampled = latent_kmeans(latent, 3, Schedule(kmeans_n_init=3, kmeans_cells=90), seed=0)
+    full = latent_kmeans(latent, 3, Schedule(kmeans_n_init=3), seed=0)
+    centres, labels, full_centres, full_labels = sampled.centres, sampled.labels, full.centres, full.labels
     assert labels.shape == (900,) and adjusted_rand_score(truth, labels) == 1.0
     assert adjusted_rand_score(full_labels, labels) == 1.0
     # the centres are those of the 90 sampled cells, not of all 900
@@ -119,9 +120,9 @@ def test_beyond_its_cell_limit_the_kmeans_start_embeds_only_its_sample():
     sample = sketch_rows(90, 0, 40)
     assert (labels >= 0).sum() == 40 and np.all(labels[sample] >= 0)  # the other 50 cells: none yet
     latent, _ = embed_all(net, x)
-    centres, sample_labels = latent_kmeans(latent[sample], 3, schedule, seed=0)
-    np.testing.assert_allclose(net.centroids.numpy(), centres, rtol=1e-6)
-    np.testing.assert_array_equal(labels[sample], sample_labels)
+    start = latent_kmeans(latent[sample], 3, schedule, seed=0)
+    np.testing.assert_allclose(net.centroids.numpy(), start.centres, rtol=1e-6)
+    np.testing.assert_array_equal(labels[sample], start.labels)
     history = History()
     labels, _ = cluster(net, x, labels, schedule, history, torch.Generator().manual_seed(0), progress=False)
     assert np.all(labels >= 0) and len(history.cluster) == 2  # the first epoch labels every cell

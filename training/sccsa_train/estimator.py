@@ -103,6 +103,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         tol: float = default("tol"),
         beta_scale: float = default("beta_scale"),
         init: str = default("init"),
+        kmeans_choice: str = default("kmeans_choice"),
         objective: str = default("objective"),
         kl_weight: float = default("kl_weight"),
         reconstruction_weight: float = default("reconstruction_weight"),
@@ -138,6 +139,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.tol = tol
         self.beta_scale = beta_scale
         self.init = init
+        self.kmeans_choice = kmeans_choice
         self.objective = objective
         self.kl_weight = kl_weight
         self.reconstruction_weight = reconstruction_weight
@@ -152,6 +154,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             pretrain_starts=self.pretrain_starts, input_noise=self.input_noise, cluster_epochs=self.cluster_epochs,
             cluster_max_steps=self.cluster_max_steps, batch_size=self.batch_size,
             pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, beta_scale=self.beta_scale,
+            kmeans_choice=self.kmeans_choice,
             weights=ObjectiveWeights(kl=self.kl_weight, reconstruction=self.reconstruction_weight,
                                      latent_norm=self.latent_norm_weight),
         )

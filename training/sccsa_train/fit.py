@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import pairwise_distances_argmin
 from tqdm.auto import tqdm
 
 from sccsa_infer.defaults import bar_disabled
 
 from .distributed import SINGLE, Workers, unwrap
+from .kmeans_restarts import Restart, choose_restart, kmeans_restarts, near_lowest, score_silhouettes
 from .model import SCCSANet
 from .network_input import NetworkInput
 from .objective import (
@@ -64,7 +64,9 @@ class Schedule:
     cluster_lr: float = default("cluster_lr")
     tol: float = default("tol")
     beta_scale: float = default("beta_scale")
+    kmeans_choice: str = default("kmeans_choice")
     kmeans_n_init: int = 20
+    kmeans_tolerance: float = 0.05  # benchmarks/results/kmeans_start.md
     kmeans_cells: int = SKETCH_CELLS
     silhouette_cells: int = 10_000
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
@@ -226,26 +228,32 @@ def pretrain(model: torch.nn.Module, x: NetworkInput, schedule: Schedule, histor
 
 
 def latent_kmeans(latent: torch.Tensor, k: int, schedule: Schedule, seed: int,
-                  workers: Workers = SINGLE) -> tuple[np.ndarray, np.ndarray]:
-    """Centres and labels of K-means (k-means++, ``kmeans_n_init`` restarts) on ``latent``,
-    computed by rank 0 and sent to the other ranks. Beyond ``kmeans_cells`` cells the centres
-    come from a random sample of that many (seeded, as the gene selection's sketch) and every
-    cell gets its nearest centre, so the restarts cost the same at any size (20 restarts on 10⁶
-    ten-dimensional points took ~9 s in a development run, on 50,000 of them ~1 s)."""
-    def fit() -> tuple[np.ndarray, np.ndarray]:
+                  workers: Workers = SINGLE) -> Restart:
+    """K-means (``kmeans_n_init`` k-means++ restarts) on ``latent``, the restart chosen by
+    ``kmeans_choice`` (:mod:`sccsa_train.kmeans_restarts`), computed by rank 0 and sent to the
+    other ranks; its silhouette is always scored (several pretraining starts are compared by it).
+    Beyond ``kmeans_cells`` cells the restarts run on a random sample of that many (seeded, as the
+    gene selection's sketch) and every cell gets its nearest centre, so they cost the same at any
+    size (20 restarts on 10⁶ ten-dimensional points took ~9 s in a development run, on 50,000 of
+    them ~1 s)."""
+    def fit() -> Restart:
         values = latent.cpu().numpy().astype(np.float64)
-        kmeans = KMeans(k, n_init=schedule.kmeans_n_init, random_state=seed)
         sample = sketch_rows(len(values), seed, schedule.kmeans_cells, purpose="K-means of the latent")
-        kmeans.fit(on_sketch(values, sample))
-        labels = kmeans.labels_ if sample is None else kmeans.predict(values)
-        return kmeans.cluster_centers_, labels.astype(np.int64)
+        fitted = on_sketch(values, sample)
+        tolerance = schedule.kmeans_tolerance if schedule.kmeans_choice == "silhouette" else 0.0
+        candidates = near_lowest(kmeans_restarts(fitted, k, schedule.kmeans_n_init, seed), tolerance)
+        score_silhouettes(fitted, candidates, seed, schedule.silhouette_cells)
+        chosen = choose_restart(candidates)
+        if sample is not None:
+            chosen.labels = pairwise_distances_argmin(values, chosen.centres).astype(np.int64)
+        return chosen
 
     return workers.on_main(fit)
 
 
 def initialise_centroids(net: SCCSANet, x: NetworkInput, schedule: Schedule, seed: int,
                          start_labels: np.ndarray | None = None, workers: Workers = SINGLE,
-                         kmeans: tuple[np.ndarray, np.ndarray] | None = None,
+                         kmeans: Restart | None = None,
                          latent: torch.Tensor | None = None) -> np.ndarray:
     """μ ← K-means on z (``kmeans``: a fit of :func:`latent_kmeans` already made on this net's
     ``latent`` of every cell, which is then not embedded again), or, given ``start_labels``
@@ -265,8 +273,8 @@ def initialise_centroids(net: SCCSANet, x: NetworkInput, schedule: Schedule, see
     if latent is None:
         latent, _ = embed_all(net, x if sample is None else x[sample])
     if start_labels is None:
-        centers, kmeans_labels = kmeans or latent_kmeans(latent, net.n_clusters, schedule, seed, workers)
-        net.centroids.copy_(torch.as_tensor(centers, dtype=net.centroids.dtype))
+        kmeans = kmeans or latent_kmeans(latent, net.n_clusters, schedule, seed, workers)
+        net.centroids.copy_(torch.as_tensor(kmeans.centres, dtype=net.centroids.dtype))
     else:
         groups = torch.as_tensor(start_labels, device=latent.device)
         net.centroids.copy_(torch.stack([latent[groups == k].mean(dim=0) for k in range(net.n_clusters)]))
@@ -276,7 +284,7 @@ def initialise_centroids(net: SCCSANet, x: NetworkInput, schedule: Schedule, see
     net.beta.fill_(schedule.beta_scale / distortion)
     if start_labels is not None:
         return distances.argmin(dim=1).cpu().numpy().astype(np.int64)
-    return to_all_cells(kmeans_labels, sample, len(x))
+    return to_all_cells(kmeans.labels, sample, len(x))
 
 
 def _stage2_loss(net: SCCSANet, out: Any, batch: torch.Tensor, weights: ObjectiveWeights,
@@ -375,7 +383,7 @@ class Start:
     generator: torch.Generator
     history: History
     latent: torch.Tensor | None = None
-    kmeans: tuple[np.ndarray, np.ndarray] | None = None
+    kmeans: Restart | None = None
     silhouette: float = float("nan")
 
 
@@ -401,9 +409,7 @@ def score_start(start: Start, x: NetworkInput, schedule: Schedule, seed: int, wo
     latent, _ = embed_all(start.net, x)
     start.latent = latent
     start.kmeans = latent_kmeans(latent, start.net.n_clusters, schedule, seed, workers)
-    sample = schedule.silhouette_cells if latent.shape[0] > schedule.silhouette_cells else None
-    start.silhouette = workers.on_main(lambda: float(silhouette_score(
-        latent.cpu().numpy(), start.kmeans[1], sample_size=sample, random_state=seed)))
+    start.silhouette = start.kmeans.silhouette
 
 
 def pretrain_best(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, seed: int,

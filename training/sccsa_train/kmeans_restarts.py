@@ -5,8 +5,9 @@ heterogeneous, splitting it while merging two small types can cost almost the sa
 separating the types: on Zeisel (seed 0 of the defaults' pretrained latent) the two partitions
 were 0.06 % apart in inertia, ARI 0.27 against 0.93, and the wrong one won by a hair. Their
 silhouettes were 0.231 and 0.276. So every restart is kept and scored, and the restart chosen is
-the one with the highest silhouette among those whose inertia is within ``tolerance`` of the
-lowest (``tolerance`` 0: plain K-means; no true labels are involved).
+the one with the highest silhouette among those whose inertia is within a tolerance of the
+lowest (tolerance 0: plain K-means; no true labels are involved). Only those candidates are
+scored: a silhouette costs more than a restart.
 """
 
 from __future__ import annotations
@@ -58,14 +59,17 @@ def score_silhouettes(values: np.ndarray, restarts: list[Restart], seed: int, ma
         restart.silhouette = scored[key]
 
 
-def choose_restart(restarts: list[Restart], tolerance: float) -> Restart:
-    """The restart with the highest silhouette among those whose inertia is at most
-    (1 + ``tolerance``) × the lowest; ties and ``tolerance`` 0 fall to the lowest inertia."""
+def near_lowest(restarts: list[Restart], tolerance: float) -> list[Restart]:
+    """The restarts whose inertia is at most (1 + ``tolerance``) × the lowest, lowest first."""
     lowest = min(r.inertia for r in restarts)
-    near = [r for r in restarts if r.inertia <= lowest * (1 + tolerance)]
-    best = max(near, key=lambda r: (r.silhouette if tolerance > 0 else 0.0, -r.inertia))
-    log.debug("K-means restart: inertia %.6g (lowest %.6g), silhouette %.4f, %d of %d restarts within %.3g",
-              best.inertia, lowest, best.silhouette, len(near), len(restarts), tolerance)
+    return sorted((r for r in restarts if r.inertia <= lowest * (1 + tolerance)), key=lambda r: r.inertia)
+
+
+def choose_restart(candidates: list[Restart]) -> Restart:
+    """The candidate with the highest silhouette; a tie goes to the first (the lower inertia)."""
+    best = max(candidates, key=lambda r: (r.silhouette, -r.inertia))
+    log.debug("K-means restart: inertia %.6g, silhouette %.4f, chosen of %d candidates",
+              best.inertia, best.silhouette, len(candidates))
     return best
 
 
