@@ -16,6 +16,7 @@ from sccsa_train.objective import (
     kl_loss,
     responsibilities,
     update_centroids,
+    within_class_whitening,
 )
 
 
@@ -100,6 +101,69 @@ def test_class_means_are_the_label_means_and_keep_an_empty_class():
     mu = torch.tensor([[5.0, 5.0], [5.0, 5.0], [-1.0, -1.0]])
     new = class_means(z, torch.tensor([0, 0, 1]), mu)
     torch.testing.assert_close(new, torch.tensor([[1.0, 0.0], [10.0, 10.0], [-1.0, -1.0]]))
+
+
+def _anisotropic_classes(n: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three classes sharing a covariance that stretches one direction 30-fold and tilts it."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.arange(n) % 3
+    rotation = torch.tensor([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    noise = torch.randn(n, 3, generator=generator, dtype=torch.float64) * torch.tensor([6.0, 0.2, 1.0],
+                                                                                        dtype=torch.float64)
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [3.0, 0.0, 0.0]], dtype=torch.float64)
+    return (means[targets] + noise @ rotation.T).float(), targets
+
+
+def test_within_class_whitening_makes_the_pooled_within_class_covariance_the_identity():
+    z, targets = _anisotropic_classes()
+    transform = within_class_whitening(z, targets, 3)
+    torch.testing.assert_close(transform, transform.T)
+    w = (z @ transform.T).double()
+    centred = w - class_means(w, targets, torch.zeros(3, 3, dtype=torch.float64))[targets]
+    pooled = centred.T @ centred / (len(w) - 3)
+    torch.testing.assert_close(pooled, torch.eye(3, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_nearest_class_mean_after_whitening_is_lda_with_equal_priors():
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    z, targets = _anisotropic_classes()
+    query, _ = _anisotropic_classes(seed=1)
+    transform = within_class_whitening(z, targets, 3)
+    means = class_means(z, targets, torch.zeros(3, 3)) @ transform.T
+    nearest = torch.cdist(query @ transform.T, means).argmin(dim=1).numpy()
+    lda = LinearDiscriminantAnalysis(priors=[1 / 3] * 3).fit(z.numpy(), targets.numpy())
+    assert (nearest == lda.predict(query.numpy())).mean() == 1.0
+    euclidean = torch.cdist(query, class_means(z, targets, torch.zeros(3, 3))).argmin(dim=1).numpy()
+    assert (euclidean == lda.predict(query.numpy())).mean() < 0.9  # the stretched direction misleads it
+
+
+def test_within_class_whitening_summed_over_shares_equals_one_process():
+    """Two ranks each holding half the cells, ``total`` summing their statistics (as torchrun's
+    all-reduce does; here two threads), get the one-process map."""
+    import threading
+
+    z, targets = _anisotropic_classes()
+    halves = [(z[:250], targets[:250]), (z[250:], targets[250:])]
+    barrier, slots, maps = threading.Barrier(2), [None, None], [None, None]
+
+    def run(rank: int) -> None:
+        def total(value: torch.Tensor) -> torch.Tensor:
+            slots[rank] = value
+            barrier.wait()
+            summed = slots[0] + slots[1]
+            barrier.wait()
+            return summed
+        maps[rank] = within_class_whitening(*halves[rank], 3, total)
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    whole = within_class_whitening(z, targets, 3)
+    torch.testing.assert_close(maps[0], whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(maps[1], whole, atol=1e-5, rtol=1e-5)
 
 
 def test_classification_loss_is_the_cross_entropy_of_the_soft_assignment():

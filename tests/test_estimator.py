@@ -313,3 +313,40 @@ def test_partial_fit_of_a_classifier_needs_labels_it_knows(synthetic):
     novel.obs["cell_type"] = novel.obs["cell_type"].astype(str).replace("type0", "novel")
     with pytest.raises(InputDataError, match="also holds 'novel'"):
         model.partial_fit(novel, epochs=1)
+
+
+def test_within_class_metric_is_carried_by_the_model_the_bundle_and_a_saved_copy(synthetic, tmp_path):
+    """class_metric='within': after stage 2 the latent is whitened by the labels' within-class
+    covariance; the stored latent, the labels, the torch model, the exported graph and a
+    save/load round trip all use that one map (and a model saved before the map existed loads)."""
+    import torch
+
+    from sccsa_infer import Predictor
+    from sccsa_train.objective import class_means
+
+    model = SCCSA(3, labels_key="cell_type", class_metric="within", n_genes=30, random_state=0,
+                  **FAST_TRAINING).fit(synthetic)
+    assert not torch.allclose(model.net_.latent_map, torch.eye(model.net_.latent_map.shape[0]))
+    latent = torch.from_numpy(model.state_.latent).double()
+    codes = torch.from_numpy(np.searchsorted(model.state_.cluster_names, synthetic.obs["cell_type"].astype(str)))
+    centred = latent - class_means(latent, codes, torch.zeros(3, latent.shape[1], dtype=torch.float64))[codes]
+    pooled = centred.T @ centred / (len(latent) - 3)
+    torch.testing.assert_close(pooled, torch.eye(latent.shape[1], dtype=torch.float64), atol=1e-3, rtol=0)
+    np.testing.assert_array_equal(model.labels_, model.net_.squared_distances(latent.float()).argmin(1).numpy())
+    np.testing.assert_allclose(model.transform(synthetic), model.state_.latent, atol=1e-4)
+    model.export(tmp_path / "bundle")
+    np.testing.assert_array_equal(Predictor(tmp_path / "bundle").predict(synthetic).cluster, model.predict(synthetic))
+    saved = model.save(tmp_path / "saved")
+    np.testing.assert_array_equal(SCCSA.load(saved).predict(synthetic), model.predict(synthetic))
+    euclidean = SCCSA(3, labels_key="cell_type", n_genes=30, random_state=0, **FAST_TRAINING).fit(synthetic)
+    path = euclidean.save(tmp_path / "old")
+    weights = torch.load(path / "weights.pt", weights_only=True)
+    del weights["latent_map"]  # as saved before class_metric existed
+    torch.save(weights, path / "weights.pt")
+    np.testing.assert_array_equal(SCCSA.load(path).predict(synthetic), euclidean.predict(synthetic))
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(labels_key="cell_type", objective="cluster")])
+def test_within_class_metric_needs_a_classifying_stage_two(adata, kwargs):
+    with pytest.raises(InvalidParameterError, match="needs a classifying stage 2"):
+        SCCSA(3, class_metric="within", **kwargs, **FAST_TRAINING).fit(adata)

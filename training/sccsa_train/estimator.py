@@ -105,6 +105,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         init: str = default("init"),
         kmeans_choice: str = default("kmeans_choice"),
         objective: str = default("objective"),
+        class_metric: str = default("class_metric"),
         kl_weight: float = default("kl_weight"),
         reconstruction_weight: float = default("reconstruction_weight"),
         latent_norm_weight: float = default("latent_norm_weight"),
@@ -141,6 +142,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.init = init
         self.kmeans_choice = kmeans_choice
         self.objective = objective
+        self.class_metric = class_metric
         self.kl_weight = kl_weight
         self.reconstruction_weight = reconstruction_weight
         self.latent_norm_weight = latent_norm_weight
@@ -154,7 +156,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             pretrain_starts=self.pretrain_starts, input_noise=self.input_noise, cluster_epochs=self.cluster_epochs,
             cluster_max_steps=self.cluster_max_steps, batch_size=self.batch_size,
             pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, beta_scale=self.beta_scale,
-            kmeans_choice=self.kmeans_choice,
+            kmeans_choice=self.kmeans_choice, class_metric=self.class_metric,
             weights=ObjectiveWeights(kl=self.kl_weight, reconstruction=self.reconstruction_weight,
                                      latent_norm=self.latent_norm_weight),
         )

@@ -42,6 +42,7 @@ from .objective import (
     reconstruction_loss,
     responsibilities,
     update_centroids,
+    within_class_whitening,
 )
 from .options import default
 from .sketch import SKETCH_CELLS, on_sketch, sketch_rows, to_all_cells
@@ -65,6 +66,7 @@ class Schedule:
     tol: float = default("tol")
     beta_scale: float = default("beta_scale")
     kmeans_choice: str = default("kmeans_choice")
+    class_metric: str = default("class_metric")
     kmeans_n_init: int = 20
     kmeans_tolerance: float = 0.05  # benchmarks/results/kmeans_start.md
     kmeans_cells: int = SKETCH_CELLS
@@ -365,12 +367,38 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
             log.info("stage 2 reached its step budget (%d) in epoch %d", limit, epoch)
             break
     bar.close()
+    if targets is not None and schedule.class_metric == "within":
+        embedding = whiten_classes(net, embedding or embed_all(net, workers.share(x)), workers.share(targets),
+                                   schedule, workers)
+        workers.share(labels)[:] = net.squared_distances(embedding[0]).argmin(dim=1).cpu().numpy()
     if workers.size > 1:  # each rank holds the current labels of its own share of the cells
         mine = torch.zeros(len(labels), dtype=torch.int64)
         workers.share(mine)[:] = torch.from_numpy(workers.share(labels))
         labels = workers.sum(mine).numpy()
         embedding = None
     return labels, embedding
+
+
+@torch.no_grad()
+def whiten_classes(net: SCCSANet, embedding: Embedding, targets: torch.Tensor, schedule: Schedule,
+                   workers: Workers = SINGLE) -> Embedding:
+    """``class_metric='within'``: compose the net's ``latent_map`` with the whitening of the labels'
+    within-class covariance (:func:`within_class_whitening`), move the centroids (class means)
+    with it and re-set β and 1/D0 from the new mean squared distance to the nearest centroid, as
+    at the start of stage 2. ``embedding``: this rank's cells; returns it in the new latent."""
+    latent, alpha = embedding
+    transform = within_class_whitening(latent, targets, net.n_clusters, workers.sum)
+    net.latent_map.copy_(transform @ net.latent_map)
+    net.centroids.copy_(net.centroids @ transform.T)
+    latent = latent @ transform.T
+    nearest = net.squared_distances(latent).min(dim=1).values
+    total, count = workers.sum(torch.stack([nearest.sum().double(), torch.tensor(float(len(latent)),
+                                                                                  dtype=torch.float64)])).tolist()
+    distortion = max(total / max(count, 1.0), 1e-12)
+    net.distortion_scale.fill_(1.0 / distortion)
+    net.beta.fill_(schedule.beta_scale / distortion)
+    log.info("class metric: latent whitened by the labels' within-class covariance (beta %.4g)", float(net.beta))
+    return latent, alpha
 
 
 @dataclass

@@ -25,7 +25,10 @@ class SCCSANet(nn.Module):
     """Standardised panel vector → (SA-CC) → CAE latent; centroids μ, β and 1/D0 live here as buffers.
 
     ``head`` is the classifier p_ik = softmax(θ_kᵀ z_i + b_k) of paper Eq. 1, trained by the
-    KL(R‖P) term.
+    KL(R‖P) term. ``latent_map`` is a linear map applied to the encoder's code to give z: the
+    identity, except after a classifying fit with ``class_metric='within'``, where it whitens the
+    labels' pooled within-class covariance (so nearest-centroid is LDA's rule with equal priors);
+    the decoder always reads the code itself.
     """
 
     def __init__(self, n_genes: int, n_clusters: int, *, latent_dim: int = default("latent_dim"),
@@ -39,20 +42,26 @@ class SCCSANet(nn.Module):
         self.register_buffer("centroids", torch.zeros(n_clusters, latent_dim))
         self.register_buffer("beta", torch.tensor(1.0))
         self.register_buffer("distortion_scale", torch.tensor(1.0))
+        self.register_buffer("latent_map", torch.eye(latent_dim))
 
     @property
     def n_clusters(self) -> int:
         return self.centroids.shape[0]
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent z and SA-CC weight α for standardised inputs x."""
+    def _code(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mixed, alpha = self.sacc(x)
         return self.cae.encode(mixed), alpha
 
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent z and SA-CC weight α for standardised inputs x."""
+        code, alpha = self._code(x)
+        return code @ self.latent_map.T, alpha
+
     def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> NetOutput:
         """Training pass; ``covariates`` (batch one-hot) only reach a conditional decoder."""
-        latent, alpha = self.embed(x)
-        return NetOutput(latent=latent, reconstruction=self.cae.decode(latent, covariates), alpha=alpha,
+        code, alpha = self._code(x)
+        latent = code @ self.latent_map.T
+        return NetOutput(latent=latent, reconstruction=self.cae.decode(code, covariates), alpha=alpha,
                          logits=self.head(latent))
 
     def squared_distances(self, latent: torch.Tensor) -> torch.Tensor:

@@ -92,3 +92,23 @@ def class_means(latent: torch.Tensor, targets: torch.Tensor, centroids: torch.Te
     weight = total(one_hot.sum(dim=0))
     updated = total(one_hot.T @ latent) / weight.clamp_min(1).unsqueeze(1)
     return torch.where(weight.unsqueeze(1) > 0, updated, centroids)
+
+
+@torch.no_grad()
+def within_class_whitening(latent: torch.Tensor, targets: torch.Tensor, n_classes: int,
+                           total: Callable[[torch.Tensor], torch.Tensor] = lambda sums: sums) -> torch.Tensor:
+    """Σ_w^(−1/2), the symmetric inverse square root of the labels' pooled within-class covariance
+    of ``latent`` (``total``: as :func:`update_centroids`). Nearest class mean after this map is
+    linear discriminant analysis with equal priors: the Euclidean rule treats every latent
+    direction alike, although classes spread far more along some. Eigenvalues are floored at 10⁻⁶
+    of the largest, so a direction no class varies in is not stretched without bound."""
+    z = latent.to(torch.float64)
+    one_hot = F.one_hot(targets, n_classes).to(torch.float64)
+    counts = total(one_hot.sum(dim=0))
+    means = total(one_hot.T @ z) / counts.clamp_min(1).unsqueeze(1)
+    centred = z - means[targets]
+    scatter = total(centred.T @ centred)
+    degrees = (counts.sum() - (counts > 0).sum()).clamp_min(1)
+    values, vectors = torch.linalg.eigh(scatter / degrees)
+    values = values.clamp_min(float(values.max()) * 1e-6).clamp_min(1e-12)
+    return ((vectors / values.sqrt()) @ vectors.T).to(latent.dtype)

@@ -22,6 +22,7 @@ GENE_ORDERS: tuple[str, ...] = ("correlation", "fscore", "input")
 CC_MODES: tuple[str, ...] = ("sa", "fixed", "off")
 CENTROID_INITS: tuple[str, ...] = ("auto", "kmeans", "labels")
 KMEANS_CHOICES: tuple[str, ...] = ("silhouette", "inertia")
+CLASS_METRICS: tuple[str, ...] = ("euclidean", "within")
 OBJECTIVES: tuple[str, ...] = ("auto", "cluster", "classify")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_CHANNELS: tuple[int, int, int] = (16, 32, 64)
@@ -146,6 +147,10 @@ OPTIONS: tuple[Option, ...] = (
            "nearest its own label's centroid, cross-entropy plus reconstruction: a nearest-class-mean classifier for "
            "label transfer, served by the same graph); auto: classify with labels_key, else cluster.",
            choices=OBJECTIVES),
+    Option("class_metric", str, "euclidean", "objective='classify' only: the distance to the label centroids. "
+           "euclidean: in the latent as trained; within: in the latent whitened by the labels' pooled within-class "
+           "covariance after stage 2 (nearest centroid = linear discriminant analysis with equal priors; the exported "
+           "graph and the 'latent' it returns carry the map).", choices=CLASS_METRICS),
     Option("kl_weight", float, 1.0, "alpha1, weight of KL(R||P).", low=0),
     Option("reconstruction_weight", float, 100.0, "alpha2, weight of the reconstruction MSE.", low=0,
            aliases=("--recon-weight",)),
@@ -170,6 +175,11 @@ def validate(params: Mapping[str, Any]) -> None:
         raise InvalidParameterError(f"Unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(BY_NAME)}.")
     for name, value in params.items():
         BY_NAME[name].check(value)
+    if params.get("class_metric", "euclidean") != "euclidean" and (
+            params.get("labels_key") is None or params.get("objective") == "cluster"):
+        raise InvalidParameterError(f"class_metric={params['class_metric']!r} measures distances to the reference "
+                                    "labels' centroids, so it needs a classifying stage 2: give labels_key "
+                                    "(--labels-key COL) with objective 'auto' or 'classify', or drop class_metric.")
     if params.get("objective") == "classify":
         if params.get("labels_key") is None:
             raise InvalidParameterError("objective='classify' learns the reference labels, so it needs labels_key "

@@ -140,7 +140,9 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
         arrays = {key: stored[key] for key in stored.files}
     batches = fitted.get("batches")
     net = model._network(len(fitted["genes"]), fitted["n_clusters"], len(batches or ()))
-    net.load_state_dict(torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    weights = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    weights.setdefault("latent_map", net.latent_map.clone())  # saved before class_metric: the identity
+    net.load_state_dict(weights)
     history_dict = fitted["history"]
     history = History(pretrain=history_dict["pretrain"], cluster=history_dict["cluster"],
                       seconds=history_dict["seconds"], converged=history_dict["converged"], beta=history_dict["beta"],
