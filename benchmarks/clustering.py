@@ -68,6 +68,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "latent32": ({"latent_dim": 32}, "latent 32"),
     "recon1": ({"reconstruction_weight": 1.0}, "reconstruction weight 1"),
     "within": ({"class_metric": "within"}, "within-class metric"),
+    "kmeans_silhouette": ({"kmeans_choice": "silhouette"}, "K-means start by silhouette"),
 }
 VARIANT_U_COLUMNS = [f"sccsa U ({name})" for _, name in VARIANTS.values()]
 VARIANT_T_COLUMNS = [f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values()]

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin
 from tqdm.auto import tqdm
 
@@ -242,8 +243,12 @@ def latent_kmeans(latent: torch.Tensor, k: int, schedule: Schedule, seed: int,
         values = latent.cpu().numpy().astype(np.float64)
         sample = sketch_rows(len(values), seed, schedule.kmeans_cells, purpose="K-means of the latent")
         fitted = on_sketch(values, sample)
-        tolerance = schedule.kmeans_tolerance if schedule.kmeans_choice == "silhouette" else 0.0
-        candidates = near_lowest(kmeans_restarts(fitted, k, schedule.kmeans_n_init, seed), tolerance)
+        if schedule.kmeans_choice == "silhouette":
+            candidates = near_lowest(kmeans_restarts(fitted, k, schedule.kmeans_n_init, seed),
+                                     schedule.kmeans_tolerance)
+        else:  # scikit-learn's K-means keeps its lowest-inertia restart
+            kmeans = KMeans(k, n_init=schedule.kmeans_n_init, random_state=seed).fit(fitted)
+            candidates = [Restart(kmeans.cluster_centers_, kmeans.labels_.astype(np.int64), float(kmeans.inertia_))]
         score_silhouettes(fitted, candidates, seed, schedule.silhouette_cells)
         chosen = choose_restart(candidates)
         if sample is not None:
