@@ -231,10 +231,11 @@ def pretrain(model: torch.nn.Module, x: NetworkInput, schedule: Schedule, histor
 
 
 def latent_kmeans(latent: torch.Tensor, k: int, schedule: Schedule, seed: int,
-                  workers: Workers = SINGLE) -> Restart:
+                  workers: Workers = SINGLE, score: bool = False) -> Restart:
     """K-means (``kmeans_n_init`` k-means++ restarts) on ``latent``, the restart chosen by
     ``kmeans_choice`` (:mod:`sccsa_train.kmeans_restarts`), computed by rank 0 and sent to the
-    other ranks; its silhouette is always scored (several pretraining starts are compared by it).
+    other ranks. Silhouettes are computed only where they are read: to choose among several
+    candidate restarts, or with ``score`` (several pretraining starts are compared by it).
     Beyond ``kmeans_cells`` cells the restarts run on a random sample of that many (seeded, as the
     gene selection's sketch) and every cell gets its nearest centre, so they cost the same at any
     size (20 restarts on 10⁶ ten-dimensional points took ~9 s in a development run, on 50,000 of
@@ -249,7 +250,8 @@ def latent_kmeans(latent: torch.Tensor, k: int, schedule: Schedule, seed: int,
         else:  # scikit-learn's K-means keeps its lowest-inertia restart
             kmeans = KMeans(k, n_init=schedule.kmeans_n_init, random_state=seed).fit(fitted)
             candidates = [Restart(kmeans.cluster_centers_, kmeans.labels_.astype(np.int64), float(kmeans.inertia_))]
-        score_silhouettes(fitted, candidates, seed, schedule.silhouette_cells)
+        if score or len(candidates) > 1:
+            score_silhouettes(fitted, candidates, seed, schedule.silhouette_cells)
         chosen = choose_restart(candidates)
         if sample is not None:
             chosen.labels = pairwise_distances_argmin(values, chosen.centres).astype(np.int64)
@@ -441,7 +443,7 @@ def score_start(start: Start, x: NetworkInput, schedule: Schedule, seed: int, wo
     workers.same_buffers(start.net)
     latent, _ = embed_all(start.net, x)
     start.latent = latent
-    start.kmeans = latent_kmeans(latent, start.net.n_clusters, schedule, seed, workers)
+    start.kmeans = latent_kmeans(latent, start.net.n_clusters, schedule, seed, workers, score=True)
     start.silhouette = start.kmeans.silhouette
 
 

@@ -4,9 +4,9 @@ K-means keeps the restart with the lowest inertia. On a latent where one large c
 heterogeneous, splitting it while merging two small types can cost almost the same inertia as
 separating the types: on Zeisel (seed 0 of the defaults' pretrained latent) the two partitions
 were 0.26 % apart in inertia, ARI 0.27 against 0.93, and the wrong one won by a hair; their
-silhouettes were 0.231 and 0.276 (benchmarks/results/kmeans_start.md). So every restart is kept and scored, and the restart chosen is
-the one with the highest silhouette among those whose inertia is within a tolerance of the
-lowest (tolerance 0: plain K-means; no true labels are involved). Only those candidates are
+silhouettes were 0.231 and 0.276 (benchmarks/results/kmeans_start.md). So every restart is
+kept, and the restart chosen is the one with the highest silhouette among those whose inertia is
+within a tolerance of the lowest (tolerance 0: plain K-means; no true labels are involved). Only those candidates are
 scored: a silhouette costs more than a restart.
 """
 
