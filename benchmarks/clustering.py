@@ -22,7 +22,9 @@ starts the centroids at the latent means of the consensus pseudo-labels instead 
 latent; ``starts3`` pretrains 3 networks for min(1000 steps, 250 epochs) each and keeps the one
 whose latent K-means partition has the highest silhouette; ``latent32`` has a 32-dimensional latent
 (the latent probe's candidate) instead of 10; ``recon1`` weighs stage 2's reconstruction 1 instead of
-100 (for protocol T: the classifier's cross-entropy then shapes the latent more than reconstruction).
+100 (for protocol T: the classifier's cross-entropy then shapes the latent more than reconstruction);
+``within`` is ``--class-metric within``; ``kmeans_silhouette`` / ``kmeans_silhouette1`` are
+``--kmeans-choice silhouette`` with ``--kmeans-tolerance`` 5 % / 1 %.
 
 Results: ``results/clustering.json`` (one record per dataset × method × protocol × seed) and
 ``results/clustering.md``. ``--resume`` keeps the records already in the JSON file.
@@ -69,6 +71,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "recon1": ({"reconstruction_weight": 1.0}, "reconstruction weight 1"),
     "within": ({"class_metric": "within"}, "within-class metric"),
     "kmeans_silhouette": ({"kmeans_choice": "silhouette"}, "K-means start by silhouette"),
+    "kmeans_silhouette1": ({"kmeans_choice": "silhouette", "kmeans_tolerance": 0.01},
+                           "K-means start by silhouette, 1 %"),
 }
 VARIANT_U_COLUMNS = [f"sccsa U ({name})" for _, name in VARIANTS.values()]
 VARIANT_T_COLUMNS = [f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 from sklearn.metrics import silhouette_score
@@ -58,3 +59,34 @@ def test_silhouettes_of_a_large_latent_use_one_seeded_sample():
     score_silhouettes(values, restarts, seed=0, max_cells=100)
     assert restarts[0].silhouette == sampled
     assert sampled == pytest.approx(silhouette_score(values, restarts[0].labels), abs=0.05)
+
+
+def test_the_estimator_tolerance_reaches_the_choice_of_the_start():
+    """kmeans_tolerance (one row of the options table) decides which restarts compete: at 0 the
+    silhouette rule keeps the lowest-inertia restart, with every restart admitted it keeps the
+    best-separated one."""
+    torch = pytest.importorskip("torch")
+    from sccsa_train import SCCSA
+    from sccsa_train.fit import latent_kmeans
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(400, 3)).astype(np.float32)  # no structure: restarts differ
+    restarts = kmeans_restarts(values.astype(np.float64), 5, n_init=8, seed=2)
+    score_silhouettes(values.astype(np.float64), restarts, seed=2, max_cells=10_000)
+    lowest = min(restarts, key=lambda r: r.inertia)
+    widest = choose_restart(restarts)
+    assert widest is not lowest  # the case where the tolerance matters
+    for tolerance, expected in ((0.0, lowest), (1.0, widest)):
+        model = SCCSA(kmeans_choice="silhouette", kmeans_tolerance=tolerance)
+        schedule = dataclasses.replace(model._schedule(), kmeans_n_init=8)
+        chosen = latent_kmeans(torch.from_numpy(values), 5, schedule, seed=2)
+        assert chosen.inertia == pytest.approx(expected.inertia)
+        np.testing.assert_array_equal(chosen.labels, expected.labels)
+
+
+def test_the_tolerance_is_checked_before_work():
+    from sccsa_infer.errors import InvalidParameterError
+    from sccsa_train.options import validate
+
+    with pytest.raises(InvalidParameterError, match="kmeans_tolerance"):
+        validate({"kmeans_tolerance": 1.5})

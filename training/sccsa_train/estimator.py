@@ -104,6 +104,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         beta_scale: float = default("beta_scale"),
         init: str = default("init"),
         kmeans_choice: str = default("kmeans_choice"),
+        kmeans_tolerance: float = default("kmeans_tolerance"),
         objective: str = default("objective"),
         class_metric: str = default("class_metric"),
         kl_weight: float = default("kl_weight"),
@@ -141,6 +142,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.beta_scale = beta_scale
         self.init = init
         self.kmeans_choice = kmeans_choice
+        self.kmeans_tolerance = kmeans_tolerance
         self.objective = objective
         self.class_metric = class_metric
         self.kl_weight = kl_weight
@@ -156,7 +158,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             pretrain_starts=self.pretrain_starts, input_noise=self.input_noise, cluster_epochs=self.cluster_epochs,
             cluster_max_steps=self.cluster_max_steps, batch_size=self.batch_size,
             pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, beta_scale=self.beta_scale,
-            kmeans_choice=self.kmeans_choice, class_metric=self.class_metric,
+            kmeans_choice=self.kmeans_choice, kmeans_tolerance=self.kmeans_tolerance,
+            class_metric=self.class_metric,
             weights=ObjectiveWeights(kl=self.kl_weight, reconstruction=self.reconstruction_weight,
                                      latent_norm=self.latent_norm_weight),
         )

@@ -67,9 +67,9 @@ class Schedule:
     tol: float = default("tol")
     beta_scale: float = default("beta_scale")
     kmeans_choice: str = default("kmeans_choice")
+    kmeans_tolerance: float = default("kmeans_tolerance")
     class_metric: str = default("class_metric")
     kmeans_n_init: int = 20
-    kmeans_tolerance: float = 0.05  # benchmarks/results/kmeans_start.md
     kmeans_cells: int = SKETCH_CELLS
     silhouette_cells: int = 10_000
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
