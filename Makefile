@@ -41,7 +41,7 @@ test-all: $(STAMP) browser
 	$(PY) -m pytest -m "slow or bench or not (slow or bench)"
 
 default-model: $(STAMP)
-	$(PY) models/build_default.py --out inference/sccsa_infer/default_model
+	$(PY) models/build_default.py --out inference/sccsa_infer/default_model --write-table
 
 benchmarks: $(STAMP)
 	$(PY) -m pip install --quiet -e ./inference -e ".[train,test,bench]"

@@ -102,7 +102,7 @@ def test_image_environment_serves_without_torch(tmp_path):
     assert verify.returncode == 0, verify.stderr
     assert "self-test OK" in verify.stdout
     info = subprocess.run([str(cli), "info"], capture_output=True, text=True, cwd=tmp_path)
-    assert info.returncode == 0 and "CD14+ Monocyte" in info.stdout
+    assert info.returncode == 0 and "CD14-positive monocyte CL:0001054" in info.stdout
     from sccsa_train.datasets import pbmc68k_counts
 
     query = tmp_path / "pbmc.h5ad"

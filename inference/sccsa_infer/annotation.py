@@ -144,7 +144,8 @@ def annotate_file(
     if truth is not None:
         summary.metrics = evaluate(truth, np.concatenate(tally.clusters))
         if tally.labels:
-            accuracy = comparable_label_accuracy(truth, np.concatenate(tally.labels), label_map, eval_key or "")
+            accuracy = comparable_label_accuracy(truth, np.concatenate(tally.labels), label_map, eval_key or "",
+                                                 bundle.cell_ontology)
             if accuracy is not None:
                 summary.metrics["label_accuracy"] = accuracy
     return summary

@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 
 from .atomic import ReplaceRule, atomic_output, is_empty_folder
 from .errors import BundleError, SccsaWarning
+from .ontology import ONTOLOGY_KEY, check_ontology
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,11 @@ class Bundle:
         return None if names is None else [str(n) for n in names]
 
     @property
+    def cell_ontology(self) -> dict[str, dict[str, Any]] | None:
+        """Cell Ontology id and synonyms of each cluster name, when the bundle was exported with them."""
+        return self.metadata.get(ONTOLOGY_KEY) or None
+
+    @property
     def thresholds(self) -> list[float]:
         """Per-cluster distance beyond which a cell is reported as unassigned."""
         return [float(t) for t in self.metadata["thresholds"]]
@@ -140,6 +146,8 @@ def _check_metadata(meta: Any, where: str) -> dict[str, Any]:
         raise BundleError(f"{where}: {len(meta['cluster_names'])} cluster names for {k} clusters; corrupt bundle.")
     if not meta["genes"]:
         raise BundleError(f"{where}: the bundle lists no genes; it is corrupt. Re-export it.")
+    if meta.get(ONTOLOGY_KEY) is not None:  # optional: bundles without it are valid
+        check_ontology(meta[ONTOLOGY_KEY], meta["cluster_names"], where)
     return meta
 
 

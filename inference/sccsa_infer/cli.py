@@ -115,9 +115,12 @@ def predict(data: Path, out: Path, model: Path | None, layer: str | None, gene_k
                                 with_latent=with_latent, overwrite=overwrite, progress=progress, client=client)
     seconds = time.perf_counter() - started
     names = predictor.bundle.cluster_names
+    ontology = predictor.bundle.cell_ontology or {}
+    if names and ontology:  # the Cell Ontology id beside each name
+        names = [f"{n}\t{ontology[n]['id']}" if n in ontology else f"{n}\t" for n in names]
     click.echo(f"Labelled {summary.n_cells} cells in {seconds:.1f} s ({summary.n_cells / max(seconds, 1e-9):,.0f} cells/s); "
                f"gene coverage {summary.coverage:.1%}; wrote {out}")
-    click.echo("cluster\tname\tcells" if names else "cluster\tcells")
+    click.echo(("cluster\tname\tCL id\tcells" if ontology else "cluster\tname\tcells") if names else "cluster\tcells")
     for k, n in summary.cluster_sizes.items():
         click.echo(f"{k}\t{names[int(k)]}\t{n}" if names else f"{k}\t{n}")
     click.echo(f"unassigned\t{summary.n_unassigned}" + (f" (of which {summary.n_empty} with zero counts)" if summary.n_empty else ""))
@@ -157,6 +160,8 @@ def info(bundle: Path | None, as_json: bool) -> None:
     click.echo(f"schema        {meta['schema_version']}   created {meta.get('created', '?')}")
     click.echo(f"input         {loaded.input_kind}, {len(genes)} genes ({', '.join(genes[:5])}, ...)")
     click.echo(f"clusters      {loaded.n_clusters}" + (f": {', '.join(names)}" if names else " (unnamed)"))
+    if loaded.cell_ontology:
+        click.echo("cell ontology " + ", ".join(f"{name} {term['id']}" for name, term in loaded.cell_ontology.items()))
     click.echo(f"latent dim    {loaded.latent_dim}")
     for label, keys in (("genes", ("genes",)), ("gene order", ("gene_order",)), ("cc", ("cc",)),
                         ("labels key", ("labels_key",)), ("trained on", ("n_cells",)),

@@ -8,10 +8,12 @@ import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import InputDataError, SccsaWarning, shorten
+from .ontology import to_model_names
 
 
 def clustering_accuracy(true: Sequence, pred: Sequence) -> float:
@@ -91,13 +93,15 @@ def load_label_map(path: str | Path) -> dict[str, str]:
 
 
 def comparable_label_accuracy(true: Sequence, names: Sequence, label_map: Mapping[str, str] | None,
-                              key: str) -> float | None:
-    """Label accuracy after mapping the model's names with ``label_map``; ``None`` (with a warning
-    that says why) when the two vocabularies share no label, where a score of 0 would mislead."""
+                              key: str, ontology: Mapping[str, Mapping[str, Any]] | None = None) -> float | None:
+    """Label accuracy after mapping the model's names with ``label_map`` or, without one, the true
+    labels with the bundle's Cell Ontology record (CL ids, names and synonyms become the model's
+    names); ``None`` (with a warning that says why) when the two vocabularies share no label,
+    where a score of 0 would mislead."""
     from .prediction import UNASSIGNED
 
     mapped = np.asarray([label_map.get(n, n) for n in names] if label_map else names, dtype=object)
-    truth = np.asarray(true).astype(str)
+    truth = (np.asarray(true, dtype=object) if label_map else to_model_names(true, ontology)).astype(str)
     shared = set(truth[labelled(true)]) & set(mapped.astype(str))
     if not shared:
         model_names = sorted({str(n) for n in mapped if n != UNASSIGNED})

@@ -19,6 +19,7 @@ from sccsa_infer.bundle import OWN_BUNDLES
 from sccsa_infer.clierrors import friendly_errors, verbosity_options
 from sccsa_infer.errors import InputDataError
 from sccsa_infer.metrics import check_eval_labels, evaluate
+from sccsa_infer.ontology import check_ontology, read_ontology
 from sccsa_infer.validate import obs_column
 
 from .options import OPTIONS, Option
@@ -101,13 +102,17 @@ def table_options(command: Callable[..., Any]) -> Callable[..., Any]:
               help="obs column of true labels, read only AFTER training to print ARI/NMI/ACC (never used by the fit).")
 @click.option("--write-adata", type=click.Path(path_type=Path), default=None,
               help="Also write the training data with obs['sccsa_cluster'] and obsm['X_sccsa'] to this .h5ad.")
+@click.option("--cell-ontology", type=click.Path(path_type=Path), default=None,
+              help="JSON file {label: {\"id\": \"CL:0000236\", \"synonyms\": [...]}} giving the --labels-key "
+                   "labels their Cell Ontology ids, stored in the bundle (serving prints them; --eval-key matches "
+                   "ids and synonyms). Checked against the labels before training.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing --out bundle (only an sccsa bundle or an empty folder) and --write-adata "
                    "file (only one sccsa wrote); anything else is refused before training.")
 @verbosity_options
 @friendly_errors
-def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write_adata: Path | None, overwrite: bool,
-         **params: Any) -> None:
+def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write_adata: Path | None,
+         cell_ontology: Path | None, overwrite: bool, **params: Any) -> None:
     """Fit scCompressSA on DATA (.h5ad, cells × genes, raw counts by default) and export a bundle.
 
     Steps: QC + normalise/log1p (Scanpy), F-test gene selection on consensus pseudo-labels
@@ -124,6 +129,11 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
     """
     started = time.perf_counter()
     _check_paths(data, out, write_adata, overwrite)
+    ontology = None
+    if cell_ontology is not None:
+        if params["labels_key"] is None:
+            raise click.UsageError("--cell-ontology names the --labels-key labels; give --labels-key too.")
+        ontology = read_ontology(cell_ontology)
     # Idle OpenMP threads sleep instead of spinning, so that on a shared machine they leave the cores
     # to the work (speed page, contention). Read when torch loads its OpenMP runtime, just below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -144,6 +154,9 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
     if eval_key is not None:
         truth = obs_column(adata.obs, eval_key, "--eval-key").to_numpy()
         check_eval_labels(truth, eval_key)
+    if ontology is not None:
+        labels_seen = obs_column(adata.obs, params["labels_key"], "--labels-key").dropna().astype(str).unique()
+        check_ontology(ontology, list(labels_seen), f"--cell-ontology {cell_ontology}", error=InputDataError)
     blinded = adata if eval_key in (None, params["labels_key"], params["batch_key"]) else _without_obs_column(adata, eval_key)
     model = SCCSA(**params)
     labels = model.fit_predict(blinded)
@@ -156,12 +169,12 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
         fitted = labels >= 0
         metrics = {k: v for k, v in evaluate(truth[fitted], labels[fitted]).items() if k != "n_cells"}
     if write_adata is None:
-        path = model.export(out, metrics=metrics, overwrite=overwrite)
+        path = model.export(out, metrics=metrics, overwrite=overwrite, cell_ontology=ontology)
     else:  # both written before either is renamed into place: a failure leaves neither
         labelled = model.annotate(adata, copy=True)
         with atomic_output(write_adata, overwrite=overwrite, replaceable=OWN_RESULTS) as tmp:
             labelled.write_h5ad(tmp)
-            path = model.export(out, metrics=metrics, overwrite=overwrite)
+            path = model.export(out, metrics=metrics, overwrite=overwrite, cell_ontology=ontology)
     _print_summary(model, labels, metrics, eval_key, path, time.perf_counter() - started)
 
 

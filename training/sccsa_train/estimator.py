@@ -482,11 +482,16 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
 
         return load_model(cls, path)
 
-    def export(self, path: str | Path, *, metrics: dict[str, float] | None = None, overwrite: bool = False) -> Path:
-        """Write the model bundle (ONNX graph + metadata + selector + report) to ``path``."""
+    def export(self, path: str | Path, *, metrics: dict[str, float] | None = None, overwrite: bool = False,
+               cell_ontology: dict[str, dict[str, Any]] | None = None) -> Path:
+        """Write the model bundle (ONNX graph + metadata + selector + report) to ``path``.
+        ``cell_ontology``: {cluster name: {"id": "CL:…", "synonyms": [...]}} for a model whose
+        clusters carry Cell Ontology names, so that serving reports the ids and ``--eval-key``
+        understands ids and synonyms (checked before anything is written)."""
         from .export import export_bundle
 
-        return export_bundle(self.fitted(), path, metrics=metrics or {}, overwrite=overwrite)
+        return export_bundle(self.fitted(), path, metrics=metrics or {}, overwrite=overwrite,
+                             cell_ontology=cell_ontology)
 
 
 def _require_anndata(X: Any) -> None:

@@ -36,6 +36,8 @@ from sccsa_infer.bundle import (
     canonical_json,
     write_bundle,
 )
+from sccsa_infer.errors import InvalidParameterError
+from sccsa_infer.ontology import ONTOLOGY_KEY, check_ontology
 from sccsa_infer.versions import package_version
 
 from .fitted import FittedModel
@@ -127,9 +129,12 @@ def selftest_case(fitted: FittedModel) -> bytes:
     return buffer.getvalue()
 
 
-def bundle_metadata(fitted: FittedModel, metrics: dict[str, float]) -> dict[str, Any]:
+def bundle_metadata(fitted: FittedModel, metrics: dict[str, float],
+                    cell_ontology: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The metadata of the bundle contract (without the file hashes)."""
     state = fitted.state
+    if cell_ontology is not None:
+        check_ontology(cell_ontology, state.cluster_names, "export(cell_ontology=...)", error=InvalidParameterError)
     params = dict(fitted.params)
     params["channels"] = list(params["channels"])
     training = {
@@ -141,7 +146,9 @@ def bundle_metadata(fitted: FittedModel, metrics: dict[str, float]) -> dict[str,
         "clip": state.panel.clip,
         "batches": state.batches,  # training cells per batch_key value (None without batch_key)
     }
+    optional = {ONTOLOGY_KEY: cell_ontology} if cell_ontology else {}
     return {
+        **optional,
         "schema_version": SCHEMA_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "genes": list(state.panel.genes),
@@ -159,13 +166,13 @@ def bundle_metadata(fitted: FittedModel, metrics: dict[str, float]) -> dict[str,
 
 
 def export_bundle(fitted: FittedModel, path: str | Path, *, metrics: dict[str, float], overwrite: bool = False,
-                  form: str = "four_step") -> Path:
+                  form: str = "four_step", cell_ontology: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write the bundle of a fitted model to ``path`` (directory, or ``.zip``); ``form``: how the
     graph computes the autocorrelation (the speed page compares the two)."""
     state = fitted.state
+    metadata = bundle_metadata(fitted, metrics, cell_ontology)  # checks cell_ontology before any work
     graph = fitted.serving_graph()
     model = export_onnx(graph, len(state.panel.genes), form)
-    metadata = bundle_metadata(fitted, metrics)
     selector = io.BytesIO()
     joblib.dump(state.selector, selector)
     report = build_report(fitted, metrics)
