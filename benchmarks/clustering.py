@@ -23,8 +23,9 @@ latent; ``starts3`` pretrains 3 networks for min(1000 steps, 250 epochs) each an
 whose latent K-means partition has the highest silhouette; ``latent32`` has a 32-dimensional latent
 (the latent probe's candidate) instead of 10; ``recon1`` weighs stage 2's reconstruction 1 instead of
 100 (for protocol T: the classifier's cross-entropy then shapes the latent more than reconstruction);
-``within`` is ``--class-metric within``; ``kmeans_silhouette`` / ``kmeans_silhouette1`` are
-``--kmeans-choice silhouette`` with ``--kmeans-tolerance`` 5 % / 1 %.
+``within`` is ``--class-metric within``; ``kmeans_inertia`` is plain K-means' start (the default
+before the silhouette rule), ``kmeans_silhouette`` the silhouette rule at 5 % instead of 1 %.
+``init_labels`` and ``starts3`` fix ``kmeans_choice='inertia'``, the default they were run with.
 
 Results: ``results/clustering.json`` (one record per dataset × method × protocol × seed) and
 ``results/clustering.md``. ``--resume`` keeps the records already in the JSON file.
@@ -64,15 +65,16 @@ from sccsa_train.pseudolabels import clustering_embedding, leiden, leiden_resolu
 COUNTS_ONLY = ("scvi_kmeans", "scvi_leiden_k")  # columns that skip the non-count datasets
 # name → (SCCSA parameters that differ from the defaults, how the page's column calls it)
 VARIANTS: dict[str, tuple[dict, str]] = {
-    "init_labels": ({"init": "labels"}, "init labels"),
-    "starts3": ({"pretrain_starts": 3, "pretrain_max_steps": 1000, "pretrain_epochs": 250},
+    # protocol U candidates, run before the K-means start became the silhouette rule: they say so
+    "init_labels": ({"init": "labels", "kmeans_choice": "inertia"}, "init labels"),
+    "starts3": ({"pretrain_starts": 3, "pretrain_max_steps": 1000, "pretrain_epochs": 250, "kmeans_choice": "inertia"},
                 "3 starts, ≤ 1000 steps"),
+    "kmeans_inertia": ({"kmeans_choice": "inertia"}, "plain K-means start, the defaults before"),
+    "kmeans_silhouette": ({"kmeans_choice": "silhouette", "kmeans_tolerance": 0.05}, "K-means start by silhouette, 5 %"),
+    # protocol T candidates (a classifying stage 2 starts from the labels, not from K-means)
     "latent32": ({"latent_dim": 32}, "latent 32"),
     "recon1": ({"reconstruction_weight": 1.0}, "reconstruction weight 1"),
     "within": ({"class_metric": "within"}, "within-class metric"),
-    "kmeans_silhouette": ({"kmeans_choice": "silhouette"}, "K-means start by silhouette"),
-    "kmeans_silhouette1": ({"kmeans_choice": "silhouette", "kmeans_tolerance": 0.01},
-                           "K-means start by silhouette, 1 %"),
 }
 VARIANT_U_COLUMNS = [f"sccsa U ({name})" for _, name in VARIANTS.values()]
 VARIANT_T_COLUMNS = [f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values()]

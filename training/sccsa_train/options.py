@@ -138,12 +138,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("init", str, "auto", "Initial centroids: K-means on the pretrained latent, or the latent means of the "
            "labels the gene selection used (consensus pseudo-labels, or labels_key); auto: labels with batch_key, "
            "else kmeans.", choices=CENTROID_INITS),
-    Option("kmeans_choice", str, "inertia", "Which of the K-means restarts on the pretrained latent starts the "
-           "centroids: inertia (the lowest inertia: plain K-means, the paper's); silhouette (the best-separated "
-           "partition among restarts whose inertia is within kmeans_tolerance of the lowest: K-means' near-ties between "
-           "splitting one large type and separating small ones go to the separated types).", choices=KMEANS_CHOICES),
-    Option("kmeans_tolerance", float, 0.05, "kmeans_choice='silhouette' only: restarts whose inertia is within this "
-           "fraction of the lowest compete on silhouette (0.05 = 5 %).", low=0, high=1),
+    Option("kmeans_choice", str, "silhouette", "Which of the K-means restarts on the pretrained latent starts the "
+           "centroids: silhouette (the best-separated partition among restarts whose inertia is within "
+           "kmeans_tolerance of the lowest: K-means' near-ties between splitting one large type and separating small "
+           "ones go to the separated types); inertia (the lowest inertia: plain K-means, the paper's).",
+           choices=KMEANS_CHOICES),
+    Option("kmeans_tolerance", float, 0.01, "kmeans_choice='silhouette' only: restarts whose inertia is within this "
+           "fraction of the lowest compete on silhouette (0.01 = 1 %).", low=0, high=1),
     Option("objective", str, "auto", "Stage 2: cluster (the paper's soft k-means, KL and reconstruction); classify "
            "(needs labels_key: one centroid per label at its latent mean, and the encoder learns to put each cell "
            "nearest its own label's centroid, cross-entropy plus reconstruction: a nearest-class-mean classifier for "
