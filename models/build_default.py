@@ -25,7 +25,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from sklearn.metrics import classification_report
 from sklearn.model_selection import train_test_split
 
@@ -86,7 +85,7 @@ def per_type_table(truth, predicted) -> str:
                     f"{r['precision']:.2f} | {r['f1-score']:.2f} |")
     unassigned = sum(p == UNASSIGNED for p in predicted)
     rows.append(f"\n{len(truth)} held-out cells, {unassigned} unassigned (counted as wrong); label accuracy "
-                f"{np.mean(np.asarray(truth) == np.asarray(predicted)):.3f}, macro-F1 {report['macro avg']['f1-score']:.3f}.")
+                f"{label_accuracy(truth, predicted):.3f}, macro-F1 {report['macro avg']['f1-score']:.3f}.")
     return "\n".join(rows)
 
 

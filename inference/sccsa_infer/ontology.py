@@ -44,7 +44,7 @@ def check_ontology(record: Any, cluster_names: Sequence[str] | None, where: str,
         synonyms = term.get("synonyms", [])
         if not isinstance(synonyms, list) or not all(isinstance(s, str) and s.strip() for s in synonyms):
             raise error(f"{where}: cell_ontology[{name!r}]['synonyms'] must be a list of non-empty names.")
-        for text in (name, term["id"], *synonyms):
+        for text in _spellings(name, term):
             key = _key(text)
             if owner.setdefault(key, name) != name:
                 raise error(f"{where}: {text!r} names both {owner[key]!r} and {name!r} in cell_ontology; "
@@ -67,11 +67,7 @@ def read_ontology(path: str | Path) -> dict[str, Any]:
 
 def translation(record: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     """{lower-cased CL id, name or synonym: the cluster name} for every term of the record."""
-    table: dict[str, str] = {}
-    for name, term in record.items():
-        for text in (name, term["id"], *term.get("synonyms", [])):
-            table[_key(text)] = name
-    return table
+    return {_key(text): name for name, term in record.items() for text in _spellings(name, term)}
 
 
 def to_model_names(labels: Sequence[Any], record: Mapping[str, Mapping[str, Any]] | None) -> np.ndarray:
@@ -82,6 +78,11 @@ def to_model_names(labels: Sequence[Any], record: Mapping[str, Mapping[str, Any]
         return values
     table = translation(record)
     return np.asarray([table.get(_key(v), v) if isinstance(v, str) else v for v in values], dtype=object)
+
+
+def _spellings(name: str, term: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every way a query may write the cluster ``name``: the name, its CL id and its synonyms."""
+    return (name, term["id"], *term.get("synonyms", []))
 
 
 def _key(text: str) -> str:
