@@ -25,6 +25,7 @@ import math
 from typing import Literal
 
 import numpy as np
+import scipy.fft
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -36,9 +37,13 @@ EXPORT_FORMS: tuple[str, ...] = ("four_step", "dense")
 
 
 def autocorrelation_fft(x: torch.Tensor) -> torch.Tensor:
-    """c_k = (1/d) Σ_n x_{n+k} x_n, k = 0..d-1, zero-padded (linear), via a real FFT."""
+    """c_k = (1/d) Σ_n x_{n+k} x_n, k = 0..d-1, zero-padded (linear), via a real FFT.
+
+    Any transform length n ≥ 2d − 1 gives the linear autocorrelation; n is the next length with
+    small prime factors, since 2d − 1 can be prime (1999 for the 1000-gene default), where the FFT
+    is several times slower (13 against 2.5 ms for 256 cells, one thread)."""
     d = x.shape[-1]
-    n = 2 * d - 1
+    n = scipy.fft.next_fast_len(2 * d - 1, real=True)
     spectrum = torch.fft.rfft(x, n=n)
     power = spectrum.real.square() + spectrum.imag.square()
     return torch.fft.irfft(power, n=n)[..., :d] / d
