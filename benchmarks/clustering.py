@@ -24,9 +24,7 @@ whose latent K-means partition has the highest silhouette; ``latent32`` has a 32
 (the latent probe's candidate) instead of 10; ``recon1`` weighs stage 2's reconstruction 1 instead of
 100 (for protocol T: the classifier's cross-entropy then shapes the latent more than reconstruction);
 ``within`` is ``--class-metric within``; ``kmeans_inertia`` is plain K-means' start (the default
-before the silhouette rule), ``kmeans_silhouette`` the silhouette rule at 5 % instead of 1 %;
-``channels8`` halves the autoencoder's channels (8, 16, 32 instead of 16, 32, 64: about half the
-CPU of a training step).
+before the silhouette rule), ``kmeans_silhouette`` the silhouette rule at 5 % instead of 1 %.
 ``init_labels`` and ``starts3`` fix ``kmeans_choice='inertia'``, the default they were run with.
 
 Results: ``results/clustering.json`` (one record per dataset × method × protocol × seed) and
@@ -73,8 +71,6 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                 "3 starts, ≤ 1000 steps"),
     "kmeans_inertia": ({"kmeans_choice": "inertia"}, "plain K-means start, the defaults before"),
     "kmeans_silhouette": ({"kmeans_choice": "silhouette", "kmeans_tolerance": 0.05}, "K-means start by silhouette, 5 %"),
-    # protocol U cost candidate (issue 14): half the autoencoder's channels, about half a step's CPU
-    "channels8": ({"channels": (8, 16, 32)}, "channels 8,16,32"),
     # protocol T candidates (a classifying stage 2 starts from the labels, not from K-means)
     "latent32": ({"latent_dim": 32}, "latent 32"),
     "recon1": ({"reconstruction_weight": 1.0}, "reconstruction weight 1"),

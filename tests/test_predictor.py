@@ -29,6 +29,28 @@ def test_onnx_labels_equal_the_torch_model(predictor, fitted_model, query):
     np.testing.assert_allclose(result.latent, torch_latent, atol=1e-4, rtol=1e-4)
 
 
+def test_graph_runs_at_most_graph_rows_cells_per_call(bundle_dir, monkeypatch):
+    """A block larger than GRAPH_ROWS goes through ONNX Runtime in slices (bounded buffers) and
+    gives the same numbers as one call over all its cells."""
+    from sccsa_infer import predictor as predictor_module
+
+    fresh = Predictor(bundle_dir)
+    rows = []
+    run = fresh.session.run
+    fresh.session.run = lambda names, feeds: rows.append(len(feeds["counts"])) or run(names, feeds)
+    cells = predictor_module.GRAPH_ROWS * 2 + 7
+    counts = synthetic_counts(n_cells=cells, seed=3).X.toarray()[:, : len(fresh.genes)]
+    totals = counts.sum(axis=1) + 1.0
+    sliced = fresh.run(counts, totals)
+    assert rows == [predictor_module.GRAPH_ROWS, predictor_module.GRAPH_ROWS, 7]
+    monkeypatch.setattr(predictor_module, "GRAPH_ROWS", cells)
+    whole = fresh.run(counts, totals)
+    assert rows[3:] == [cells]
+    for name, values in whole.items():
+        assert sliced[name].shape == values.shape
+        np.testing.assert_allclose(sliced[name], values, rtol=1e-5, atol=1e-5)
+
+
 def test_prediction_fields(predictor, query):
     result = predictor.predict(query)
     k = predictor.bundle.n_clusters
