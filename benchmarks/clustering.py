@@ -23,7 +23,7 @@ latent; ``starts3`` pretrains 3 networks for min(1000 steps, 250 epochs) each an
 whose latent K-means partition has the highest silhouette; ``latent32`` has a 32-dimensional latent
 (the latent probe's candidate) instead of 10; ``recon1`` weighs stage 2's reconstruction 1 instead of
 100 (for protocol T: the classifier's cross-entropy then shapes the latent more than reconstruction);
-``within`` is ``--class-metric within``; ``kmeans_inertia`` is plain K-means' start (the default
+``euclidean`` is ``--class-metric euclidean`` (the default before the within-class metric); ``kmeans_inertia`` is plain K-means' start (the default
 before the silhouette rule), ``kmeans_silhouette`` the silhouette rule at 5 % instead of 1 %.
 ``init_labels`` and ``starts3`` fix ``kmeans_choice='inertia'``, the default they were run with.
 
@@ -74,7 +74,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     # protocol T candidates (a classifying stage 2 starts from the labels, not from K-means)
     "latent32": ({"latent_dim": 32}, "latent 32"),
     "recon1": ({"reconstruction_weight": 1.0}, "reconstruction weight 1"),
-    "within": ({"class_metric": "within"}, "within-class metric"),
+    "euclidean": ({"class_metric": "euclidean"}, "Euclidean class metric, the default before"),
 }
 VARIANT_U_COLUMNS = [f"sccsa U ({name})" for _, name in VARIANTS.values()]
 VARIANT_T_COLUMNS = [f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values()]
@@ -291,7 +291,8 @@ def _transfer_table(frame: pd.DataFrame) -> str:
         table.loc[f"**mean over the datasets where both ran{label} (n)**"] = row
     return ("## Label transfer (protocol T): label accuracy and macro-F1 on the 30 % query\n\n"
             "sccsa T is the default reference mode (`labels_key`, stage 2 `objective='classify'`: cluster k is "
-            "label k, so each query cell is named by its nearest centroid's label; `unassigned` counts as wrong, "
+            "label k, so each query cell is named by its nearest centroid's label, distances measured in the latent "
+            "whitened by the labels' within-class covariance, `class_metric='within'`; `unassigned` counts as wrong, "
             "and *sccsa unassigned* is the fraction of query cells it left unassigned); "
             "logreg is the CellTypist-style logistic regression on log1p-normalised, standardised counts, trained "
             "on the same 70 %. Halves as in benchmarks/split.json.\n\n"

@@ -338,7 +338,8 @@ def test_within_class_metric_is_carried_by_the_model_the_bundle_and_a_saved_copy
     np.testing.assert_array_equal(Predictor(tmp_path / "bundle").predict(synthetic).cluster, model.predict(synthetic))
     saved = model.save(tmp_path / "saved")
     np.testing.assert_array_equal(SCCSA.load(saved).predict(synthetic), model.predict(synthetic))
-    euclidean = SCCSA(3, labels_key="cell_type", n_genes=30, random_state=0, **FAST_TRAINING).fit(synthetic)
+    euclidean = SCCSA(3, labels_key="cell_type", class_metric="euclidean", n_genes=30, random_state=0,
+                      **FAST_TRAINING).fit(synthetic)
     path = euclidean.save(tmp_path / "old")
     weights = torch.load(path / "weights.pt", weights_only=True)
     del weights["latent_map"]  # as saved before class_metric existed
@@ -346,7 +347,29 @@ def test_within_class_metric_is_carried_by_the_model_the_bundle_and_a_saved_copy
     np.testing.assert_array_equal(SCCSA.load(path).predict(synthetic), euclidean.predict(synthetic))
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(labels_key="cell_type", objective="cluster")])
-def test_within_class_metric_needs_a_classifying_stage_two(adata, kwargs):
-    with pytest.raises(InvalidParameterError, match="needs a classifying stage 2"):
-        SCCSA(3, class_metric="within", **kwargs, **FAST_TRAINING).fit(adata)
+def test_a_clustering_stage_two_ignores_the_class_metric(unsupervised):
+    """class_metric (default 'within') only shapes a classifying stage 2: without labels the latent
+    is the encoder's code as trained, with no whitening map."""
+    import torch
+
+    assert unsupervised.class_metric == "within"
+    assert torch.equal(unsupervised.net_.latent_map, torch.eye(unsupervised.net_.latent_map.shape[0]))
+
+
+@pytest.mark.parametrize("extra", [[], ["--labels-key", "cell_type", "--objective", "cluster"]])
+def test_sccsa_train_refuses_an_explicit_class_metric_without_a_classifying_stage_two(adata, tmp_path, monkeypatch,
+                                                                                       extra):
+    from click.testing import CliRunner
+
+    from sccsa_train.cli import main as train_main
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(SCCSA, "fit", no_training)
+    data = tmp_path / "ref.h5ad"
+    adata.write_h5ad(data)
+    result = CliRunner().invoke(train_main, [str(data), "-k", "3", *extra, "--class-metric", "within",
+                                             "--out", str(tmp_path / "m")])
+    assert result.exit_code != 0 and "needs a classifying stage 2" in result.output, result.output
+    assert not (tmp_path / "m").exists()

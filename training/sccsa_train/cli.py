@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from sccsa_infer import __version__
 from sccsa_infer.atomic import atomic_output, check_no_overlap, check_writable
@@ -134,6 +135,11 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
         if params["labels_key"] is None:
             raise click.UsageError("--cell-ontology names the --labels-key labels; give --labels-key too.")
         ontology = read_ontology(cell_ontology)
+    classifies = params["labels_key"] is not None and params["objective"] != "cluster"
+    if not classifies and click.get_current_context().get_parameter_source("class_metric") is ParameterSource.COMMANDLINE:
+        raise click.UsageError("--class-metric measures distances to the reference labels' centroids, so it needs a "
+                               "classifying stage 2: give --labels-key COL (with --objective auto or classify), or "
+                               "drop --class-metric.")
     # Idle OpenMP threads sleep instead of spinning, so that on a shared machine they leave the cores
     # to the work (speed page, contention). Read when torch loads its OpenMP runtime, just below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -150,10 +150,11 @@ OPTIONS: tuple[Option, ...] = (
            "nearest its own label's centroid, cross-entropy plus reconstruction: a nearest-class-mean classifier for "
            "label transfer, served by the same graph); auto: classify with labels_key, else cluster.",
            choices=OBJECTIVES),
-    Option("class_metric", str, "euclidean", "objective='classify' only: the distance to the label centroids. "
-           "euclidean: in the latent as trained; within: in the latent whitened by the labels' pooled within-class "
+    Option("class_metric", str, "within", "objective='classify' only (a clustering stage 2 ignores it): the "
+           "distance to the label centroids. within: in the latent whitened by the labels' pooled within-class "
            "covariance after stage 2 (nearest centroid = linear discriminant analysis with equal priors; the exported "
-           "graph and the 'latent' it returns carry the map).", choices=CLASS_METRICS),
+           "graph and the 'latent' it returns carry the map); euclidean: in the latent as trained.",
+           choices=CLASS_METRICS),
     Option("kl_weight", float, 1.0, "alpha1, weight of KL(R||P).", low=0),
     Option("reconstruction_weight", float, 100.0, "alpha2, weight of the reconstruction MSE.", low=0,
            aliases=("--recon-weight",)),
@@ -178,11 +179,6 @@ def validate(params: Mapping[str, Any]) -> None:
         raise InvalidParameterError(f"Unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(BY_NAME)}.")
     for name, value in params.items():
         BY_NAME[name].check(value)
-    if params.get("class_metric", "euclidean") != "euclidean" and (
-            params.get("labels_key") is None or params.get("objective") == "cluster"):
-        raise InvalidParameterError(f"class_metric={params['class_metric']!r} measures distances to the reference "
-                                    "labels' centroids, so it needs a classifying stage 2: give labels_key "
-                                    "(--labels-key COL) with objective 'auto' or 'classify', or drop class_metric.")
     if params.get("objective") == "classify":
         if params.get("labels_key") is None:
             raise InvalidParameterError("objective='classify' learns the reference labels, so it needs labels_key "
