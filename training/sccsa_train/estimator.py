@@ -47,7 +47,7 @@ from .graph import ServingGraph
 from .model import SCCSANet
 from .network_input import NetworkInput
 from .objective import ObjectiveWeights
-from .options import default, validate
+from .options import classifies, default, validate
 from .preprocess import MIN_CELLS_PER_GENE, expression_matrix, library_sizes, prepare
 from .pseudolabels import consensus_labels, standard_pcs
 from .sketch import on_sketch, sketch_rows, to_all_cells
@@ -335,8 +335,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         return np.searchsorted(names, labels).astype(np.int64)
 
     def _classifies(self) -> bool:
-        """Stage 2 learns the reference labels (``objective='classify'``, or 'auto' with ``labels_key``)."""
-        return self.objective == "classify" or (self.objective == "auto" and self.labels_key is not None)
+        """Stage 2 learns the reference labels (the rule the CLI checks too)."""
+        return classifies(self.objective, self.labels_key)
 
     def _init(self, batch_aware: bool) -> str:
         """``init='auto'``: centroids at the pseudo-label means when training is batch-aware (the

@@ -172,6 +172,11 @@ def default(name: str) -> Any:
     return BY_NAME[name].default
 
 
+def classifies(objective: str, labels_key: str | None) -> bool:
+    """Stage 2 learns the reference labels: ``objective='classify'``, or 'auto' with ``labels_key``."""
+    return objective == "classify" or (objective == "auto" and labels_key is not None)
+
+
 def validate(params: Mapping[str, Any]) -> None:
     """Check every parameter against the table; raise :class:`InvalidParameterError` on the first bad one."""
     unknown = sorted(set(params) - set(BY_NAME))
