@@ -85,7 +85,7 @@ def checkpoint_latents(adata, kind: str, k: int, seed: int,
                     captured[step] = (latent.cpu().numpy().astype(np.float64), mse)
                 if step >= wanted[-1]:
                     break
-        return net, np.zeros(x.shape[0], dtype=np.int64), fit_module.History()
+        return net, np.zeros(x.shape[0], dtype=np.int64), fit_module.History(), None  # no stage-2 embedding
 
     original = estimator_module.train
     estimator_module.train = pretrain_only

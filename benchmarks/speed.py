@@ -48,6 +48,7 @@ Results: ``results/speed.json`` and ``results/speed.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -627,8 +628,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     infer_bin = args.infer_bin.absolute()
 
-    payload = json.loads(args.out.read_text()) if args.out.exists() and set(args.sections) != set(SECTIONS) else {}
+    partial = args.out.exists() and set(args.sections) != set(SECTIONS)
+    payload = json.loads(args.out.read_text()) if partial else {}
     payload.setdefault("measured", {})
+    before = copy.deepcopy(payload)
     here = machine()
     stamp = {"commit": here["git_commit"], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": here["cpu"]}
     model = None
@@ -680,8 +683,20 @@ def main() -> None:
             payload["measured"][section] = stamp
         if set(args.sections) & {"streaming", "cold_start"}:
             payload["infer_install"] = installed_packages(infer_bin)
+    if partial:
+        payload = _onto_latest(args.out, before, payload)
     write_json(args.out, payload)
     finish(args.out, "Speed and memory", summarise(payload))
+
+
+def _onto_latest(out: Path, before: dict, payload: dict) -> dict:
+    """What this run measured, laid onto ``out`` as it is now rather than as it was at the start:
+    a run of other sections that finished meanwhile keeps its results."""
+    latest = json.loads(out.read_text())
+    latest.setdefault("measured", {}).update(
+        {section: stamp for section, stamp in payload["measured"].items() if before["measured"].get(section) != stamp})
+    latest.update({key: value for key, value in payload.items() if key != "measured" and before.get(key) != value})
+    return latest
 
 
 if __name__ == "__main__":

@@ -239,6 +239,33 @@ def test_speed_times_every_training_stage(data_dir, monkeypatch):
     assert (rows[0]["cells"], rows[1]["cells"]) == (150, 120)
 
 
+def test_pretrain_steps_scores_each_budget_and_the_rule(data_dir, tmp_path, monkeypatch):
+    steps = script("pretrain_steps", monkeypatch)
+    out = tmp_path / "pretrain_steps.json"
+    run(steps, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_b", "--seeds", "0", "--checks", "1", "2",
+        "--out", str(out))
+    found = records(out)
+    # 120 cells in batches of 64 (the test schedule) are 2 steps an epoch: the default (60 epochs) is 120
+    # steps, the rule min(1000 steps, 250 epochs) 500
+    assert sorted(r["step"] for r in found) == [1, 2, 120, 500]
+    assert all(-1 <= r["ari"] <= 1 and r["reconstruction"] > 0 for r in found)
+    assert "## ARI by pretraining budget" in (tmp_path / "pretrain_steps.md").read_text()
+
+
+def test_speed_section_run_keeps_sections_written_meanwhile(tmp_path, monkeypatch):
+    speed = script("speed", monkeypatch)
+    out = tmp_path / "speed.json"
+    stamp = {"commit": "a", "date": "d", "cpu": "c"}
+    before = {"measured": {"streaming": stamp, "cold_start": stamp}, "streaming": [1], "cold_start": {"s": 1}}
+    # another section run finished while this one measured streaming again
+    out.write_text(json.dumps({**before, "cold_start": {"s": 2}, "measured": {**before["measured"],
+                                                                                "cold_start": {**stamp, "commit": "b"}}}))
+    mine = {**before, "streaming": [2], "measured": {**before["measured"], "streaming": {**stamp, "commit": "c"}}}
+    merged = speed._onto_latest(out, before, mine)
+    assert merged["streaming"] == [2] and merged["cold_start"] == {"s": 2}
+    assert merged["measured"]["streaming"]["commit"] == "c" and merged["measured"]["cold_start"]["commit"] == "b"
+
+
 def test_speed_streams_each_size_to_both_outputs_and_times_cold_start(bundle_dir, monkeypatch, tmp_path):
     import scipy.sparse as sp
 
