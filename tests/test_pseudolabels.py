@@ -41,6 +41,12 @@ def test_k_estimate_on_separable_groups():
     assert isinstance(k, int) and not isinstance(k, np.integer)
 
 
+def test_graph_spectra_refuses_pcs_with_batches_it_could_not_correct():
+    pcs = np.zeros((20, 5))
+    with pytest.raises(ValueError, match="batches .* or pcs, not both"):
+        n_clusters.graph_spectra(np.zeros((20, 8)), pcs=pcs, batches=np.array(["a", "b"] * 10))
+
+
 def test_eigengap_is_the_largest_jump_after_two():
     assert n_clusters.eigengap(np.array([0, 0, 0, 0.9, 0.95, 1.0])) == 3
     assert n_clusters.eigengap(np.array([0, 0.8, 0.85, 0.9, 0.99])) == 4  # the jump after one group is not a K

@@ -56,7 +56,9 @@ def graph_spectra(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0, n_values:
                   batches: np.ndarray | None = None, pcs: np.ndarray | None = None) -> list[np.ndarray]:
     """The Laplacian spectrum of each of the ``N_NEIGHBORS`` graphs on the standard PCA (``pcs``
     when given; Harmony-corrected by ``batches`` when given: measured for the K page, not used by
-    ``estimate``)."""
+    ``estimate``). ``pcs`` and ``batches`` exclude each other: given PCs are used as they are."""
+    if pcs is not None and batches is not None:
+        raise ValueError("graph_spectra takes batches (to correct the PCA it computes) or pcs, not both")
     pcs = (standard_pcs(lognorm, seed=seed, batches=batches) if pcs is None else pcs)[:, :N_PCS]
     return [laplacian_spectrum(neighbour_graph(pcs, seed=seed, n_neighbors=n).obsp["connectivities"], n_values)
             for n in N_NEIGHBORS]
