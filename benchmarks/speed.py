@@ -378,7 +378,8 @@ SCALE_BUDGET = ("--pretrain-max-steps", "1000", "--cluster-max-steps", "1000")  
 def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: list[int], work: Path) -> list[dict]:
     """``sccsa-train`` (all cores, seed 0, step budgets :data:`SCALE_BUDGET`) on files of each
     size resampled from ``source`` (Poisson counts): wall and CPU seconds, peak memory, the
-    stages' seconds (``other``: reading, storing the fit and the export) and ARI after the fit."""
+    stages' seconds (``other``: reading, storing the fit and the export), the clusters the
+    consensus's Leiden members ended with (from the fit's report) and ARI after the fit."""
     rows = []
     for n_cells in cell_counts:
         path = work / f"resampled_{n_cells}.h5ad"
@@ -398,11 +399,24 @@ def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: l
                      **{key: round(value, 1) for key, value in stages.items()},
                      "other_s": round(timer.seconds - sum(stages.values()), 1),
                      "stage2_epochs": len(report["history"]["cluster"]),
+                     "leiden_clusters": report["genes"]["pseudo_label_ensemble"]["leiden_clusters"],
                      **{key: round(report["metrics"][key], 4) for key in ("ari", "nmi")},
                      "command": " ".join(["sccsa-train", *command[1:]])})
         print(rows[-1], flush=True)
         path.unlink()
     return rows
+
+
+def _leiden_reach(rows: pd.DataFrame, k: int) -> str:
+    """The page's sentence on the consensus's Leiden members at each size (``leiden_clusters``)."""
+    missed = rows.loc[rows["leiden_clusters"] != k, "cells"]
+    where = ("at none of these sizes" if len(missed) == len(rows) else "at every size" if missed.empty else
+             "at all sizes but " + ", ".join(f"{n:,}" for n in missed))
+    return (f"The Leiden members of the consensus pseudo-labels came down to K = {k} clusters {where} "
+            "(`leiden_clusters`: their clusters where the resolution search ended, from each fit's report.json)"
+            + ("" if missed.empty else "; where they did not, the pseudo-labels rest on the K-means members "
+               "(presumably the resampled cells, noisy copies of 4,271 cells, make the sketch's kNN graph fall apart "
+               "into groups of copies)") + ".")
 
 
 SCANPY_PIPELINE = """
@@ -524,11 +538,7 @@ def summarise(payload: dict) -> str:
                      "centres on, and that K-means (stage 2's first epoch labels every cell); `other_s`: reading "
                      "the file, storing the fit (stage 2's last "
                      "embedding, reused) and the export. "
-                     "In a development check by hand (not part of this script) the Leiden members of the consensus "
-                     "pseudo-labels never came down to K clusters at any of these sizes (their resolution search "
-                     "ended at 0), presumably because the resampled cells are noisy copies of 4,271 cells and the "
-                     "sketch's kNN graph falls apart into groups of copies; the pseudo-labels then rest on the "
-                     "K-means members. "
+                     f"{_leiden_reach(rows, k=8)} "
                      f"{last['cells'] / first['cells']:.0f}× the cells: {last['wall_s'] / first['wall_s']:.2f}× the wall "
                      f"time, {last['peak_rss_mib'] / first['peak_rss_mib']:.2f}× the peak RSS. ARI/NMI against the "
                      "source cells' types, read after the fit." + _measured(payload, "training_scale") + "\n\n"

@@ -138,6 +138,22 @@ def test_training_and_serving_write_one_schema(fitted_model, bundle_dir, query_h
     assert trained.uns["k"]["params"]["n_genes"] == fitted_model.n_genes
 
 
+def test_pseudo_label_ensemble_summary_is_saved(synthetic, tmp_path):
+    """An unsupervised fit keeps the summary of the consensus its genes were selected on (the
+    Leiden members' reach) through save/load; models saved before it existed load without one."""
+    import json
+
+    model = SCCSA(3, n_genes=40, random_state=0, **FAST_TRAINING).fit(synthetic)
+    summary = model.state_.pseudo_label_ensemble
+    assert summary["leiden_clusters"] == 3 and summary["kmeans_members"] == 12
+    path = model.save(tmp_path / "saved")
+    assert SCCSA.load(path).state_.pseudo_label_ensemble == summary
+    saved = json.loads((path / "sccsa_model.json").read_text())
+    del saved["fitted"]["pseudo_label_ensemble"]
+    (path / "sccsa_model.json").write_text(json.dumps(saved))
+    assert SCCSA.load(path).state_.pseudo_label_ensemble is None
+
+
 def test_save_load_round_trip(fitted_model, synthetic, tmp_path):
     import json
 

@@ -252,6 +252,20 @@ def test_pretrain_steps_scores_each_budget_and_the_rule(data_dir, tmp_path, monk
     assert "## ARI by pretraining budget" in (tmp_path / "pretrain_steps.md").read_text()
 
 
+def test_speed_training_scale_records_the_leiden_reach(monkeypatch, tmp_path):
+    """Each training-scale row says how many clusters the consensus's Leiden members ended with,
+    read from the fit's report, and the page says at which sizes they missed K."""
+    speed = script("speed", monkeypatch)
+    monkeypatch.setattr(speed, "SCALE_BUDGET", ("--pretrain-max-steps", "2", "--cluster-max-steps", "2",
+                                                "--n-genes", "30"))
+    source = synthetic_counts(n_cells=120, seed=5)
+    rows = speed.training_scale(source, source.obs["cell_type"].to_numpy(), 3, [300], tmp_path)
+    assert rows[0]["cells"] == 300 and rows[0]["leiden_clusters"] >= 3 and not list(tmp_path.glob("resampled_*"))
+    made = [{**rows[0], "cells": 100, "leiden_clusters": 8}, {**rows[0], "cells": 1000, "leiden_clusters": 136}]
+    page = speed.summarise({"training_scale": made})
+    assert "came down to K = 8 clusters at all sizes but 1,000" in page and "| 136 |" in page
+
+
 def test_speed_section_run_keeps_sections_written_meanwhile(tmp_path, monkeypatch):
     speed = script("speed", monkeypatch)
     out = tmp_path / "speed.json"

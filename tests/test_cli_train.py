@@ -42,6 +42,8 @@ def test_train_writes_bundle_adata_and_summary(h5ad, tmp_path, monkeypatch):
     assert "ari" in meta["metrics"] and meta["training"]["labels_key"] is None
     report = json.loads((out / "report.json").read_text())
     assert report["alpha"]["sd"] >= 0 and report["history"]["pretrain"]
+    ensemble = report["genes"]["pseudo_label_ensemble"]  # the consensus the F-test read, its Leiden reach
+    assert ensemble["kmeans_members"] == 12 and ensemble["leiden_members"] == 3 and ensemble["leiden_clusters"] == 3
     adata = ad.read_h5ad(labelled)
     assert "sccsa_cluster" in adata.obs and adata.obsm["X_sccsa"].shape[0] == 240
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # idle OpenMP threads sleep unless the user chose otherwise

@@ -17,6 +17,21 @@ def test_consensus_recovers_separable_groups():
     consensus = consensus_labels(data.lognorm, 3, seed=0)
     assert adjusted_rand_score(adata.obs["cell_type"], consensus.labels) > 0.95
     assert len(consensus.ensemble) == 15
+    assert consensus.summary() == {"kmeans_members": 12, "leiden_members": 3,
+                                   "leiden_resolution": consensus.leiden_resolution, "leiden_clusters": 3}
+
+
+def test_consensus_says_when_leiden_cannot_reach_k(caplog):
+    """Groups of identical cells make the kNN graph fall apart into more pieces than K: no
+    resolution gives K clusters, and the fit says so instead of passing over it (the
+    resampled cells of the speed page's million-cell rows did this)."""
+    rng = np.random.default_rng(0)
+    profiles = rng.poisson(rng.gamma(2.0, 2.0, size=(30, 60))).astype(np.float32)
+    cells = sp.csr_matrix(np.log1p(np.repeat(profiles, 10, axis=0)))
+    with caplog.at_level("WARNING", logger="sccsa_train.pseudolabels"):
+        consensus = consensus_labels(cells, 3, seed=0)
+    assert consensus.leiden_clusters > 3 and len(np.unique(consensus.labels)) == 3
+    assert "no resolution giving K=3" in caplog.text and f"closest: {consensus.leiden_clusters}" in caplog.text
 
 
 def test_leiden_resolution_search_hits_k():

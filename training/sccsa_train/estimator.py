@@ -201,12 +201,12 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                      len(data.all_genes), len(data.genes), k, k_method, timings["preprocess"])
 
             mark = time.perf_counter()
-            pseudo = None
+            pseudo = ensemble = None
             selection_labels = on_sketch(user_labels, sketch)
             init = self._init(batches is not None)
             if user_labels is None and (self.genes == "ftest" or init == "labels"):
                 codes = None if batches is None else on_sketch(batches.codes, sketch)
-                pseudo = workers.on_main(partial(self._pseudo_labels, sketched, k, codes, pcs))
+                pseudo, ensemble = workers.on_main(partial(self._pseudo_labels, sketched, k, codes, pcs))
                 selection_labels = pseudo
             selector = fit_selector(sketched, data.genes, self.n_genes, self.genes, selection_labels)
             panel, _ = build_panel(sketched, data.genes, selector, self.gene_order)
@@ -245,6 +245,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                     panel=panel,
                     cluster_names=names or _cluster_names(labels, user_labels, k),
                     pseudo_labels=None if pseudo is None else to_all_cells(pseudo, sketch, len(fit_rows)),
+                    pseudo_label_ensemble=ensemble,
                     batches=None if batches is None else batches.sizes())
         timings["total"] = time.perf_counter() - started
         log.info("fitted %d cells into %d clusters in %.1f s", len(fit_rows), k, timings["total"])
@@ -312,7 +313,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self._store(net, x, labels, fit_rows, X.n_obs, embedding,
                     panel_counts=alignment.take_csr(_rows_of(data.counts, fit_rows)), total_counts=data.total_counts[fit_rows], history=history, timings=timings,
                     n_clusters=old.n_clusters, n_clusters_method=old.n_clusters_method, selector=old.selector,
-                    panel=old.panel, cluster_names=old.cluster_names, pseudo_labels=None, batches=old.batches)
+                    panel=old.panel, cluster_names=old.cluster_names, pseudo_labels=None, batches=old.batches,
+                    pseudo_label_ensemble=old.pseudo_label_ensemble)  # the panel's, chosen in fit
         log.info("went on training on %d cells for %d epochs in %.1f s", len(fit_rows),
                  len(history.cluster) - len(old.history.cluster), timings["partial_fit"])
         return self
@@ -352,9 +354,11 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                         n_covariates=n_batches)
 
     def _pseudo_labels(self, lognorm: Any, k: int, batches: np.ndarray | None,
-                       pcs: Callable[[], np.ndarray]) -> np.ndarray:
-        """The consensus pseudo-labels the F-test reads (``pcs``: the standard PCs of ``lognorm``)."""
-        return consensus_labels(lognorm, k, seed=self.random_state, batches=batches, pcs=pcs()).labels
+                       pcs: Callable[[], np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+        """The consensus pseudo-labels the F-test reads and the summary of their ensemble the
+        report records (``pcs``: the standard PCs of ``lognorm``)."""
+        consensus = consensus_labels(lognorm, k, seed=self.random_state, batches=batches, pcs=pcs())
+        return consensus.labels, consensus.summary()
 
     def _resolve_k(self, lognorm: Any, n_cells: int, user_labels: np.ndarray | None,
                    pcs: Callable[[], np.ndarray]) -> tuple[int, str]:

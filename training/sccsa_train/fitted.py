@@ -38,6 +38,7 @@ class FittedState:
     input_kind: str
     n_cells: int
     batches: dict[str, int] | None = None  # training cells per batch (batch_key), in decoder order
+    pseudo_label_ensemble: dict[str, Any] | None = None  # Consensus.summary() of the pseudo-labels' ensemble
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def save_model(model: SCCSA, path: str | os.PathLike[str], *, overwrite: bool = 
             "cluster_names": state.cluster_names, "input_kind": state.input_kind, "n_cells": state.n_cells,
             "n_obs": model._n_obs, "genes": list(state.panel.genes), "clip": state.panel.clip,
             "selector": selector_meta, "history": state.history.as_dict(), "timings": state.timings,
-            "batches": state.batches,
+            "batches": state.batches, "pseudo_label_ensemble": state.pseudo_label_ensemble,
         },
     }
     with atomic_output(path, directory=True, overwrite=overwrite, replaceable=OWN_MODELS) as tmp:
@@ -159,6 +159,7 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
                                    shape=tuple(arrays["counts_shape"])),
         total_counts=arrays["total_counts"], history=history, timings=fitted["timings"],
         input_kind=fitted["input_kind"], n_cells=fitted["n_cells"], batches=batches,
+        pseudo_label_ensemble=fitted.get("pseudo_label_ensemble"),  # None in models saved before it was kept
     )
     model._fit_rows = arrays["fit_rows"]
     model._n_obs = fitted["n_obs"]

@@ -41,7 +41,7 @@ def build_report(fitted: FittedModel, metrics: dict[str, float]) -> dict[str, An
         "timings_seconds": {k: float(v) for k, v in state.timings.items()},
         "metrics": {k: float(v) for k, v in metrics.items()},
         "genes": {"n": len(state.panel.genes), "selection": fitted.params["genes"],
-                  "order": fitted.params["gene_order"]},
+                  "order": fitted.params["gene_order"], "pseudo_label_ensemble": state.pseudo_label_ensemble},
     }
     return report
 
