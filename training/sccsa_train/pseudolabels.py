@@ -113,19 +113,24 @@ def leiden_resolution_for_k(adata: ad.AnnData, k: int, seed: int = 0, max_steps:
 
 @dataclass
 class Consensus:
-    """Consensus pseudo-labels and the ensemble they came from (``leiden_clusters``: how many
-    clusters the Leiden members have at ``leiden_resolution``, K unless the search failed)."""
+    """Consensus pseudo-labels and the ensemble they came from (its last :data:`RUNS_PER_SETTING`
+    members are the Leiden runs at ``leiden_resolution``)."""
 
     labels: np.ndarray
     ensemble: list[np.ndarray]
     leiden_resolution: float
-    leiden_clusters: int
+
+    @property
+    def leiden_clusters(self) -> int:
+        """Clusters of the last Leiden member (the members differ only in seed): K unless the
+        resolution search found none that gives K."""
+        return int(self.ensemble[-1].max()) + 1
 
     def summary(self) -> dict[str, Any]:
         """What the fit's report records about the ensemble, so a run whose Leiden members missed
         K (the pseudo-labels then rest on the K-means members) can be told from one that did not."""
         return {"kmeans_members": len(self.ensemble) - RUNS_PER_SETTING, "leiden_members": RUNS_PER_SETTING,
-                "leiden_resolution": float(self.leiden_resolution), "leiden_clusters": int(self.leiden_clusters)}
+                "leiden_resolution": float(self.leiden_resolution), "leiden_clusters": self.leiden_clusters}
 
 
 def membership_consensus(ensemble: list[np.ndarray], k: int, seed: int = 0) -> np.ndarray:
@@ -165,11 +170,6 @@ def consensus_labels(lognorm: sp.spmatrix | np.ndarray, k: int, *, seed: int = 0
             ensemble.append(km.fit_predict(pcs[:, :n_pcs]))
     resolution, _ = leiden_resolution_for_k(embedding, k, seed)
     ensemble.extend(leiden(embedding, resolution, seed * 1000 + run) for run in range(RUNS_PER_SETTING))
-    found = int(ensemble[-1].max()) + 1
-    if found != k:
-        log.warning("pseudo-labels: Leiden found no resolution giving K=%d clusters on the neighbour graph (closest: "
-                    "%d at resolution %.3g); the pseudo-labels rest mostly on the K-means members. A graph that "
-                    "falls apart into more than K pieces (e.g. near-duplicate cells) does this", k, found, resolution)
     if batches is not None:
         labels = most_agreeing(ensemble, k)
         how = "the most agreeing member of"
@@ -179,5 +179,10 @@ def consensus_labels(lognorm: sp.spmatrix | np.ndarray, k: int, *, seed: int = 0
     log.info("pseudo-labels: %s %d K-means and %d Leiden runs (resolution %.3f)%s, %d groups", how,
              len(ensemble) - RUNS_PER_SETTING, RUNS_PER_SETTING, resolution,
              " on the Harmony-corrected embedding" if batches is not None else "", k)
-    return Consensus(labels=labels.astype(np.int64), ensemble=ensemble, leiden_resolution=resolution,
-                     leiden_clusters=found)
+    consensus = Consensus(labels=labels.astype(np.int64), ensemble=ensemble, leiden_resolution=resolution)
+    if consensus.leiden_clusters != k:
+        log.warning("pseudo-labels: Leiden found no resolution giving K=%d clusters on the neighbour graph (closest: "
+                    "%d at resolution %.3g); the pseudo-labels rest mostly on the K-means members. A graph that "
+                    "falls apart into more than K pieces (e.g. near-duplicate cells) does this", k,
+                    consensus.leiden_clusters, resolution)
+    return consensus
