@@ -9,6 +9,7 @@ import importlib.util
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import FAST_TRAINING, REPO, synthetic_counts, with_batches
@@ -338,11 +339,23 @@ def test_batch_page_records_and_page(tmp_path, monkeypatch):
     assert all(0 <= r["batch_nmi"] <= 1 and 0 <= r["batch_entropy"] <= 1 for r in clustering)
     heldout = [r for r in found if r["protocol"].startswith("T")]
     assert sum(r["n_query"] for r in heldout) == 180 and all("in_sample_ari" in r for r in heldout)
+    assert all(0 <= r["represented"] <= 1 and {"heldout_ari_represented", "in_sample_ari_represented", "others_ari",
+                                               "others_in_sample_ari"} <= set(r) for r in heldout)
     page = out.with_suffix(".md").read_text()
     for title in ("Cell-type ARI", "Batch NMI of the clusters", "kNN batch entropy", "Protocol T by donor"):
         assert title in page
     # a shard of held-out runs only (--only heldout) still gets its page
     assert "Protocol T by donor" in batch.summarise(heldout) and "Cell-type ARI" not in batch.summarise(heldout)
+
+
+def test_represented_types_flag_what_the_training_donors_barely_hold(monkeypatch):
+    """A held-out donor's type counts as represented when the other donors hold at least a quarter
+    of the donor's share of it; an absent type never is."""
+    batch = script("batch", monkeypatch)
+    reference = np.array(["a"] * 80 + ["b"] * 4 + ["c"] * 16)      # shares 0.80, 0.04, 0.16
+    query = np.array(["a"] * 40 + ["b"] * 20 + ["c"] * 30 + ["d"] * 10)  # shares 0.40, 0.20, 0.30, 0.10
+    shared = batch.represented_types(reference, query)
+    assert dict(zip(*np.unique(query[shared], return_counts=True))) == {"a": 40, "c": 30}  # b: 0.04 < 0.20 / 4
 
 
 def test_pseudolabel_page_scores_both_rules_with_and_without_harmony(tmp_path, monkeypatch):
