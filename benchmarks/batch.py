@@ -11,7 +11,9 @@ On every dataset with a batch column (``obs['donor']``), 3 seeds, in one run:
 * protocol T by donor: for each donor in turn (datasets with ≥ 3 donors, so training keeps
   several), sccsa ``--batch-key donor`` trained on the other donors, exported, and the held-out
   donor labelled through ``sccsa_infer.Predictor`` (ONNX Runtime); its ARI beside the in-sample
-  ARI of the same donor's cells in the all-donor fit of the same seed.
+  ARI of the same donor's cells in the all-donor fit of the same seed, and the gap split two
+  ways: on the donor's cells of types the other donors hold enough of (:func:`represented_types`),
+  and as the held-out fit's own loss on the other donors' cells against the all-donor fit's.
 
 Metrics: ARI / NMI / ACC against the cell types; batch mixing as the NMI between clusters and
 donor (lower: clusters less tied to donors) and the kNN batch entropy of the embedding the

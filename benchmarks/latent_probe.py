@@ -1,4 +1,4 @@
-"""Does a model change keep more of the panel's signal in the latent? K-means at K after stage 1 (issue 13).
+"""Does a model change keep more of the panel's signal in the latent? K-means at K after stage 1 (issues 13, 14).
 
 The diagnosis page found the loss in the convolutional encoder's compression to the latent
 (stage 2 changes the ARI by ~0). This page measures candidate changes there, cheaply: for every
@@ -6,6 +6,7 @@ dataset, seed and variant of :data:`VARIANTS`, the model is fitted with stage 2 
 (``cluster_epochs=0``), so its labels are the K-means at K (20 restarts, the seed as random
 state) of the pretrained latent, the partition stage 2 would start from. The defaults run in the
 same process and the same run, so every row compares like with like. True labels only score.
+Stage-1 schedules (fewer steps at a larger learning rate, issue 14) are screened the same way.
 
 Datasets are grouped by the halves of ``benchmarks/split.json``: a variant counts as a gain only
 if it is ahead on both halves.
