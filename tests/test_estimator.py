@@ -295,6 +295,41 @@ def test_classification_stops_when_the_cross_entropy_stalls(synthetic):
     assert len(model.history_.cluster) == 11 and model.history_.converged
 
 
+def test_a_classifying_stage_two_has_its_own_learning_rate_and_reconstruction_weight(synthetic, monkeypatch):
+    """classify_lr / classify_reconstruction_weight drive a classifying stage 2 and nothing else;
+    cluster_lr / reconstruction_weight a clustering one (the loss each epoch records is the sum
+    of its terms under those weights)."""
+    import torch
+
+    import sccsa_train.fit as fit
+
+    rates = []
+    adam = torch.optim.Adam
+    monkeypatch.setattr(fit.torch.optim, "Adam", lambda params, lr: rates.append(lr) or adam(params, lr=lr))
+    weights = dict(cluster_lr=3e-4, classify_lr=2e-3, reconstruction_weight=50.0, classify_reconstruction_weight=4.0)
+    classifier = SCCSA(3, labels_key="cell_type", n_genes=30, random_state=0, **weights, **FAST_TRAINING).fit(synthetic)
+    clusters = SCCSA(3, n_genes=30, random_state=0, **weights, **FAST_TRAINING).fit(synthetic)
+    assert rates[1::2] == [2e-3, 3e-4]  # stage 2 of each fit (stage 1's optimizer comes first)
+    for epoch in classifier.history_.cluster:
+        assert epoch["loss"] == pytest.approx(epoch["cross_entropy"] + 4.0 * epoch["reconstruction"], rel=1e-5)
+    for epoch in clusters.history_.cluster:
+        assert epoch["loss"] == pytest.approx(epoch["l1"] + epoch["kl"] + 50.0 * epoch["reconstruction"], rel=1e-5)
+
+
+def test_a_model_saved_before_the_classify_settings_keeps_training_as_it_did(unsupervised, tmp_path):
+    """Such a model's classifying stage 2 ran at cluster_lr and reconstruction_weight, so a loaded
+    copy (which partial_fit would train on) gets those rather than today's classify defaults."""
+    import json
+
+    path = unsupervised.save(tmp_path / "old")
+    meta = json.loads((path / "sccsa_model.json").read_text())
+    del meta["params"]["classify_lr"], meta["params"]["classify_reconstruction_weight"]
+    (path / "sccsa_model.json").write_text(json.dumps(meta))
+    params = SCCSA.load(path).get_params()
+    assert params["classify_lr"] == unsupervised.cluster_lr != SCCSA().classify_lr
+    assert params["classify_reconstruction_weight"] == unsupervised.reconstruction_weight
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(objective="classify"), "needs labels_key"),
     (dict(objective="classify", labels_key="cell_type", init="kmeans"), "drop init='kmeans'"),
@@ -356,9 +391,11 @@ def test_a_clustering_stage_two_ignores_the_class_metric(unsupervised):
     assert torch.equal(unsupervised.net_.latent_map, torch.eye(unsupervised.net_.latent_map.shape[0]))
 
 
+@pytest.mark.parametrize("flag", [["--class-metric", "within"], ["--classify-lr", "1e-3"],
+                                  ["--classify-reconstruction-weight", "10"]])
 @pytest.mark.parametrize("extra", [[], ["--labels-key", "cell_type", "--objective", "cluster"]])
 def test_sccsa_train_refuses_an_explicit_class_metric_without_a_classifying_stage_two(adata, tmp_path, monkeypatch,
-                                                                                       extra):
+                                                                                       extra, flag):
     from click.testing import CliRunner
 
     from sccsa_train.cli import main as train_main
@@ -369,7 +406,7 @@ def test_sccsa_train_refuses_an_explicit_class_metric_without_a_classifying_stag
     monkeypatch.setattr(SCCSA, "fit", no_training)
     data = tmp_path / "ref.h5ad"
     adata.write_h5ad(data)
-    result = CliRunner().invoke(train_main, [str(data), "-k", "3", *extra, "--class-metric", "within",
-                                             "--out", str(tmp_path / "m")])
+    result = CliRunner().invoke(train_main, [str(data), "-k", "3", *extra, *flag, "--out", str(tmp_path / "m")])
     assert result.exit_code != 0 and "needs a classifying stage 2" in result.output, result.output
+    assert flag[0] in result.output
     assert not (tmp_path / "m").exists()

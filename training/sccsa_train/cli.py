@@ -23,7 +23,7 @@ from sccsa_infer.metrics import check_eval_labels, evaluate
 from sccsa_infer.ontology import check_ontology, read_ontology
 from sccsa_infer.validate import obs_column
 
-from .options import OPTIONS, Option, classifies
+from .options import BY_NAME, CLASSIFY_ONLY, OPTIONS, Option, classifies
 
 if TYPE_CHECKING:  # anndata is imported where it is used, after the fast argument and path checks
     import anndata as ad
@@ -135,11 +135,13 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
         if params["labels_key"] is None:
             raise click.UsageError("--cell-ontology names the --labels-key labels; give --labels-key too.")
         ontology = read_ontology(cell_ontology)
-    explicit_metric = click.get_current_context().get_parameter_source("class_metric") is ParameterSource.COMMANDLINE
-    if explicit_metric and not classifies(params["objective"], params["labels_key"]):
-        raise click.UsageError("--class-metric measures distances to the reference labels' centroids, so it needs a "
-                               "classifying stage 2: give --labels-key COL (with --objective auto or classify), or "
-                               "drop --class-metric.")
+    context = click.get_current_context()
+    explicit = [BY_NAME[name].flag for name in CLASSIFY_ONLY
+                if context.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+    if explicit and not classifies(params["objective"], params["labels_key"]):
+        raise click.UsageError(f"{', '.join(explicit)} shape(s) how stage 2 learns the reference labels, so it needs "
+                               "a classifying stage 2: give --labels-key COL (with --objective auto or classify), or "
+                               f"drop {', '.join(explicit)}.")
     # Idle OpenMP threads sleep instead of spinning, so that on a shared machine they leave the cores
     # to the work (speed page, contention). Read when torch loads its OpenMP runtime, just below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

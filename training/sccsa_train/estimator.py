@@ -107,6 +107,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         kmeans_tolerance: float = default("kmeans_tolerance"),
         objective: str = default("objective"),
         class_metric: str = default("class_metric"),
+        classify_lr: float = default("classify_lr"),
+        classify_reconstruction_weight: float = default("classify_reconstruction_weight"),
         kl_weight: float = default("kl_weight"),
         reconstruction_weight: float = default("reconstruction_weight"),
         latent_norm_weight: float = default("latent_norm_weight"),
@@ -145,6 +147,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.kmeans_tolerance = kmeans_tolerance
         self.objective = objective
         self.class_metric = class_metric
+        self.classify_lr = classify_lr
+        self.classify_reconstruction_weight = classify_reconstruction_weight
         self.kl_weight = kl_weight
         self.reconstruction_weight = reconstruction_weight
         self.latent_norm_weight = latent_norm_weight
@@ -159,9 +163,10 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             cluster_max_steps=self.cluster_max_steps, batch_size=self.batch_size,
             pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, beta_scale=self.beta_scale,
             kmeans_choice=self.kmeans_choice, kmeans_tolerance=self.kmeans_tolerance,
-            class_metric=self.class_metric,
+            class_metric=self.class_metric, classify_lr=self.classify_lr,
             weights=ObjectiveWeights(kl=self.kl_weight, reconstruction=self.reconstruction_weight,
-                                     latent_norm=self.latent_norm_weight),
+                                     latent_norm=self.latent_norm_weight,
+                                     classify_reconstruction=self.classify_reconstruction_weight),
         )
 
     # ------------------------------------------------------------------ fitting

@@ -64,6 +64,7 @@ class Schedule:
     batch_size: int = default("batch_size")
     pretrain_lr: float = default("lr")
     cluster_lr: float = default("cluster_lr")
+    classify_lr: float = default("classify_lr")
     tol: float = default("tol")
     beta_scale: float = default("beta_scale")
     kmeans_choice: str = default("kmeans_choice")
@@ -304,7 +305,7 @@ def _stage2_loss(net: SCCSANet, out: Any, batch: torch.Tensor, weights: Objectiv
     l3 = reconstruction_loss(out.reconstruction, batch)
     if targets is not None:
         ce = classification_loss(distances, net.beta, targets)
-        return ce + weights.reconstruction * l3, {"cross_entropy": ce, "reconstruction": l3}
+        return ce + weights.classify_reconstruction * l3, {"cross_entropy": ce, "reconstruction": l3}
     resp = responsibilities(distances, net.beta)
     l1 = clustering_loss(distances, resp, out.latent, net.distortion_scale, weights.latent_norm)
     l2 = kl_loss(resp, out.logits)
@@ -326,11 +327,12 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
     page's rows at 9b1e317.
 
     ``targets`` (reference label codes 0..K−1 of every row, ``objective='classify'``): the loss is
-    cross-entropy plus reconstruction and μ_k is the mean latent of label k; the labels returned
+    cross-entropy plus reconstruction (weighed ``classify_reconstruction``, at ``classify_lr``) and μ_k is the mean latent of label k; the labels returned
     are still the nearest centroids, but it stops when the cross-entropy stalls (:func:`_plateaued`)."""
     net = unwrap(model)
     weights = schedule.weights
-    optimizer = torch.optim.Adam(model.parameters(), lr=schedule.cluster_lr)
+    optimizer = torch.optim.Adam(model.parameters(),
+                                 lr=schedule.cluster_lr if targets is None else schedule.classify_lr)
     bar = tqdm(range(schedule.cluster_epochs), desc="cluster", unit="epoch", disable=bar_disabled(progress),
                leave=False)
     labels = labels.copy()

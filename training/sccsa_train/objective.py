@@ -9,9 +9,11 @@
 
 With reference labels (``objective='classify'``) stage 2 instead minimises
 
-    L    = CE(y, softmax_k(−β ‖z_i − μ_k‖²)) + α2 L3,   μ_k = the mean z of label k
+    L    = CE(y, softmax_k(−β ‖z_i − μ_k‖²)) + α2' L3,   μ_k = the mean z of label k
 
-so the encoder learns to place each cell nearest its own label's centroid: a nearest-class-mean
+(α2' = ``classify_reconstruction_weight``, 10 rather than α2's 100, at ``classify_lr`` 1e-3 rather
+than stage 2's clustering 1e-4: at α2 and 1e-4 the classifier underfitted its own reference), so
+the encoder learns to place each cell nearest its own label's centroid: a nearest-class-mean
 classifier (as prototypical networks), computed by the same exported graph as the clusters.
 
 D0, the mean squared distance of a cell to its nearest centroid at K-means initialisation, makes
@@ -34,11 +36,13 @@ from .options import default
 
 @dataclass(frozen=True)
 class ObjectiveWeights:
-    """α1 (KL), α2 (reconstruction), λ (the −λ zᵀz term of L1)."""
+    """α1 (KL), α2 (reconstruction), λ (the −λ zᵀz term of L1), and α2' (reconstruction beside a
+    classifying stage 2's cross-entropy)."""
 
     kl: float = default("kl_weight")
     reconstruction: float = default("reconstruction_weight")
     latent_norm: float = default("latent_norm_weight")
+    classify_reconstruction: float = default("classify_reconstruction_weight")
 
 
 def responsibilities(squared_distances: torch.Tensor, beta: torch.Tensor | float) -> torch.Tensor:

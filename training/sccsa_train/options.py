@@ -130,7 +130,8 @@ OPTIONS: tuple[Option, ...] = (
            "(0: no limit); the epoch it stops in still updates the centroids and labels from every cell.", low=0),
     Option("batch_size", int, 256, "Cells per mini-batch.", low=2),
     Option("lr", float, 1e-3, "Stage 1 learning rate.", low=0, low_open=True),
-    Option("cluster_lr", float, 1e-4, "Stage 2 learning rate.", low=0, low_open=True),
+    Option("cluster_lr", float, 1e-4, "Stage 2 learning rate when it clusters (classify_lr when it classifies).",
+           low=0, low_open=True),
     Option("tol", float, 0.001, "Stage 2 stops when fewer than this fraction of labels change in an epoch.", low=0,
            high=1),
     Option("beta_scale", float, 5.0, "Softness of r: beta = beta_scale / (mean squared distance to the nearest "
@@ -155,8 +156,13 @@ OPTIONS: tuple[Option, ...] = (
            "covariance after stage 2 (nearest centroid = linear discriminant analysis with equal priors; the exported "
            "graph and the 'latent' it returns carry the map); euclidean: in the latent as trained.",
            choices=CLASS_METRICS),
+    Option("classify_lr", float, 1e-3, "objective='classify' only: stage 2's learning rate (cluster_lr is the "
+           "clustering stage's).", low=0, low_open=True),
+    Option("classify_reconstruction_weight", float, 10.0, "objective='classify' only: the reconstruction MSE's "
+           "weight beside the cross-entropy (reconstruction_weight is the clustering stage's alpha2).", low=0),
     Option("kl_weight", float, 1.0, "alpha1, weight of KL(R||P).", low=0),
-    Option("reconstruction_weight", float, 100.0, "alpha2, weight of the reconstruction MSE.", low=0,
+    Option("reconstruction_weight", float, 100.0, "alpha2, weight of the reconstruction MSE in a clustering stage 2 "
+           "(classify_reconstruction_weight when stage 2 classifies).", low=0,
            aliases=("--recon-weight",)),
     Option("latent_norm_weight", float, 0.0, "lambda of the -lambda*z'z term.", low=0),
     Option("random_state", int, 0, "Random seed (same seed, same labels on CPU).", aliases=("--seed",)),
@@ -170,6 +176,10 @@ BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 def default(name: str) -> Any:
     """The default of option ``name`` (one source for the estimator, the CLI and the schedule)."""
     return BY_NAME[name].default
+
+
+CLASSIFY_ONLY: tuple[str, ...] = ("class_metric", "classify_lr", "classify_reconstruction_weight")
+"""Options that shape only a classifying stage 2 (``sccsa-train`` refuses them on the command line otherwise)."""
 
 
 def classifies(objective: str, labels_key: str | None) -> bool:

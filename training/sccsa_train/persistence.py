@@ -135,6 +135,9 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
     params, fitted = dict(meta["params"]), meta["fitted"]
     params["channels"] = tuple(params["channels"])
     params.setdefault("objective", "cluster")  # saved before the option existed: stage 2 always clustered
+    # saved before a classifying stage 2 had its own settings: it used the clustering stage's
+    params.setdefault("classify_lr", params["cluster_lr"])
+    params.setdefault("classify_reconstruction_weight", params["reconstruction_weight"])
     model = cls(**params)
     with np.load(path / ARRAYS_FILE, allow_pickle=False) as stored:
         arrays = {key: stored[key] for key in stored.files}
