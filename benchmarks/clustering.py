@@ -25,6 +25,10 @@ whose latent K-means partition has the highest silhouette; ``latent32`` has a 32
 100 (for protocol T: the classifier's cross-entropy then shapes the latent more than reconstruction);
 ``euclidean`` is ``--class-metric euclidean`` (the default before the within-class metric); ``kmeans_inertia`` is plain K-means' start (the default
 before the silhouette rule), ``kmeans_silhouette`` the silhouette rule at 5 % instead of 1 %.
+``classify_before`` is a classifying stage 2 (protocol T) at the clustering stage's learning rate
+1e-4 and reconstruction weight 100 (the defaults before ``classify_lr`` 1e-3 and
+``classify_reconstruction_weight`` 10), ``classify_lr3`` at 1e-3 with weight 100. ``latent32``,
+``recon1`` and ``euclidean`` ran with the settings before and fix them.
 ``init_labels`` and ``starts3`` fix ``kmeans_choice='inertia'``, the default they were run with.
 
 Results: ``results/clustering.json`` (one record per dataset × method × protocol × seed) and
@@ -64,6 +68,7 @@ from sccsa_train.pseudolabels import clustering_embedding, leiden, leiden_resolu
 
 COUNTS_ONLY = ("scvi_kmeans", "scvi_leiden_k")  # columns that skip the non-count datasets
 # name → (SCCSA parameters that differ from the defaults, how the page's column calls it)
+CLASSIFY_BEFORE = {"classify_lr": 1e-4, "classify_reconstruction_weight": 100.0}  # the clustering stage's
 VARIANTS: dict[str, tuple[dict, str]] = {
     # protocol U candidates, run before the K-means start became the silhouette rule: they say so
     "init_labels": ({"init": "labels", "kmeans_choice": "inertia"}, "init labels"),
@@ -71,10 +76,13 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                 "3 starts, ≤ 1000 steps"),
     "kmeans_inertia": ({"kmeans_choice": "inertia"}, "plain K-means start, the defaults before"),
     "kmeans_silhouette": ({"kmeans_choice": "silhouette", "kmeans_tolerance": 0.05}, "K-means start by silhouette, 5 %"),
-    # protocol T candidates (a classifying stage 2 starts from the labels, not from K-means)
-    "latent32": ({"latent_dim": 32}, "latent 32"),
-    "recon1": ({"reconstruction_weight": 1.0}, "reconstruction weight 1"),
-    "euclidean": ({"class_metric": "euclidean"}, "Euclidean class metric, the default before"),
+    # protocol T candidates (a classifying stage 2 starts from the labels, not from K-means), run when a
+    # classifying stage 2 used the clustering stage's learning rate and reconstruction weight: they fix those
+    "latent32": ({"latent_dim": 32, **CLASSIFY_BEFORE}, "latent 32"),
+    "recon1": ({**CLASSIFY_BEFORE, "classify_reconstruction_weight": 1.0}, "reconstruction weight 1"),
+    "euclidean": ({"class_metric": "euclidean", **CLASSIFY_BEFORE}, "Euclidean class metric, the default before"),
+    "classify_lr3": ({"classify_reconstruction_weight": 100.0}, "stage-2 learning rate 1e-3, reconstruction weight 100"),
+    "classify_before": (CLASSIFY_BEFORE, "stage-2 learning rate 1e-4, reconstruction weight 100, the defaults before"),
 }
 VARIANT_U_COLUMNS = [f"sccsa U ({name})" for _, name in VARIANTS.values()]
 VARIANT_T_COLUMNS = [f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values()]
