@@ -327,8 +327,9 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
     page's rows at 9b1e317.
 
     ``targets`` (reference label codes 0..K−1 of every row, ``objective='classify'``): the loss is
-    cross-entropy plus reconstruction (weighed ``classify_reconstruction``, at ``classify_lr``) and μ_k is the mean latent of label k; the labels returned
-    are still the nearest centroids, but it stops when the cross-entropy stalls (:func:`_plateaued`)."""
+    cross-entropy plus reconstruction (weighed ``classify_reconstruction``, at ``classify_lr``) and
+    μ_k is the mean latent of label k; the labels returned are still the nearest centroids, but it
+    stops when the cross-entropy stalls (:func:`_plateaued`)."""
     net = unwrap(model)
     weights = schedule.weights
     optimizer = torch.optim.Adam(model.parameters(),
