@@ -27,8 +27,7 @@ whose latent K-means partition has the highest silhouette; ``latent32`` has a 32
 before the silhouette rule), ``kmeans_silhouette`` the silhouette rule at 5 % instead of 1 %.
 ``classify_before`` is a classifying stage 2 (protocol T) at the clustering stage's learning rate
 1e-4 and reconstruction weight 100 (the defaults before ``classify_lr`` 1e-3 and
-``classify_reconstruction_weight`` 10), ``classify_lr3`` at 1e-3 with weight 100. ``lda`` is ``--class-metric lda`` (the within-class
-metric plus the reference's label frequencies as priors). ``latent32``,
+``classify_reconstruction_weight`` 10), ``classify_lr3`` at 1e-3 with weight 100. ``latent32``,
 ``recon1`` and ``euclidean`` ran with the settings before and fix them.
 ``init_labels`` and ``starts3`` fix ``kmeans_choice='inertia'``, the default they were run with.
 
@@ -84,7 +83,6 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "euclidean": ({"class_metric": "euclidean", **CLASSIFY_BEFORE}, "Euclidean class metric, the default before"),
     "classify_lr3": ({"classify_reconstruction_weight": 100.0}, "stage-2 learning rate 1e-3, reconstruction weight 100"),
     "classify_before": (CLASSIFY_BEFORE, "stage-2 learning rate 1e-4, reconstruction weight 100, the defaults before"),
-    "lda": ({"class_metric": "lda"}, "class metric lda: the reference's label frequencies as priors"),
 }
 VARIANT_U_COLUMNS = [f"sccsa U ({name})" for _, name in VARIANTS.values()]
 VARIANT_T_COLUMNS = [f"sccsa T (30 % query) ({name})" for _, name in VARIANTS.values()]

@@ -40,13 +40,12 @@ from .objective import (
     classification_loss,
     clustering_loss,
     kl_loss,
-    prior_offsets,
     reconstruction_loss,
     responsibilities,
     update_centroids,
     within_class_whitening,
 )
-from .options import WHITENED_METRICS, default
+from .options import default
 from .sketch import SKETCH_CELLS, on_sketch, sketch_rows, to_all_cells
 
 log = logging.getLogger(__name__)
@@ -378,7 +377,7 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
             log.info("stage 2 reached its step budget (%d) in epoch %d", limit, epoch)
             break
     bar.close()
-    if targets is not None and schedule.class_metric in WHITENED_METRICS:
+    if targets is not None and schedule.class_metric == "within":
         embedding = whiten_classes(net, embedding or embed_all(net, workers.share(x)), workers.share(targets),
                                    schedule, workers)
         workers.share(labels)[:] = net.squared_distances(embedding[0]).argmin(dim=1).cpu().numpy()
@@ -393,17 +392,14 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
 @torch.no_grad()
 def whiten_classes(net: SCCSANet, embedding: Embedding, targets: torch.Tensor, schedule: Schedule,
                    workers: Workers = SINGLE) -> Embedding:
-    """``class_metric='within'`` or ``'lda'``: compose the net's ``latent_map`` with the whitening of
-    the labels' within-class covariance (:func:`within_class_whitening`), move the centroids (class
-    means) with it, set the centroids' prior offsets (``'lda'``: :func:`prior_offsets`; ``'within'``:
-    none) and re-set β and 1/D0 from the new mean squared distance to the nearest centroid, as at
-    the start of stage 2. ``embedding``: this rank's cells; returns it in the new latent."""
+    """``class_metric='within'``: compose the net's ``latent_map`` with the whitening of the labels'
+    within-class covariance (:func:`within_class_whitening`), move the centroids (class means)
+    with it and re-set β and 1/D0 from the new mean squared distance to the nearest centroid, as
+    at the start of stage 2. ``embedding``: this rank's cells; returns it in the new latent."""
     latent, alpha = embedding
     transform = within_class_whitening(latent, targets, net.n_clusters, workers.sum)
     net.latent_map.copy_(transform @ net.latent_map)
     net.centroids.copy_(net.centroids @ transform.T)
-    net.centroid_offset.copy_(prior_offsets(targets, net.n_clusters, workers.sum) if schedule.class_metric == "lda"
-                              else torch.zeros_like(net.centroid_offset))
     latent = latent @ transform.T
     nearest = net.squared_distances(latent).min(dim=1).values
     total, count = workers.sum(torch.stack([nearest.sum().double(), torch.tensor(float(len(latent)),
@@ -411,8 +407,7 @@ def whiten_classes(net: SCCSANet, embedding: Embedding, targets: torch.Tensor, s
     distortion = max(total / max(count, 1.0), 1e-12)
     net.distortion_scale.fill_(1.0 / distortion)
     net.beta.fill_(schedule.beta_scale / distortion)
-    log.info("class metric %s: latent whitened by the labels' within-class covariance (beta %.4g)",
-             schedule.class_metric, float(net.beta))
+    log.info("class metric: latent whitened by the labels' within-class covariance (beta %.4g)", float(net.beta))
     return latent, alpha
 
 

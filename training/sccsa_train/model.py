@@ -26,10 +26,9 @@ class SCCSANet(nn.Module):
 
     ``head`` is the classifier p_ik = softmax(θ_kᵀ z_i + b_k) of paper Eq. 1, trained by the
     KL(R‖P) term. ``latent_map`` is a linear map applied to the encoder's code to give z: the
-    identity, except after a classifying fit with ``class_metric='within'`` or ``'lda'``, where it
-    whitens the labels' pooled within-class covariance (so nearest-centroid is LDA's rule with equal
-    priors, or with ``'lda'`` and ``centroid_offset``, with the labels' frequencies as priors); the
-    decoder always reads the code itself.
+    identity, except after a classifying fit with ``class_metric='within'``, where it whitens the
+    labels' pooled within-class covariance (so nearest-centroid is LDA's rule with equal priors);
+    the decoder always reads the code itself.
     """
 
     def __init__(self, n_genes: int, n_clusters: int, *, latent_dim: int = default("latent_dim"),
@@ -44,7 +43,6 @@ class SCCSANet(nn.Module):
         self.register_buffer("beta", torch.tensor(1.0))
         self.register_buffer("distortion_scale", torch.tensor(1.0))
         self.register_buffer("latent_map", torch.eye(latent_dim))
-        self.register_buffer("centroid_offset", torch.zeros(n_clusters))
 
     @property
     def n_clusters(self) -> int:
@@ -67,8 +65,6 @@ class SCCSANet(nn.Module):
                          logits=self.head(latent))
 
     def squared_distances(self, latent: torch.Tensor) -> torch.Tensor:
-        """‖z_i − μ_k‖² for every cell and centroid, [N, K], plus ``centroid_offset`` (zero except
-        after a classifying fit with ``class_metric='lda'``: the squared coordinate each centroid
-        has beyond the latent, where every cell is 0)."""
+        """‖z_i − μ_k‖² for every cell and centroid, [N, K]."""
         diff = latent.unsqueeze(1) - self.centroids.unsqueeze(0)
-        return diff.square().sum(dim=-1) + self.centroid_offset
+        return diff.square().sum(dim=-1)

@@ -99,19 +99,6 @@ def class_means(latent: torch.Tensor, targets: torch.Tensor, centroids: torch.Te
 
 
 @torch.no_grad()
-def prior_offsets(targets: torch.Tensor, n_classes: int,
-                  total: Callable[[torch.Tensor], torch.Tensor] = lambda sums: sums) -> torch.Tensor:
-    """2·log(π_max / π_k) for each label k of frequency π_k among ``targets`` (``total``: as
-    :func:`update_centroids`). Added to the squared distance to centroid k in the whitened latent,
-    nearest centroid becomes linear discriminant analysis with the labels' frequencies as priors
-    (argmin_k Mahalanobis² − 2·log π_k; the constant 2·log π_max changes no argmin and leaves the
-    most frequent label's distance as it is). It is the square of one more centroid coordinate,
-    √offset, in which every cell is 0. A label with no cell counts as one."""
-    counts = total(F.one_hot(targets, n_classes).sum(dim=0).to(torch.float64)).clamp_min(1)
-    return (2.0 * torch.log(counts.max() / counts)).to(torch.float32)
-
-
-@torch.no_grad()
 def within_class_whitening(latent: torch.Tensor, targets: torch.Tensor, n_classes: int,
                            total: Callable[[torch.Tensor], torch.Tensor] = lambda sums: sums) -> torch.Tensor:
     """Σ_w^(−1/2), the symmetric inverse square root of the labels' pooled within-class covariance

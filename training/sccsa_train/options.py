@@ -22,8 +22,7 @@ GENE_ORDERS: tuple[str, ...] = ("correlation", "fscore", "input")
 CC_MODES: tuple[str, ...] = ("sa", "fixed", "off")
 CENTROID_INITS: tuple[str, ...] = ("auto", "kmeans", "labels")
 KMEANS_CHOICES: tuple[str, ...] = ("inertia", "silhouette")
-CLASS_METRICS: tuple[str, ...] = ("euclidean", "within", "lda")
-WHITENED_METRICS: tuple[str, ...] = ("within", "lda")
+CLASS_METRICS: tuple[str, ...] = ("euclidean", "within")
 OBJECTIVES: tuple[str, ...] = ("auto", "cluster", "classify")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_CHANNELS: tuple[int, int, int] = (16, 32, 64)
@@ -155,10 +154,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("class_metric", str, "within", "objective='classify' only (a clustering stage 2 ignores it): the "
            "distance to the label centroids. within: in the latent whitened by the labels' pooled within-class "
            "covariance after stage 2 (nearest centroid = linear discriminant analysis with equal priors; the exported "
-           "graph and the 'latent' it returns carry the map); lda: the same, plus 2*log(p_max/p_k) added to the "
-           "squared distance to label k's centroid, p the labels' frequencies in the reference (linear discriminant "
-           "analysis with those priors: one more centroid coordinate, in which every cell is 0); euclidean: in the "
-           "latent as trained.",
+           "graph and the 'latent' it returns carry the map); euclidean: in the latent as trained.",
            choices=CLASS_METRICS),
     Option("classify_lr", float, 1e-3, "objective='classify' only: stage 2's learning rate (cluster_lr is the "
            "clustering stage's).", low=0, low_open=True),

@@ -145,7 +145,6 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
     net = model._network(len(fitted["genes"]), fitted["n_clusters"], len(batches or ()))
     weights = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     weights.setdefault("latent_map", net.latent_map.clone())  # saved before class_metric: the identity
-    weights.setdefault("centroid_offset", net.centroid_offset.clone())  # saved before class_metric='lda': none
     net.load_state_dict(weights)
     history_dict = fitted["history"]
     history = History(pretrain=history_dict["pretrain"], cluster=history_dict["cluster"],
