@@ -29,7 +29,9 @@
    factorisation (today's export): multiply-adds
    per cell counted from each graph (MatMul, Gemm, Conv, ConvTranspose), and ``sccsa-infer
    predict --threads 1`` end to end on the same ``--forms-cells`` replicated cells, median CPU
-   seconds of 3 runs per form, the forms alternating.
+   seconds of 3 runs per form, the forms alternating. With ``--baseline-bin`` (the ``sccsa-infer``
+   of an install of commit 4c23f25, the serving code before issue 15) that install also labels
+   the same cells with the served model's dense graph: issue 15's "today's" pipeline and graph.
 7. Cold start: ``sccsa-infer --help``, a wrong input path, a fresh ``python -c "Predictor(bundle)"``
    (import + session creation) and a fresh ``sccsa-infer verify`` (import, hashes, session,
    self-test), median of 5.
@@ -319,9 +321,16 @@ def graph_macs(path: Path) -> int:
     return total
 
 
+BASELINE_COMMIT = "4c23f25"  # the last commit before issue 15's work on the serving half
+BASELINE_FORM = f"dense, serving code of {BASELINE_COMMIT}"
+
+
 def graph_forms(models: list[SCCSA], infer_bin: Path, source: sp.csr_matrix, genes: list[str], n_cells: int,
-                work: Path, repeats: int = 3) -> list[dict]:
-    """Each fitted model exported with each autocorrelation form, counted and timed end to end."""
+                work: Path, repeats: int = 3, baseline_bin: Path | None = None) -> list[dict]:
+    """Each fitted model exported with each autocorrelation form, counted and timed end to end.
+    ``baseline_bin``: the ``sccsa-infer`` of an install of the serving code before issue 15
+    (:data:`BASELINE_COMMIT`), timed on the dense export of the largest model beside the others:
+    issue 15's "today's" pipeline and graph, on the same cells in the same run."""
     from sccsa_train.export import export_bundle
     from sccsa_train.sacc import EXPORT_FORMS
 
@@ -335,16 +344,23 @@ def graph_forms(models: list[SCCSA], infer_bin: Path, source: sp.csr_matrix, gen
             bundle = export_bundle(model.fitted(), work / f"bundle_{d}_{form}", metrics={}, overwrite=True, form=form)
             commands[form] = [str(infer_bin), "predict", str(cells), "--model", str(bundle), "--out",
                               str(work / f"forms_{form}.parquet"), "--threads", "1", "--no-progress", "--overwrite"]
-        cpu: dict[str, list[float]] = {form: [] for form in EXPORT_FORMS}
+        bundles = {form: form for form in EXPORT_FORMS}
+        if baseline_bin is not None and model is models[-1]:
+            commands[BASELINE_FORM] = [str(baseline_bin), *commands["dense"][1:]]
+            commands[BASELINE_FORM][commands[BASELINE_FORM].index("--out") + 1] = str(work / "forms_baseline.parquet")
+            bundles[BASELINE_FORM] = "dense"
+        cpu: dict[str, list[float]] = {form: [] for form in commands}
         for repeat in range(repeats):
-            for form in (EXPORT_FORMS if repeat % 2 == 0 else EXPORT_FORMS[::-1]):
+            for form in (list(commands) if repeat % 2 == 0 else list(commands)[::-1]):
                 cpu[form].append(run_with_rusage(commands[form])[1])
-        for form in EXPORT_FORMS:
+        for form, graph in bundles.items():
             seconds = statistics.median(cpu[form])
-            rows.append({"form": form, "genes": d, "macs_per_cell": graph_macs(work / f"bundle_{d}_{form}" / "model.onnx"),
+            rows.append({"form": form, "genes": d,
+                         "macs_per_cell": graph_macs(work / f"bundle_{d}_{graph}" / "model.onnx"),
                          "cells": n_cells, "cpu_seconds": round(seconds, 1), "cells_per_cpu_s": round(n_cells / seconds)})
             print(rows[-1], flush=True)
-            (work / f"forms_{form}.parquet").unlink()
+        for path in work.glob("forms_*.parquet"):
+            path.unlink()
     cells.unlink()
     return rows
 
@@ -592,6 +608,10 @@ def summarise(payload: dict) -> str:
             speed, macs = group.set_index("form")["cells_per_cpu_s"], group.set_index("form")["macs_per_cell"]
             gains.append(f"{d} genes: {macs['dense'] / macs['four_step']:.2f}× fewer multiply-adds per cell, "
                          f"{speed['four_step'] / speed['dense']:.2f}× the cells per CPU-second")
+            if BASELINE_FORM in speed:
+                gains.append(f"against the serving code of {BASELINE_COMMIT} (before issue 15) on the dense graph of "
+                             f"the same {d}-gene model, today's code and graph label "
+                             f"{speed['four_step'] / speed[BASELINE_FORM]:.2f}× the cells per CPU-second")
         parts.append("## The autocorrelation in the graph: dense DFT matrices or the four-step factorisation\n\n"
                      "Models fitted on PBMC-Zheng4k with the default settings and 500 or 1000 genes (seed 0), each "
                      "exported twice: with three dense d × d DFT MatMuls (the graph before) and with the four-step "
@@ -599,7 +619,10 @@ def summarise(payload: dict) -> str:
                      "(MatMul/Gemm/Conv/ConvTranspose; element-wise work not counted); `sccsa-infer predict "
                      f"--threads 1` end to end (reading, checks, graph, writing) on {int(rows['cells'].iloc[0]):,} "
                      "replicated PBMC-Zheng4k cells to `.parquet`, median CPU seconds of 3 runs per form, the forms "
-                     "alternating. Four-step: " + "; ".join(gains) + "."
+                     "alternating. The row of the serving code before issue 15 runs the same command with the "
+                     f"`sccsa-infer` of an install of commit {BASELINE_COMMIT} (`--baseline-bin`; "
+                     f"{payload.get('baseline_install', 'not recorded')}) on the dense export. Four-step: "
+                     + "; ".join(gains) + "."
                      + _measured(payload, "graph_forms") + "\n\n"
                      + markdown_table(rows.set_index(["genes", "form"])))
     if payload.get("cold_start"):
@@ -633,6 +656,9 @@ def main() -> None:
     parser.add_argument("--infer-bin", type=Path, default=INFER_BIN,
                         help="the sccsa-infer to time in streaming and cold_start, e.g. that of a serving-only install "
                              "(what the Docker image holds) instead of this environment's")
+    parser.add_argument("--baseline-bin", type=Path, default=None,
+                        help=f"graph_forms: also time the sccsa-infer of an install of commit {BASELINE_COMMIT} (the serving "
+                             "code before issue 15) on the dense graph of the 1000-gene model")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     args = parser.parse_args()
@@ -683,8 +709,10 @@ def main() -> None:
             payload["contention_dataset"] = args.contention_dataset
         if "graph_forms" in args.sections:
             smaller = SCCSA(k, n_genes=FORMS_SMALL_PANEL, input_kind=kind, random_state=0, progress=False).fit(adata)
+            baseline = args.baseline_bin.absolute() if args.baseline_bin else None
             payload["graph_forms"] = graph_forms([smaller, model], infer_bin, sp.csr_matrix(adata.X),
-                                                 list(adata.var_names), args.forms_cells, work)
+                                                 list(adata.var_names), args.forms_cells, work, baseline_bin=baseline)
+            payload["baseline_install"] = installed_packages(baseline) if baseline else None
         if "processes" in args.sections:
             payload["processes"] = data_parallel(args.data / f"{args.processes_dataset}.h5ad", work)
             payload["processes_dataset"] = args.processes_dataset

@@ -305,15 +305,18 @@ def test_graph_forms_count_the_autocorrelation_multiply_adds_and_time_both(fitte
 
     speed = script("speed", monkeypatch)
     cells = synthetic_counts(n_cells=50, seed=4)
+    # the baseline install (the serving code before issue 15) stood in for by this one
     rows = speed.graph_forms([fitted_model], speed.INFER_BIN, sp.csr_matrix(cells.X), list(cells.var_names), 300,
-                             tmp_path, repeats=1)
+                             tmp_path, repeats=1, baseline_bin=speed.INFER_BIN)
     by_form = {row["form"]: row for row in rows}
-    assert set(by_form) == {"four_step", "dense"} and all(r["cpu_seconds"] > 0 for r in rows)
+    assert set(by_form) == {"four_step", "dense", speed.BASELINE_FORM} and all(r["cpu_seconds"] > 0 for r in rows)
+    assert by_form[speed.BASELINE_FORM]["macs_per_cell"] == by_form["dense"]["macs_per_cell"]
     d = len(fitted_model.genes_)
     four_step = four_step_macs(d)
     # the rest of the graph is the same, so the counts differ by exactly the autocorrelation's
     assert by_form["dense"]["macs_per_cell"] - by_form["four_step"]["macs_per_cell"] == 3 * d * d - four_step
-    assert "fewer multiply-adds" in speed.summarise({"graph_forms": rows})
+    page = speed.summarise({"graph_forms": rows, "baseline_install": "an environment with pyarrow"})
+    assert "fewer multiply-adds" in page and f"serving code of {speed.BASELINE_COMMIT}" in page
     assert not list(tmp_path.glob("forms*"))
 
 
