@@ -619,10 +619,12 @@ def summarise(payload: dict) -> str:
                      "(MatMul/Gemm/Conv/ConvTranspose; element-wise work not counted); `sccsa-infer predict "
                      f"--threads 1` end to end (reading, checks, graph, writing) on {int(rows['cells'].iloc[0]):,} "
                      "replicated PBMC-Zheng4k cells to `.parquet`, median CPU seconds of 3 runs per form, the forms "
-                     "alternating. The row of the serving code before issue 15 runs the same command with the "
-                     f"`sccsa-infer` of an install of commit {BASELINE_COMMIT} (`--baseline-bin`; "
-                     f"{payload.get('baseline_install', 'not recorded')}) on the dense export. Four-step: "
-                     + "; ".join(gains) + "."
+                     "alternating."
+                     + (" The row of the serving code before issue 15 runs the same command with the `sccsa-infer` "
+                        f"of an install of commit {BASELINE_COMMIT} (`--baseline-bin`; "
+                        f"{payload.get('baseline_install') or 'its environment not recorded'}) on the dense export."
+                        if (rows["form"] == BASELINE_FORM).any() else "")
+                     + " Four-step: " + "; ".join(gains) + "."
                      + _measured(payload, "graph_forms") + "\n\n"
                      + markdown_table(rows.set_index(["genes", "form"])))
     if payload.get("cold_start"):

@@ -317,6 +317,8 @@ def test_graph_forms_count_the_autocorrelation_multiply_adds_and_time_both(fitte
     assert by_form["dense"]["macs_per_cell"] - by_form["four_step"]["macs_per_cell"] == 3 * d * d - four_step
     page = speed.summarise({"graph_forms": rows, "baseline_install": "an environment with pyarrow"})
     assert "fewer multiply-adds" in page and f"serving code of {speed.BASELINE_COMMIT}" in page
+    without = speed.summarise({"graph_forms": [r for r in rows if r["form"] != speed.BASELINE_FORM]})
+    assert "fewer multiply-adds" in without and speed.BASELINE_COMMIT not in without
     assert not list(tmp_path.glob("forms*"))
 
 
