@@ -339,27 +339,26 @@ def graph_forms(models: list[SCCSA], infer_bin: Path, source: sp.csr_matrix, gen
     rows = []
     for model in models:
         d = len(model.genes_)
-        commands = {}
-        for form in EXPORT_FORMS:
-            bundle = export_bundle(model.fitted(), work / f"bundle_{d}_{form}", metrics={}, overwrite=True, form=form)
-            commands[form] = [str(infer_bin), "predict", str(cells), "--model", str(bundle), "--out",
-                              str(work / f"forms_{form}.parquet"), "--threads", "1", "--no-progress", "--overwrite"]
-        bundles = {form: form for form in EXPORT_FORMS}
+        bundles = {form: export_bundle(model.fitted(), work / f"bundle_{d}_{form}", metrics={}, overwrite=True,
+                                       form=form) for form in EXPORT_FORMS}
+        runs = {form: (infer_bin, form) for form in EXPORT_FORMS}  # row → (sccsa-infer, graph form it labels with)
         if baseline_bin is not None and model is models[-1]:
-            commands[BASELINE_FORM] = [str(baseline_bin), *commands["dense"][1:]]
-            commands[BASELINE_FORM][commands[BASELINE_FORM].index("--out") + 1] = str(work / "forms_baseline.parquet")
-            bundles[BASELINE_FORM] = "dense"
-        cpu: dict[str, list[float]] = {form: [] for form in commands}
+            runs[BASELINE_FORM] = (baseline_bin, "dense")
+        outputs = {row: work / f"forms_{i}.parquet" for i, row in enumerate(runs)}
+        commands = {row: [str(binary), "predict", str(cells), "--model", str(bundles[graph]), "--out",
+                          str(outputs[row]), "--threads", "1", "--no-progress", "--overwrite"]
+                    for row, (binary, graph) in runs.items()}
+        cpu: dict[str, list[float]] = {row: [] for row in commands}
         for repeat in range(repeats):
-            for form in (list(commands) if repeat % 2 == 0 else list(commands)[::-1]):
-                cpu[form].append(run_with_rusage(commands[form])[1])
-        for form, graph in bundles.items():
+            for row in (list(commands) if repeat % 2 == 0 else list(commands)[::-1]):
+                cpu[row].append(run_with_rusage(commands[row])[1])
+        for form, (_, graph) in runs.items():
             seconds = statistics.median(cpu[form])
             rows.append({"form": form, "genes": d,
-                         "macs_per_cell": graph_macs(work / f"bundle_{d}_{graph}" / "model.onnx"),
+                         "macs_per_cell": graph_macs(bundles[graph] / "model.onnx"),
                          "cells": n_cells, "cpu_seconds": round(seconds, 1), "cells_per_cpu_s": round(n_cells / seconds)})
             print(rows[-1], flush=True)
-        for path in work.glob("forms_*.parquet"):
+        for path in outputs.values():  # only what this section wrote (--work may be the user's folder)
             path.unlink()
     cells.unlink()
     return rows
