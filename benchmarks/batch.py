@@ -54,6 +54,7 @@ from common import (
     markdown_table,
     mean_sd,
     merge_or_resume,
+    scanpy_embedding,
     score,
     seed_coverage,
     training_threads,
@@ -63,7 +64,7 @@ from fetch_data import EXTRA_DATA
 from sccsa_infer import Predictor
 from sccsa_train import SCCSA
 from sccsa_train.preprocess import prepare
-from sccsa_train.pseudolabels import clustering_embedding, leiden_resolution_for_k
+from sccsa_train.pseudolabels import leiden_resolution_for_k
 
 BATCH_KEY = "donor"
 NEIGHBOURS = 30
@@ -153,7 +154,7 @@ def baseline_records(adata: ad.AnnData, truth: np.ndarray, batches: np.ndarray, 
     records = []
     for name, corrected in (("", None), ("harmony_", batches)):
         with Timer() as timer:
-            embedding = clustering_embedding(lognorm, seed=seed, batches=corrected)
+            embedding = scanpy_embedding(lognorm, seed=seed, batches=corrected)
             kmeans, leiden = _kmeans_and_leiden(embedding, "X_pca", k, seed)
         for method, predicted in ((f"{name}kmeans" if name else "kmeans_pca", kmeans), (f"{name}leiden_k", leiden)):
             records.append({"method": method, **scores(truth, predicted, batches, embedding.obsm["X_pca"]),

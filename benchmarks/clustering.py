@@ -59,12 +59,12 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, finish, load, markdown_table, mean_sd, merge_records,
-                    read_records, score, seed_coverage, split_of, training_threads, write_json)
+                    read_records, scanpy_embedding, score, seed_coverage, split_of, training_threads, write_json)
 from sccsa_infer import Predictor
 from sccsa_infer.metrics import label_accuracy
 from sccsa_train import SCCSA
 from sccsa_train.preprocess import prepare
-from sccsa_train.pseudolabels import clustering_embedding, leiden, leiden_resolution_for_k
+from sccsa_train.pseudolabels import leiden, leiden_resolution_for_k
 
 COUNTS_ONLY = ("scvi_kmeans", "scvi_leiden_k")  # columns that skip the non-count datasets
 # name → (SCCSA parameters that differ from the defaults, how the page's column calls it)
@@ -213,7 +213,7 @@ def sccsa_record(adata, labels, k, kind, protocol, seed, variant: str | None = N
 def baseline_records(adata, labels, k, kind, seed) -> list[dict]:
     with Timer() as timer:
         data = prepare(adata, input_kind=kind)
-        embedding = clustering_embedding(data.lognorm, seed=seed)
+        embedding = scanpy_embedding(data.lognorm, seed=seed)
     shared = timer.seconds  # preprocessing + PCA + neighbour graph, common to the three baselines
     records = []
     with Timer() as timer:

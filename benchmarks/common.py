@@ -59,6 +59,20 @@ def load(path: Path) -> tuple[ad.AnnData, np.ndarray, int, str]:
     return adata, labels, len(np.unique(labels)), INPUT_KINDS.get(path.stem, "counts")
 
 
+def scanpy_embedding(lognorm: Any, *, seed: int = 0, batches: np.ndarray | None = None) -> ad.AnnData:
+    """The baselines' embedding: Scanpy's standard PCs (as sccsa's pseudo-labels use them;
+    Harmony-corrected with ``batches``) and Scanpy's own ``sc.pp.neighbors`` graph, which is what a
+    user's pipeline builds (sccsa computes the same graph without umap-learn's numba, with exact
+    neighbours where Scanpy's are approximate: above 8,192 cells)."""
+    import scanpy as sc
+    from sccsa_train.pseudolabels import standard_pcs
+
+    pcs = standard_pcs(lognorm, seed=seed, batches=batches).astype(np.float32)
+    adata = ad.AnnData(obsm={"X_pca": pcs}, obs=pd.DataFrame(index=pd.RangeIndex(len(pcs)).astype(str)))
+    sc.pp.neighbors(adata, n_neighbors=max(2, min(15, len(pcs) // 5)), use_rep="X_pca", random_state=seed)
+    return adata
+
+
 def score(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """ARI, NMI, ACC (Hungarian) of a clustering."""
     metrics = evaluate(true, pred)

@@ -43,7 +43,7 @@ from sccsa_train import fit as fit_module
 from sccsa_train.genes import build_panel, fit_selector
 from sccsa_train.model import SCCSANet
 from sccsa_train.preprocess import prepare
-from sccsa_train.pseudolabels import clustering_embedding
+from sccsa_train.pseudolabels import standard_pcs
 
 STAGES = ["pseudo_labels", "scanpy_pca", "panel_pca", "panel", "sacc_pretrained", "latent_pretrained",
           "sacc_final", "latent_final", "final_labels"]
@@ -109,7 +109,7 @@ def dataset_records(adata, truth: np.ndarray, k: int, kind: str, seed: int) -> l
 
     data = prepare(adata, input_kind=kind)
     lognorm = data.lognorm[np.flatnonzero(~data.empty_cells)]
-    rows.append((DEFAULT_GENES, "scanpy_pca", kmeans(clustering_embedding(lognorm, seed=seed).obsm["X_pca"], k, seed)))
+    rows.append((DEFAULT_GENES, "scanpy_pca", kmeans(standard_pcs(lognorm, seed=seed), k, seed)))
     for method, n_genes in PANEL_VARIANTS:
         name = f"{method}-{n_genes}"
         if name == DEFAULT_GENES:

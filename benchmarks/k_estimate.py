@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, finish, load, markdown_table,
-                    merge_or_resume, split_of, write_json)
+                    merge_or_resume, scanpy_embedding, split_of, write_json)
 from sccsa_train import n_clusters
 from sccsa_train.preprocess import prepare
-from sccsa_train.pseudolabels import clustering_embedding, leiden
+from sccsa_train.pseudolabels import leiden
 
 CAPS = (15, 20, 25, 30, 40)
 BATCH_KEY = "donor"  # the sets with this obs column also get the Harmony-corrected estimate
@@ -38,7 +38,7 @@ PREVIOUS = "Leiden communities at resolution 1.0 holding >= 1% of cells (the pre
 
 def previous_rule(lognorm: Any, seed: int) -> int:
     """The default before this page: Leiden at resolution 1 on Scanpy's graph, communities >= 1 % of cells."""
-    labels = leiden(clustering_embedding(lognorm, seed=seed), 1.0, seed)
+    labels = leiden(scanpy_embedding(lognorm, seed=seed), 1.0, seed)
     sizes = np.bincount(labels)
     return max(2, int((sizes >= max(2, 0.01 * len(labels))).sum()))
 

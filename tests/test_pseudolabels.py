@@ -8,7 +8,7 @@ from sklearn.metrics import adjusted_rand_score
 from conftest import real_dataset, synthetic_counts
 from sccsa_train import n_clusters
 from sccsa_train.preprocess import prepare
-from sccsa_train.pseudolabels import clustering_embedding, consensus_labels, leiden_resolution_for_k
+from sccsa_train.pseudolabels import consensus_labels, leiden_resolution_for_k, neighbour_graph, standard_pcs
 
 
 def test_consensus_recovers_separable_groups():
@@ -36,7 +36,7 @@ def test_consensus_says_when_leiden_cannot_reach_k(caplog):
 
 def test_leiden_resolution_search_hits_k():
     adata = synthetic_counts(n_cells=300, n_genes=60, n_clusters=3)
-    embedding = clustering_embedding(prepare(adata).lognorm)
+    embedding = neighbour_graph(standard_pcs(prepare(adata).lognorm))
     _, labels = leiden_resolution_for_k(embedding, 3)
     assert labels.max() + 1 == 3
 

@@ -16,7 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import eigsh
 
-from .pseudolabels import neighbour_graph, standard_pcs
+from .knn_graph import connectivity_graphs
+from .pseudolabels import standard_pcs
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ def graph_spectra(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0, n_values:
     if pcs is not None and batches is not None:
         raise ValueError("graph_spectra takes batches (to correct the PCA it computes) or pcs, not both")
     pcs = (standard_pcs(lognorm, seed=seed, batches=batches) if pcs is None else pcs)[:, :N_PCS]
-    return [laplacian_spectrum(neighbour_graph(pcs, seed=seed, n_neighbors=n).obsp["connectivities"], n_values)
-            for n in N_NEIGHBORS]
+    return [laplacian_spectrum(graph, n_values) for graph in connectivity_graphs(pcs, N_NEIGHBORS)]
 
 
 def median_eigengap(spectra: list[np.ndarray], max_k: int = MAX_K) -> int:

@@ -25,6 +25,8 @@ import scipy.sparse as sp
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
+from .knn_graph import connectivity_graphs, neighbour_count
+
 log = logging.getLogger(__name__)
 
 HVG_ABOVE = 3000  # select highly variable genes only when there are more genes than this
@@ -64,22 +66,17 @@ def standard_pcs(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0, batches: n
     return harmony_corrected(pcs, batches, seed=seed) if batches is not None else pcs
 
 
-def neighbour_graph(pcs: np.ndarray, *, seed: int = 0, n_neighbors: int = 15) -> ad.AnnData:
-    """Scanpy's kNN graph on ``pcs`` (``n_neighbors`` capped at a fifth of the cells): an AnnData
-    with ``obsm['X_pca']`` and the graph in ``obsp``, ready for :func:`leiden`."""
-    adata = ad.AnnData(obsm={"X_pca": np.asarray(pcs, dtype=np.float32)},
-                       obs=pd.DataFrame(index=pd.RangeIndex(len(pcs)).astype(str)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sc.pp.neighbors(adata, n_neighbors=max(2, min(n_neighbors, adata.n_obs // 5)), use_rep="X_pca",
-                        random_state=seed)
+def neighbour_graph(pcs: np.ndarray, *, n_neighbors: int = 15) -> ad.AnnData:
+    """Scanpy's kNN graph on ``pcs`` (``n_neighbors`` capped at a fifth of the cells), built by
+    :mod:`sccsa_train.knn_graph` (exact neighbours, no numba compilation): an AnnData with
+    ``obsm['X_pca']`` and the graph where ``sc.pp.neighbors`` puts it, ready for :func:`leiden`."""
+    points = np.asarray(pcs, dtype=np.float32)
+    adata = ad.AnnData(obsm={"X_pca": points}, obs=pd.DataFrame(index=pd.RangeIndex(len(pcs)).astype(str)))
+    adata.obsp["connectivities"] = connectivity_graphs(points, [n_neighbors])[0]
+    params = {"n_neighbors": neighbour_count(len(pcs), n_neighbors), "method": "umap", "metric": "euclidean",
+              "use_rep": "X_pca"}
+    adata.uns["neighbors"] = {"connectivities_key": "connectivities", "params": params}
     return adata
-
-
-def clustering_embedding(lognorm: sp.spmatrix | np.ndarray, *, seed: int = 0, n_neighbors: int = 15,
-                         batches: np.ndarray | None = None) -> ad.AnnData:
-    """Scanpy's standard embedding and neighbour graph (:func:`standard_pcs`, :func:`neighbour_graph`)."""
-    return neighbour_graph(standard_pcs(lognorm, seed=seed, batches=batches), seed=seed, n_neighbors=n_neighbors)
 
 
 def leiden(adata: ad.AnnData, resolution: float, seed: int = 0) -> np.ndarray:
@@ -160,7 +157,7 @@ def consensus_labels(lognorm: sp.spmatrix | np.ndarray, k: int, *, seed: int = 0
     ``pcs``: :func:`standard_pcs` of ``lognorm`` (uncorrected) when the caller has them already.
     """
     pcs = standard_pcs(lognorm, seed=seed) if pcs is None else pcs
-    embedding = neighbour_graph(pcs if batches is None else harmony_corrected(pcs, batches, seed=seed), seed=seed)
+    embedding = neighbour_graph(pcs if batches is None else harmony_corrected(pcs, batches, seed=seed))
     pcs = embedding.obsm["X_pca"]
     ensemble = []
     for n_pcs in KMEANS_PCS:
