@@ -31,7 +31,10 @@ browser:
 	     >/dev/null) || echo "could not install chromium: the browser test will be skipped"; \
 	  else echo "chromium is not installed (apt-get install chromium): the browser test will be skipped"; fi; }
 
+LINTED := training inference benchmarks tests models
+
 test: $(STAMP) browser
+	$(PY) -m ruff check $(LINTED)
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
