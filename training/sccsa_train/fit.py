@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from sccsa_infer.defaults import bar_disabled
 
+from .batch_shift import BatchShift
 from .distributed import SINGLE, Workers, unwrap
 from .kmeans_restarts import Restart, choose_restart, kmeans_restarts, near_lowest, score_silhouettes
 from .model import SCCSANet
@@ -197,10 +198,10 @@ def _rows(covariates: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor 
 
 def pretrain(model: torch.nn.Module, x: NetworkInput, schedule: Schedule, history: History,
              generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None,
-             workers: Workers = SINGLE) -> None:
+             workers: Workers = SINGLE, shift: BatchShift | None = None) -> None:
     """Stage 1: reconstruction only (``model``: the network, inside DistributedDataParallel when
     ``workers`` are several; ``covariates``: the batch one-hot of each row of ``x``, for a
-    conditional decoder)."""
+    conditional decoder; ``shift``: batch-shift augmentation of the network's input)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=schedule.pretrain_lr)
     model.train()
     steps, limit = 0, schedule.pretrain_max_steps or None
@@ -209,10 +210,10 @@ def pretrain(model: torch.nn.Module, x: NetworkInput, schedule: Schedule, histor
         started, total, seen = time.perf_counter(), 0.0, 0
         for index in _batches(len(x), schedule.batch_size, generator, workers):
             batch = x.take(index)
-            noisy = batch
+            noisy = batch if shift is None else shift(batch, index, generator)
             if schedule.input_noise:
                 noise = torch.randn(batch.shape, generator=generator).to(batch.device)
-                noisy = batch + schedule.input_noise * noise
+                noisy = noisy + schedule.input_noise * noise
             out = model(noisy, _rows(covariates, index))
             loss = reconstruction_loss(out.reconstruction, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -314,7 +315,8 @@ def _stage2_loss(net: SCCSANet, out: Any, batch: torch.Tensor, weights: Objectiv
 
 def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedule: Schedule, history: History,
             generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None,
-            workers: Workers = SINGLE, targets: torch.Tensor | None = None) -> tuple[np.ndarray, Embedding | None]:
+            workers: Workers = SINGLE, targets: torch.Tensor | None = None,
+            shift: BatchShift | None = None) -> tuple[np.ndarray, Embedding | None]:
     """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change,
     or after ``cluster_max_steps`` optimizer steps (the epoch they end in still updates μ and the
     labels from every cell). With several ``workers`` each rank embeds its share of the cells;
@@ -345,7 +347,7 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
         sums: dict[str, float] = {}
         for index in _batches(len(x), schedule.batch_size, generator, workers):
             batch = x.take(index)
-            out = model(batch, _rows(covariates, index))
+            out = model(batch if shift is None else shift(batch, index, generator), _rows(covariates, index))
             loss, terms = _stage2_loss(net, out, batch, weights, _rows(targets, index))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -426,7 +428,8 @@ class Start:
 
 
 def pretrain_start(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, seed: int, index: int,
-                   progress: bool, covariates: torch.Tensor | None, workers: Workers) -> Start:
+                   progress: bool, covariates: torch.Tensor | None, workers: Workers,
+                   shift: BatchShift | None = None) -> Start:
     """Stage 1 for start ``index``: a new network from ``make_net`` under :func:`start_seed`. The
     classifier head is idle in stage 1, so it is frozen there and DDP has no unused parameters to look for."""
     seed = start_seed(seed, index)
@@ -435,7 +438,7 @@ def pretrain_start(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: 
     seed_everything(seed)
     start = Start(index, net, torch.Generator().manual_seed(seed), History())
     net.head.requires_grad_(False)
-    pretrain(workers.wrap(net), x, schedule, start.history, start.generator, progress, covariates, workers)
+    pretrain(workers.wrap(net), x, schedule, start.history, start.generator, progress, covariates, workers, shift)
     net.head.requires_grad_(True)
     return start
 
@@ -451,13 +454,14 @@ def score_start(start: Start, x: NetworkInput, schedule: Schedule, seed: int, wo
 
 
 def pretrain_best(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, seed: int,
-                  progress: bool, covariates: torch.Tensor | None, workers: Workers) -> Start:
+                  progress: bool, covariates: torch.Tensor | None, workers: Workers,
+                  shift: BatchShift | None = None) -> Start:
     """Stage 1 from ``pretrain_starts`` random starts; the start whose latent K-means partition
     has the highest silhouette goes on, its history listing every start (one start: that start, unscored)."""
     best, summaries = None, []
     for index in range(schedule.pretrain_starts):
         started = time.perf_counter()
-        start = pretrain_start(make_net, x, schedule, seed, index, progress, covariates, workers)
+        start = pretrain_start(make_net, x, schedule, seed, index, progress, covariates, workers, shift)
         if schedule.pretrain_starts > 1:
             score_start(start, x, schedule, seed, workers)
             summaries.append({"start": index, "silhouette": start.silhouette,
@@ -474,7 +478,7 @@ def pretrain_best(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: S
 
 def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, *, seed: int = 0,
           progress: bool = True, start_labels: np.ndarray | None = None, covariates: torch.Tensor | None = None,
-          workers: Workers = SINGLE, targets: np.ndarray | None = None,
+          workers: Workers = SINGLE, targets: np.ndarray | None = None, shift: BatchShift | None = None,
           ) -> tuple[SCCSANet, np.ndarray, History, Embedding | None]:
     """Run both stages on the input ``x`` (made dense a batch at a time on the device
     ``make_net``'s networks live on);
@@ -488,7 +492,7 @@ def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule,
         start_labels = targets
     progress = progress and workers.is_main
     started = time.perf_counter()
-    best = pretrain_best(make_net, x, schedule, seed, progress, covariates, workers)
+    best = pretrain_best(make_net, x, schedule, seed, progress, covariates, workers, shift)
     net, history = best.net, best.history
     history.seconds["pretrain"] = time.perf_counter() - started
     log.info("stage 1 (pretraining): %d epochs, reconstruction %.4f, %.1f s", len(history.pretrain),
@@ -502,7 +506,7 @@ def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule,
     mark = time.perf_counter()
     head = net.head.requires_grad_(targets is None)  # idle when classifying (DDP: no unused parameters)
     labels, embedding = cluster(workers.wrap(net), x, labels, schedule, history, best.generator, progress, covariates,
-                                workers, None if targets is None else torch.as_tensor(targets, device=x.device))
+                                workers, None if targets is None else torch.as_tensor(targets, device=x.device), shift)
     head.requires_grad_(True)
     history.seconds["cluster"] = time.perf_counter() - mark
     log.info("stage 2 (clustering): %d epochs, %s, %.1f s", len(history.cluster),
