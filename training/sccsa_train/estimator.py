@@ -39,7 +39,6 @@ from .fit import (
     torch_threads_kept,
     train,
 )
-from .batch_shift import BatchShift
 from .batches import read_batches
 from .distributed import workers_from_environment
 from .fitted import FittedModel, FittedState
@@ -82,7 +81,6 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         genes: str = default("genes"),
         labels_key: str | None = default("labels_key"),
         batch_key: str | None = default("batch_key"),
-        batch_shift: float = default("batch_shift"),
         gene_order: str = default("gene_order"),
         cc: str = default("cc"),
         alpha: float = default("alpha"),
@@ -136,7 +134,6 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.pretrain_epochs = pretrain_epochs
         self.pretrain_max_steps = pretrain_max_steps
         self.input_noise = input_noise
-        self.batch_shift = batch_shift
         self.pretrain_starts = pretrain_starts
         self.cluster_epochs = cluster_epochs
         self.cluster_max_steps = cluster_max_steps
@@ -212,7 +209,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             pseudo = ensemble = None
             selection_labels = on_sketch(user_labels, sketch)
             init = self._init(batches is not None)
-            if user_labels is None and (self.genes == "ftest" or init == "labels" or self.batch_shift > 0):
+            if user_labels is None and (self.genes == "ftest" or init == "labels"):
                 codes = None if batches is None else on_sketch(batches.codes, sketch)
                 pseudo, ensemble = workers.on_main(partial(self._pseudo_labels, sketched, k, codes, pcs))
                 selection_labels = pseudo
@@ -243,14 +240,9 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         elif init == "labels":  # the user's labels are known for every cell, pseudo-labels for the sketch
             start_labels = (_start_labels(user_labels, k) if user_labels is not None
                             else to_all_cells(_start_labels(pseudo, k), sketch, len(fit_rows)))
-        shift = None
-        if batches is not None and self.batch_shift > 0:
-            groups = (targets if targets is not None else start_labels if start_labels is not None
-                      else to_all_cells(pseudo, sketch, len(fit_rows)))
-            shift = BatchShift.estimate(x, batches.codes, np.asarray(groups), self.batch_shift, workers)
         net, labels, history, embedding = train(make_net, x, self._schedule(), seed=self.random_state,
                                                 progress=self.progress, start_labels=start_labels,
-                                                covariates=covariates, workers=workers, targets=targets, shift=shift)
+                                                covariates=covariates, workers=workers, targets=targets)
         timings["train"] = time.perf_counter() - mark
 
         self._store(net, x, labels, fit_rows, adata.n_obs, embedding, panel_counts=panel_counts,

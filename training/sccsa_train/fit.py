@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from sccsa_infer.defaults import bar_disabled
 
-from .batch_shift import BatchShift
 from .distributed import SINGLE, Workers, unwrap
 from .kmeans_restarts import Restart, choose_restart, kmeans_restarts, near_lowest, score_silhouettes
 from .model import SCCSANet
@@ -198,10 +197,10 @@ def _rows(covariates: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor 
 
 def pretrain(model: torch.nn.Module, x: NetworkInput, schedule: Schedule, history: History,
              generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None,
-             workers: Workers = SINGLE, shift: BatchShift | None = None) -> None:
+             workers: Workers = SINGLE) -> None:
     """Stage 1: reconstruction only (``model``: the network, inside DistributedDataParallel when
     ``workers`` are several; ``covariates``: the batch one-hot of each row of ``x``, for a
-    conditional decoder; ``shift``: batch-shift augmentation of the network's input)."""
+    conditional decoder)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=schedule.pretrain_lr)
     model.train()
     steps, limit = 0, schedule.pretrain_max_steps or None
@@ -210,10 +209,10 @@ def pretrain(model: torch.nn.Module, x: NetworkInput, schedule: Schedule, histor
         started, total, seen = time.perf_counter(), 0.0, 0
         for index in _batches(len(x), schedule.batch_size, generator, workers):
             batch = x.take(index)
-            noisy = batch if shift is None else shift(batch, index, generator)
+            noisy = batch
             if schedule.input_noise:
                 noise = torch.randn(batch.shape, generator=generator).to(batch.device)
-                noisy = noisy + schedule.input_noise * noise
+                noisy = batch + schedule.input_noise * noise
             out = model(noisy, _rows(covariates, index))
             loss = reconstruction_loss(out.reconstruction, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -315,8 +314,7 @@ def _stage2_loss(net: SCCSANet, out: Any, batch: torch.Tensor, weights: Objectiv
 
 def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedule: Schedule, history: History,
             generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None,
-            workers: Workers = SINGLE, targets: torch.Tensor | None = None,
-            shift: BatchShift | None = None) -> tuple[np.ndarray, Embedding | None]:
+            workers: Workers = SINGLE, targets: torch.Tensor | None = None) -> tuple[np.ndarray, Embedding | None]:
     """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change,
     or after ``cluster_max_steps`` optimizer steps (the epoch they end in still updates μ and the
     labels from every cell). With several ``workers`` each rank embeds its share of the cells;
@@ -347,7 +345,7 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
         sums: dict[str, float] = {}
         for index in _batches(len(x), schedule.batch_size, generator, workers):
             batch = x.take(index)
-            out = model(batch if shift is None else shift(batch, index, generator), _rows(covariates, index))
+            out = model(batch, _rows(covariates, index))
             loss, terms = _stage2_loss(net, out, batch, weights, _rows(targets, index))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -428,8 +426,7 @@ class Start:
 
 
 def pretrain_start(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, seed: int, index: int,
-                   progress: bool, covariates: torch.Tensor | None, workers: Workers,
-                   shift: BatchShift | None = None) -> Start:
+                   progress: bool, covariates: torch.Tensor | None, workers: Workers) -> Start:
     """Stage 1 for start ``index``: a new network from ``make_net`` under :func:`start_seed`. The
     classifier head is idle in stage 1, so it is frozen there and DDP has no unused parameters to look for."""
     seed = start_seed(seed, index)
@@ -438,7 +435,7 @@ def pretrain_start(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: 
     seed_everything(seed)
     start = Start(index, net, torch.Generator().manual_seed(seed), History())
     net.head.requires_grad_(False)
-    pretrain(workers.wrap(net), x, schedule, start.history, start.generator, progress, covariates, workers, shift)
+    pretrain(workers.wrap(net), x, schedule, start.history, start.generator, progress, covariates, workers)
     net.head.requires_grad_(True)
     return start
 
@@ -454,14 +451,13 @@ def score_start(start: Start, x: NetworkInput, schedule: Schedule, seed: int, wo
 
 
 def pretrain_best(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, seed: int,
-                  progress: bool, covariates: torch.Tensor | None, workers: Workers,
-                  shift: BatchShift | None = None) -> Start:
+                  progress: bool, covariates: torch.Tensor | None, workers: Workers) -> Start:
     """Stage 1 from ``pretrain_starts`` random starts; the start whose latent K-means partition
     has the highest silhouette goes on, its history listing every start (one start: that start, unscored)."""
     best, summaries = None, []
     for index in range(schedule.pretrain_starts):
         started = time.perf_counter()
-        start = pretrain_start(make_net, x, schedule, seed, index, progress, covariates, workers, shift)
+        start = pretrain_start(make_net, x, schedule, seed, index, progress, covariates, workers)
         if schedule.pretrain_starts > 1:
             score_start(start, x, schedule, seed, workers)
             summaries.append({"start": index, "silhouette": start.silhouette,
@@ -478,7 +474,7 @@ def pretrain_best(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: S
 
 def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule, *, seed: int = 0,
           progress: bool = True, start_labels: np.ndarray | None = None, covariates: torch.Tensor | None = None,
-          workers: Workers = SINGLE, targets: np.ndarray | None = None, shift: BatchShift | None = None,
+          workers: Workers = SINGLE, targets: np.ndarray | None = None,
           ) -> tuple[SCCSANet, np.ndarray, History, Embedding | None]:
     """Run both stages on the input ``x`` (made dense a batch at a time on the device
     ``make_net``'s networks live on);
@@ -492,7 +488,7 @@ def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule,
         start_labels = targets
     progress = progress and workers.is_main
     started = time.perf_counter()
-    best = pretrain_best(make_net, x, schedule, seed, progress, covariates, workers, shift)
+    best = pretrain_best(make_net, x, schedule, seed, progress, covariates, workers)
     net, history = best.net, best.history
     history.seconds["pretrain"] = time.perf_counter() - started
     log.info("stage 1 (pretraining): %d epochs, reconstruction %.4f, %.1f s", len(history.pretrain),
@@ -506,7 +502,7 @@ def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule,
     mark = time.perf_counter()
     head = net.head.requires_grad_(targets is None)  # idle when classifying (DDP: no unused parameters)
     labels, embedding = cluster(workers.wrap(net), x, labels, schedule, history, best.generator, progress, covariates,
-                                workers, None if targets is None else torch.as_tensor(targets, device=x.device), shift)
+                                workers, None if targets is None else torch.as_tensor(targets, device=x.device))
     head.requires_grad_(True)
     history.seconds["cluster"] = time.perf_counter() - mark
     log.info("stage 2 (clustering): %d epochs, %s, %.1f s", len(history.cluster),

@@ -103,10 +103,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("batch_key", "key", None, "obs column naming each cell's batch (donor, sample, condition): pseudo-labels "
            "from a Harmony-corrected embedding start the centroids and the decoder is told the batch, so clusters "
            "follow cell types rather than batches. Serving needs no batch column."),
-    Option("batch_shift", float, 0.0, "batch_key only: the probability that a training cell is shown with another "
-           "training batch's shift (the difference of the two batches' means within its label or pseudo-label) while "
-           "the decoder reconstructs it as measured, so that the encoder learns to ignore batch shifts, as a batch it "
-           "never saw needs; 0: off.", low=0, high=1),
     Option("gene_order", str, "correlation", "Order of genes in the 1-D signal/2-D image: correlation (co-expressed "
            "genes adjacent), fscore, input.", choices=GENE_ORDERS),
     Option("cc", str, "sa", "Coefficient compression: sa (self-attention, per-cell alpha), fixed (alpha), off (no "
@@ -198,10 +194,6 @@ def validate(params: Mapping[str, Any]) -> None:
         raise InvalidParameterError(f"Unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(BY_NAME)}.")
     for name, value in params.items():
         BY_NAME[name].check(value)
-    if params.get("batch_shift", 0) > 0 and params.get("batch_key") is None:
-        raise InvalidParameterError(f"batch_shift={params['batch_shift']!r} moves cells between batches, so it needs "
-                                    "batch_key (--batch-key COL, the obs column of donors or samples); or leave "
-                                    "batch_shift at 0.")
     if params.get("objective") == "classify":
         if params.get("labels_key") is None:
             raise InvalidParameterError("objective='classify' learns the reference labels, so it needs labels_key "
