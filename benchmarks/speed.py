@@ -422,6 +422,17 @@ def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: l
     return rows
 
 
+def _earlier_training(rows: pd.DataFrame) -> str:
+    """The page's sentence on the row of an earlier commit's ``sccsa-train`` (``--train-baseline-src``), if run."""
+    earlier = [name for name in rows.index if name.startswith("sccsa-train at ")]
+    if not earlier:
+        return ""
+    today, before = rows["cpu_s"].iloc[0], rows.loc[earlier[0], "cpu_s"]
+    return (f" The same command from the source of commit {earlier[0].removeprefix('sccsa-train at ')}, with the same "
+            f"packages, in the same run: {before:.1f} CPU-s ({rows.loc[earlier[0], 'cpu_vs_scanpy']:.1f}× Scanpy's), "
+            f"today's {today:.1f} ({100 * (before - today) / before:.0f} % less).")
+
+
 def _leiden_reach(rows: pd.DataFrame, k: int) -> str:
     """The page's sentence on the consensus's Leiden members at each size (``leiden_clusters``)."""
     missed = rows.loc[rows["leiden_clusters"] != k, "cells"]
@@ -450,19 +461,32 @@ sc.tl.leiden(adata, resolution=1.0, random_state=0, flavor="igraph", n_iteration
 """
 
 
-def training_vs_scanpy(dataset: Path, work: Path, repeats: int = 3) -> list[dict]:
+def source_commit(source: Path) -> str:
+    """The short commit a source tree (a git worktree) is checked out at."""
+    return subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def training_vs_scanpy(dataset: Path, work: Path, repeats: int = 3, baseline_src: Path | None = None) -> list[dict]:
     """CPU seconds of ``sccsa-train`` (default settings, seed 0, all cores) and of Scanpy's standard
     pipeline (normalise, log1p, 2000 HVGs, scale, PCA, kNN graph, Leiden) on the same file, each
-    in its own process, the runs alternating; medians of ``repeats``."""
+    in its own process, the runs alternating; medians of ``repeats``. ``baseline_src``: the source
+    tree of an earlier commit (a git worktree), whose ``sccsa-train`` runs with this environment's
+    packages as one more row, so that a change is measured side by side rather than across sessions."""
     _, _, k, kind = load(dataset)
     scanpy = "Scanpy: normalise, HVG, PCA, kNN, Leiden"
-    commands = {"sccsa-train (default settings)": train_command(dataset, k, kind, work / "vs_scanpy"),
-                scanpy: [sys.executable, "-c", SCANPY_PIPELINE, str(dataset)]}
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    runs = {"sccsa-train (default settings)": (train_command(dataset, k, kind, work / "vs_scanpy"), None),
+            scanpy: ([sys.executable, "-c", SCANPY_PIPELINE, str(dataset)], None)}
+    if baseline_src is not None:
+        command = train_command(dataset, k, kind, work / "vs_scanpy_baseline")
+        source = baseline_src.absolute()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(source / part) for part in ("training", "inference")))
+        runs[f"sccsa-train at {source_commit(source)}"] = ([sys.executable, "-m", "sccsa_train.cli", *command[1:]], env)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, command in commands.items():
+        for name, (command, env) in runs.items():
             with Timer() as timer:
-                _, cpu = run_with_rusage(command)
+                _, cpu = run_with_rusage(command, env)
             samples[name].append((timer.seconds, cpu))
     scanpy_cpu = statistics.median(cpu for _, cpu in samples[scanpy])
     rows = []
@@ -536,7 +560,8 @@ def summarise(payload: dict) -> str:
                      f"{payload.get('scanpy_dataset')}, each in a fresh process (reading the file included), the runs "
                      "alternating; medians of 3. Training costs "
                      f"{rows['cpu_vs_scanpy'].iloc[0]:.1f}× Scanpy's CPU seconds (issue 14 asks for at most 3×)."
-                     + _measured(payload, "training_vs_scanpy") + "\n\n" + markdown_table(rows))
+                     + _earlier_training(rows) + _measured(payload, "training_vs_scanpy") + "\n\n"
+                     + markdown_table(rows))
     if payload.get("training_scale"):
         rows = pd.DataFrame(payload["training_scale"]).sort_values("cells")
         first, last = rows.iloc[0], rows.iloc[-1]
@@ -660,6 +685,9 @@ def main() -> None:
     parser.add_argument("--baseline-bin", type=Path, default=None,
                         help=f"graph_forms: also time the sccsa-infer of an install of commit {BASELINE_COMMIT} (the serving "
                              "code before issue 15) on the dense graph of the 1000-gene model")
+    parser.add_argument("--train-baseline-src", type=Path, default=None,
+                        help="training_vs_scanpy: also time the sccsa-train of this source tree (a git worktree of an "
+                             "earlier commit) with this environment's packages, beside today's")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     args = parser.parse_args()
@@ -691,7 +719,8 @@ def main() -> None:
         if model is not None:
             model.export(bundle, overwrite=True)
         if "training_vs_scanpy" in args.sections:
-            payload["training_vs_scanpy"] = training_vs_scanpy(args.data / f"{args.scanpy_dataset}.h5ad", work)
+            payload["training_vs_scanpy"] = training_vs_scanpy(args.data / f"{args.scanpy_dataset}.h5ad", work,
+                                                               baseline_src=args.train_baseline_src)
             payload["scanpy_dataset"] = args.scanpy_dataset
         if "training_scale" in args.sections:
             payload["training_scale"] = training_scale(adata, served_truth, k, args.train_cells, work)

@@ -267,6 +267,19 @@ def test_speed_training_scale_records_the_leiden_reach(monkeypatch, tmp_path):
     assert "came down to K = 8 clusters at all sizes but 1,000" in page and "| 136 |" in page
 
 
+def test_speed_training_vs_scanpy_times_an_earlier_source_tree_beside_today(data_dir, monkeypatch, tmp_path):
+    """--train-baseline-src: the sccsa-train of another source tree (here this one) is a third row,
+    and the page names its commit and the difference; without it the page says nothing of it."""
+    speed = script("speed", monkeypatch)
+    rows = speed.training_vs_scanpy(data_dir / "tiny_b.h5ad", tmp_path, repeats=1, baseline_src=REPO)
+    commit = speed.source_commit(REPO)
+    assert [r["pipeline"] for r in rows][2] == f"sccsa-train at {commit}"
+    assert all(r["cpu_s"] > 0 for r in rows)
+    page = speed.summarise({"training_vs_scanpy": rows, "scanpy_dataset": "tiny_b"})
+    assert f"from the source of commit {commit}, with the same packages, in the same run" in page
+    assert "source of commit" not in speed.summarise({"training_vs_scanpy": rows[:2], "scanpy_dataset": "tiny_b"})
+
+
 def test_speed_section_run_keeps_sections_written_meanwhile(tmp_path, monkeypatch):
     speed = script("speed", monkeypatch)
     out = tmp_path / "speed.json"
