@@ -65,11 +65,12 @@ def scanpy_embedding(lognorm: Any, *, seed: int = 0, batches: np.ndarray | None 
     user's pipeline builds (sccsa computes the same graph without umap-learn's numba, with exact
     neighbours where Scanpy's are approximate: above 8,192 cells)."""
     import scanpy as sc
+    from sccsa_train.knn_graph import neighbour_count
     from sccsa_train.pseudolabels import standard_pcs
 
     pcs = standard_pcs(lognorm, seed=seed, batches=batches).astype(np.float32)
     adata = ad.AnnData(obsm={"X_pca": pcs}, obs=pd.DataFrame(index=pd.RangeIndex(len(pcs)).astype(str)))
-    sc.pp.neighbors(adata, n_neighbors=max(2, min(15, len(pcs) // 5)), use_rep="X_pca", random_state=seed)
+    sc.pp.neighbors(adata, n_neighbors=neighbour_count(len(pcs), 15), use_rep="X_pca", random_state=seed)
     return adata
 
 

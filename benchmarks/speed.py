@@ -53,6 +53,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -566,10 +567,12 @@ def summarise(payload: dict) -> str:
         rows = pd.DataFrame(payload["training_scale"]).sort_values("cells")
         first, last = rows.iloc[0], rows.iloc[-1]
         sizes = " to ".join(f"{n:,}" for n in (first["cells"], last["cells"]))
+        words = shlex.split(first["command"])
+        k = int(words[words.index("-k") + 1])  # the K every row trained with: the source's number of types
         parts.append(f"## Training on {sizes} cells (resampled PBMC-Zheng4k)\n\n"
-                     "Cells drawn at random from PBMC-Zheng4k (4,271 cells × 2,000 genes, 8 types) with every count "
+                     f"Cells drawn at random from PBMC-Zheng4k (4,271 cells × 2,000 genes, {k} types) with every count "
                      "redrawn from a Poisson distribution of that mean (no two cells are copies), written in "
-                     "chunks; `sccsa-train` with all cores, seed 0, K = 8 and step budgets of 1000 optimizer steps "
+                     f"chunks; `sccsa-train` with all cores, seed 0, K = {k} and step budgets of 1000 optimizer steps "
                      "for each stage (`--pretrain-max-steps 1000 --cluster-max-steps 1000`; the defaults run "
                      "epochs, 60 + up to 100, which at 10⁶ cells would be ~600,000 steps). Pseudo-labels, K-means "
                      "of the consensus, the F-test, the gene order and the panel's scaling run on a sketch of "
@@ -578,7 +581,7 @@ def summarise(payload: dict) -> str:
                      "centres on, and that K-means (stage 2's first epoch labels every cell); `other_s`: reading "
                      "the file, storing the fit (stage 2's last "
                      "embedding, reused) and the export. "
-                     f"{_leiden_reach(rows, k=8)} "
+                     f"{_leiden_reach(rows, k=k)} "
                      f"{last['cells'] / first['cells']:.0f}× the cells: {last['wall_s'] / first['wall_s']:.2f}× the wall "
                      f"time, {last['peak_rss_mib'] / first['peak_rss_mib']:.2f}× the peak RSS. ARI/NMI against the "
                      "source cells' types, read after the fit." + _measured(payload, "training_scale") + "\n\n"

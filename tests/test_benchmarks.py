@@ -262,9 +262,10 @@ def test_speed_training_scale_records_the_leiden_reach(monkeypatch, tmp_path):
     source = synthetic_counts(n_cells=120, seed=5)
     rows = speed.training_scale(source, source.obs["cell_type"].to_numpy(), 3, [300], tmp_path)
     assert rows[0]["cells"] == 300 and rows[0]["leiden_clusters"] >= 3 and not list(tmp_path.glob("resampled_*"))
-    made = [{**rows[0], "cells": 100, "leiden_clusters": 8}, {**rows[0], "cells": 1000, "leiden_clusters": 136}]
+    made = [{**rows[0], "cells": 100, "leiden_clusters": 3}, {**rows[0], "cells": 1000, "leiden_clusters": 136}]
     page = speed.summarise({"training_scale": made})
-    assert "came down to K = 8 clusters at all sizes but 1,000" in page and "| 136 |" in page
+    assert "came down to K = 3 clusters at all sizes but 1,000" in page and "| 136 |" in page
+    assert "seed 0, K = 3 and step budgets" in page  # the K the rows trained with, read from their command
 
 
 def test_speed_training_vs_scanpy_times_an_earlier_source_tree_beside_today(data_dir, monkeypatch, tmp_path):
