@@ -8,7 +8,7 @@ import pytest
 import scanpy as sc
 
 from conftest import real_dataset
-from sccsa_train.knn_graph import connectivity_graphs, fuzzy_connectivities, nearest_neighbours
+from sccsa_train.knn_graph import connectivity_graphs, fuzzy_connectivities, nearest_neighbours, neighbour_count
 from sccsa_train.preprocess import prepare
 from sccsa_train.pseudolabels import leiden, neighbour_graph, standard_pcs
 
@@ -17,7 +17,7 @@ def scanpy_graph(pcs: np.ndarray) -> ad.AnnData:
     adata = ad.AnnData(obsm={"X_pca": pcs.astype(np.float32)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sc.pp.neighbors(adata, n_neighbors=max(2, min(15, len(pcs) // 5)), use_rep="X_pca", random_state=0)
+        sc.pp.neighbors(adata, n_neighbors=neighbour_count(len(pcs), 15), use_rep="X_pca", random_state=0)
     return adata
 
 
