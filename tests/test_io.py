@@ -185,7 +185,24 @@ def test_tables_written_in_blocks_equal_the_whole(adata, tmp_path, suffix):
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
+        expected.index.name = "cell"
+        pd.testing.assert_frame_equal(table, expected)  # same dtypes (categoricals, float32, bool), same values
         assert pq.ParquetFile(out).num_row_groups == 1  # blocks gathered into row groups of ~65k rows
+
+
+def test_obs_columns_match_the_labels_also_for_repeated_names():
+    rng = np.random.default_rng(3)
+    prob = rng.dirichlet(np.ones(4), size=50).astype(np.float32)
+    raw = {"label": prob.argmax(axis=1), "prob": prob, "latent": np.zeros((50, 2), np.float32),
+           "distance": rng.random(50).astype(np.float32)}
+    names = ["B", "T", "B", "NK"]  # two clusters share a name, as merged types do
+    prediction = Prediction.from_outputs(raw, np.full(4, 0.5, np.float32), names, np.arange(50) % 17 == 0)
+    columns = prediction.obs_columns("key")
+    assert 0 < prediction.unassigned.sum() < 50
+    assert list(columns["key_label"].categories) == ["B", "T", "NK", "unassigned"]
+    np.testing.assert_array_equal(np.asarray(columns["key_label"]), prediction.label)
+    assert list(columns["key_cluster"].categories) == ["0", "1", "2", "3"]
+    np.testing.assert_array_equal(np.asarray(columns["key_cluster"]), prediction.cluster.astype(str))
 
 
 def test_parquet_row_groups_gather_blocks(adata, tmp_path, monkeypatch):

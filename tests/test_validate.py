@@ -119,3 +119,14 @@ def test_repeated_cell_names_found_across_and_within_blocks_in_constant_memory()
     count, example = tally.confirm(repeated)
     assert tally.may_repeat and count == 3 and example in {"cell5", "new", "cell99999"}
     assert tally._bitmap.nbytes == DuplicateNames.BITS // 8  # the same 16 MiB for any number of cells
+
+
+def test_repeated_names_found_whatever_their_type():
+    from sccsa_infer.validate import DuplicateNames
+
+    # integer names and their text, bytes and their text: the same name in a written table
+    blocks = [np.arange(50), np.array(["7", "x"], dtype=object), np.array([b"y", 3.5, "y"], dtype=object)]
+    tally = DuplicateNames()
+    for block in blocks:
+        tally.add(block)
+    assert tally.confirm(blocks) == (2, "7")

@@ -78,12 +78,14 @@ class Prediction:
         names, ``_confidence``, ``_distance``, ``_unassigned``): the one output schema of the CLI,
         :func:`sccsa_infer.annotate` and ``SCCSA.annotate``."""
         k = self.prob.shape[1]
-        columns: dict[str, Any] = {
-            f"{key_added}_cluster": pd.Categorical(self.cluster.astype(str), categories=[str(i) for i in range(k)]),
+        columns: dict[str, Any] = {  # categoricals built from codes: no strings made per cell
+            f"{key_added}_cluster": pd.Categorical.from_codes(self.cluster, categories=[str(i) for i in range(k)]),
         }
         if self.cluster_names is not None:
             categories = list(dict.fromkeys([*self.cluster_names, UNASSIGNED]))
-            columns[f"{key_added}_label"] = pd.Categorical(self.label, categories=categories)
+            code_of_cluster = np.array([categories.index(name) for name in self.cluster_names])
+            codes = np.where(self.unassigned, categories.index(UNASSIGNED), code_of_cluster[self.cluster])
+            columns[f"{key_added}_label"] = pd.Categorical.from_codes(codes, categories=categories)
         columns[f"{key_added}_confidence"] = self.confidence
         columns[f"{key_added}_distance"] = self.distance
         columns[f"{key_added}_unassigned"] = self.unassigned

@@ -69,22 +69,34 @@ class CsvSink(ResultSink):
 
 class ParquetSink(ResultSink):
     """A Parquet table written in row groups of about ``ROW_GROUP`` rows (blocks are gathered:
-    the file's footer keeps metadata per row group, which must not grow with one entry per block)."""
+    the file's footer keeps metadata per row group, which must not grow with one entry per block).
+
+    The first block fixes the schema through pandas (so that ``pandas.read_parquet`` gives back
+    the table of :meth:`Prediction.to_frame`: the cell index, categorical columns); every block's
+    columns then go into Arrow directly, without a DataFrame per block."""
 
     ROW_GROUP = 65536
 
     def __init__(self, path: Path, *, with_latent: bool, key_added: str):
         self.path, self.with_latent, self.key_added = path, with_latent, key_added
         self.writer: Any = None
+        self.schema: Any = None
         self.pending: list[Any] = []
         self.n_pending = 0
 
     def write(self, start: int, names: Sequence[str], part: Prediction) -> None:
         import pyarrow as pa
 
-        frame = part.to_frame(pd.Index(names, name=CELL_COLUMN), latent=self.with_latent, key_added=self.key_added)
-        self.pending.append(pa.Table.from_pandas(frame))
-        self.n_pending += len(frame)
+        if self.schema is None:
+            frame = part.to_frame(pd.Index(names, name=CELL_COLUMN), latent=self.with_latent, key_added=self.key_added)
+            self.schema = pa.Schema.from_pandas(frame)
+        columns = part.obs_columns(self.key_added)
+        if self.with_latent:
+            columns.update({f"{self.key_added}_latent_{j}": part.latent[:, j] for j in range(part.latent.shape[1])})
+        columns[CELL_COLUMN] = np.asarray(names, dtype=object)
+        arrays = [_arrow_array(columns[field.name], field.type) for field in self.schema]
+        self.pending.append(pa.Table.from_arrays(arrays, schema=self.schema))
+        self.n_pending += len(part)
         if self.n_pending >= self.ROW_GROUP:
             self._flush()
 
@@ -152,6 +164,17 @@ class H5adSink(ResultSink):
 
     def close(self) -> None:
         self.file.close()
+
+
+def _arrow_array(values: Any, arrow_type: Any) -> Any:
+    """One column as an Arrow array of ``arrow_type`` (a categorical as a dictionary array of its
+    codes and categories)."""
+    import pyarrow as pa
+
+    if isinstance(values, pd.Categorical):
+        return pa.DictionaryArray.from_arrays(pa.array(values.codes, type=arrow_type.index_type),
+                                              pa.array(values.categories, type=arrow_type.value_type))
+    return pa.array(values, type=arrow_type)
 
 
 def _copy_input(source: CellSource, path: Path) -> None:

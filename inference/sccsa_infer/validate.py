@@ -195,7 +195,10 @@ class DuplicateNames:
     def hashes(names: Sequence[str] | np.ndarray) -> np.ndarray:
         import pandas as pd
 
-        return pd.util.hash_array(np.asarray(names, dtype=object).astype(str).astype(object))
+        values = np.asarray(names, dtype=object)
+        if pd.api.types.infer_dtype(values, skipna=False) != "string":  # e.g. integer names: hash their text
+            values = values.astype(str).astype(object)
+        return pd.util.hash_array(values)
 
     def _probes(self, hashes: np.ndarray) -> np.ndarray:
         """Bit positions [n, N_PROBES] of each hash (double hashing on its two 32-bit halves)."""
