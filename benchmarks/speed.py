@@ -651,6 +651,7 @@ def summarise(payload: dict) -> str:
                         f"of an install of commit {BASELINE_COMMIT} (`--baseline-bin`; "
                         f"{payload.get('baseline_install') or 'its environment not recorded'}) on the dense export."
                         if (rows["form"] == BASELINE_FORM).any() else "")
+                     + (f" The other rows: {payload['forms_install']}." if payload.get("forms_install") else "")
                      + " Four-step: " + "; ".join(gains) + "."
                      + _measured(payload, "graph_forms") + "\n\n"
                      + markdown_table(rows.set_index(["genes", "form"])))
@@ -746,6 +747,7 @@ def main() -> None:
             payload["graph_forms"] = graph_forms([smaller, model], infer_bin, sp.csr_matrix(adata.X),
                                                  list(adata.var_names), args.forms_cells, work, baseline_bin=baseline)
             payload["baseline_install"] = installed_packages(baseline) if baseline else None
+            payload["forms_install"] = installed_packages(infer_bin)
         if "processes" in args.sections:
             payload["processes"] = data_parallel(args.data / f"{args.processes_dataset}.h5ad", work)
             payload["processes_dataset"] = args.processes_dataset
