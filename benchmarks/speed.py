@@ -213,6 +213,13 @@ def run_with_rusage(command: list[str], env: dict[str, str] | None = None) -> tu
 INFER_BIN = Path(sys.executable).with_name("sccsa-infer")  # the default of --infer-bin
 
 
+def install_env() -> dict[str, str]:
+    """The environment an installed ``sccsa-infer`` (``--infer-bin``, ``--baseline-bin``) is timed in:
+    this one without ``PYTHONPATH``, which would make it import another source tree (e.g. the
+    checkout running this script) instead of the code of its own install."""
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
 def streaming(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list[str], cell_counts: list[int],
               work: Path) -> list[dict]:
     """``sccsa-infer predict --threads 1`` on each file size, to .parquet and to .h5ad."""
@@ -228,7 +235,7 @@ def streaming(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list[
             command = [str(infer_bin), "predict", str(big), "--model", str(bundle), "--out", str(out), "--threads", "1",
                        "--no-progress"]
             with Timer() as timer:
-                peak_kib, cpu = run_with_rusage(command)
+                peak_kib, cpu = run_with_rusage(command, install_env())
             if suffix == ".parquet":
                 labelled = len(pd.read_parquet(out, columns=["sccsa_cluster"]))
             else:
@@ -271,7 +278,8 @@ def contention(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list
                 samples = []
                 for _ in range(repeats):
                     with Timer() as timer:
-                        _, cpu = run_with_rusage(command, env={**os.environ, **env})
+                        base = install_env() if what.startswith("sccsa-infer") else os.environ  # train: this checkout
+                        _, cpu = run_with_rusage(command, env={**base, **env})
                     samples.append((timer.seconds, cpu))
             finally:
                 for process in busy:
@@ -352,7 +360,7 @@ def graph_forms(models: list[SCCSA], infer_bin: Path, source: sp.csr_matrix, gen
         cpu: dict[str, list[float]] = {row: [] for row in commands}
         for repeat in range(repeats):
             for row in (list(commands) if repeat % 2 == 0 else list(commands)[::-1]):
-                cpu[row].append(run_with_rusage(commands[row])[1])
+                cpu[row].append(run_with_rusage(commands[row], install_env())[1])
         for form, (_, graph) in runs.items():
             seconds = statistics.median(cpu[form])
             rows.append({"form": form, "genes": d,
@@ -503,7 +511,8 @@ def installed_packages(infer_bin: Path) -> str:
     """What the timed ``sccsa-infer``'s environment holds, beyond the serving dependencies."""
     probe = ("import importlib.util as u; print(' '.join(m for m in ('torch', 'dask', 'scanpy', 'pyarrow') "
              "if u.find_spec(m)))")
-    done = subprocess.run([str(infer_bin.with_name("python")), "-c", probe], capture_output=True, text=True, check=True)
+    done = subprocess.run([str(infer_bin.with_name("python")), "-c", probe], capture_output=True, text=True, check=True,
+                          env=install_env())
     extras = done.stdout.split()
     return f"{infer_bin} (an environment with {', '.join(extras) if extras else 'no optional packages'})"
 
@@ -522,7 +531,7 @@ def cold_start(infer_bin: Path, bundle: Path, work: Path, repeats: int = 5) -> d
         samples = []
         for _ in range(repeats):
             started = time.perf_counter()
-            done = subprocess.run(command, capture_output=True)
+            done = subprocess.run(command, capture_output=True, env=install_env())
             samples.append(time.perf_counter() - started)
             if done.returncode != expected:
                 raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr.decode()[-2000:]}")

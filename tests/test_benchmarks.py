@@ -329,8 +329,10 @@ def test_graph_forms_count_the_autocorrelation_multiply_adds_and_time_both(fitte
     four_step = four_step_macs(d)
     # the rest of the graph is the same, so the counts differ by exactly the autocorrelation's
     assert by_form["dense"]["macs_per_cell"] - by_form["four_step"]["macs_per_cell"] == 3 * d * d - four_step
-    page = speed.summarise({"graph_forms": rows, "baseline_install": "an environment with pyarrow"})
+    page = speed.summarise({"graph_forms": rows, "baseline_install": "an environment with pyarrow",
+                            "forms_install": "/venv/bin/sccsa-infer (an environment with pyarrow)"})
     assert "fewer multiply-adds" in page and f"serving code of {speed.BASELINE_COMMIT}" in page
+    assert "The other rows: /venv/bin/sccsa-infer" in page
     without = speed.summarise({"graph_forms": [r for r in rows if r["form"] != speed.BASELINE_FORM]})
     assert "fewer multiply-adds" in without and speed.BASELINE_COMMIT not in without
     assert not list(tmp_path.glob("forms*"))
@@ -430,3 +432,11 @@ def test_candidate_settings_are_compared_with_the_defaults_by_half(monkeypatch):
     assert "| sccsa U (3 starts, ≤ 1000 steps), confirmation half | 1 | 0.800 | 0.900 | 0.500 | 0 of 1 |" in page
     # the headline compares only what ran on every dataset
     assert "Mean ARI over the 3 datasets every one of these ran on: sccsa U 0.850, best baseline" in page
+
+
+def test_installs_are_timed_with_their_own_code(monkeypatch):
+    speed = script("speed", monkeypatch)
+    monkeypatch.setenv("PYTHONPATH", "/a/checkout/inference")  # would make any install import that checkout
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    env = speed.install_env()
+    assert "PYTHONPATH" not in env and env["OMP_NUM_THREADS"] == "1"
