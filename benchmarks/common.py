@@ -225,9 +225,11 @@ def write_markdown(path: Path, title: str, body: str, meta: dict[str, Any]) -> N
     again = meta.get("resummarised")
     resummarised = (f" Page re-summarised from its records (nothing re-measured) by `{again['command']}` at commit "
                     f"{again['git_commit']}, {again['date']}." if again else "")
+    scope = (f"This run measured {', '.join(meta['sections'])}; the other sections keep the commit, date and "
+             "threads their paragraphs give. " if meta.get("sections") else "")
     footer = (
         f"\n\nWritten by `{meta['command']}` (from the repository root, in `.venv`; benchmarks/README.md says "
-        f"how to regenerate it).{resummarised}\n\n"
+        f"how to regenerate it).{resummarised}\n\n{scope}"
         f"Measured on {meta['machine']['cpu']} ({meta['machine']['cores']} cores, "
         f"{meta['machine']['memory_gib']} GiB, {_threads(meta['machine']['torch_threads'])}), "
         f"Python {meta['machine']['python']}, "
@@ -257,8 +259,13 @@ def training_threads() -> int | None:
     return torch.get_num_threads()
 
 
-def finish(out: Path, title: str, summary: str, *, merged_from: list[Path] | None = None) -> None:
+def finish(out: Path, title: str, summary: str, *, merged_from: list[Path] | None = None,
+           sections: list[str] | None = None) -> None:
     """Record this run's metadata beside ``out`` (``*_meta.json``) and write its Markdown page.
+
+    ``sections``: this run measured only these parts of the page (the others were kept from
+    earlier runs, with their own commit, date and threads); the footer then says so instead of
+    presenting this run's commit and threads as the whole page's.
 
     ``merged_from``: the shards merged into ``out`` (``--merge``): the records come from other
     processes, so this process's thread count says nothing about them and the page points to the
@@ -266,6 +273,8 @@ def finish(out: Path, title: str, summary: str, *, merged_from: list[Path] | Non
     already there: the previous metadata (where and when they were measured) is kept.
     """
     meta = run_meta()
+    if sections is not None:
+        meta["sections"] = sorted(sections)
     meta_path = out.with_name(out.stem + "_meta.json")
     if merged_from is not None:
         meta["machine"]["torch_threads"] = None

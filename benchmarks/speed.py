@@ -550,7 +550,8 @@ def _measured(payload: dict, section: str) -> str:
         return ""
     # sections kept from earlier sessions may have run on another host behind the same CPU name
     cpu = when.get("cpu", "a CPU whose model was not recorded (compare with other sessions' rows with care)")
-    return f" Measured at commit {when['commit']}, {when['date']}, on {cpu}."
+    threads = f", {when['torch_threads']} torch thread(s) in the measuring process" if when.get("torch_threads") else ""
+    return f" Measured at commit {when['commit']}, {when['date']}, on {cpu}{threads}."
 
 
 def summarise(payload: dict) -> str:
@@ -712,7 +713,8 @@ def main() -> None:
     payload.setdefault("measured", {})
     before = copy.deepcopy(payload)
     here = machine()
-    stamp = {"commit": here["git_commit"], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": here["cpu"]}
+    stamp = {"commit": here["git_commit"], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": here["cpu"],
+             "torch_threads": here["torch_threads"]}
     model = None
     if "training" in args.sections:
         payload["training"] = []
@@ -769,7 +771,7 @@ def main() -> None:
     if partial:
         payload = _onto_latest(args.out, before, payload)
     write_json(args.out, payload)
-    finish(args.out, "Speed and memory", summarise(payload))
+    finish(args.out, "Speed and memory", summarise(payload), sections=args.sections if partial else None)
 
 
 def _onto_latest(out: Path, before: dict, payload: dict) -> dict:

@@ -295,6 +295,22 @@ def test_speed_section_run_keeps_sections_written_meanwhile(tmp_path, monkeypatc
     assert merged["measured"]["streaming"]["commit"] == "c" and merged["measured"]["cold_start"]["commit"] == "b"
 
 
+def test_a_section_run_footer_names_what_it_measured(tmp_path, monkeypatch):
+    speed = script("speed", monkeypatch)
+    out = tmp_path / "speed.json"
+    out.write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["benchmarks/speed.py", "--sections", "streaming", "graph_forms"])
+    speed.finish(out, "Speed", "body", sections=["streaming", "graph_forms"])
+    page = out.with_suffix(".md").read_text()
+    assert "This run measured graph_forms, streaming; the other sections keep" in page
+    speed.finish(out, "Speed", "body")  # a full run: its commit and threads are the whole page's
+    assert "This run measured" not in out.with_suffix(".md").read_text()
+    stamp = {"commit": "a", "date": "d", "cpu": "c"}
+    assert speed._measured({"measured": {"x": {**stamp, "torch_threads": 1}}}, "x").endswith(
+        "on c, 1 torch thread(s) in the measuring process.")
+    assert speed._measured({"measured": {"x": stamp}}, "x") == " Measured at commit a, d, on c."  # older stamps
+
+
 def test_speed_streams_each_size_to_both_outputs_and_times_cold_start(bundle_dir, monkeypatch, tmp_path):
     import scipy.sparse as sp
 
