@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def real_dataset(name: str) -> ad.AnnData:
     if not path.exists():
         pytest.skip(f"real dataset {path} not available (set SCCSA_DATA to the shared data folder)")
     return ad.read_h5ad(path)
+
+
+def real_input_kind(name: str) -> str:
+    """What the values of shared dataset ``name`` are, as the benchmarks read them
+    (``INPUT_KINDS`` of benchmarks/common.py, loaded from its file: one table for both)."""
+    spec = importlib.util.spec_from_file_location("sccsa_benchmarks_common", REPO / "benchmarks" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    return common.INPUT_KINDS.get(name, "counts")
 
 
 FAST_TRAINING = dict(pretrain_epochs=30, cluster_epochs=5, batch_size=64, progress=False, latent_dim=8,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scanpy as sc
 
-from conftest import real_dataset
+from conftest import real_dataset, real_input_kind
 from sccsa_train.knn_graph import connectivity_graphs, fuzzy_connectivities, nearest_neighbours, neighbour_count
 from sccsa_train.preprocess import prepare
 from sccsa_train.pseudolabels import leiden, neighbour_graph, standard_pcs
@@ -50,7 +50,6 @@ def test_graph_equals_scanpys_on_real_cells():
 SHARED_BELOW_8192 = ["baron_human_pancreas_subset_came", "camp_fetal_cortex", "goolam", "human_kidney_top2000",
                      "klein_subset_tmscc", "mouse_bladder_2100", "mouse_bladder_top2000", "pbmc_zheng4k_top2000",
                      "pollen_simlr_log", "worm_neuron", "yan_embryo_rpkm", "zeisel_subset_descend"]
-INPUT_KINDS = {"pollen_simlr_log": "lognorm", "yan_embryo_rpkm": "abundance"}
 
 
 @pytest.mark.slow
@@ -59,7 +58,7 @@ def test_graph_equals_scanpys_on_every_shared_set_below_8192_cells(name):
     """Where Scanpy's neighbours are exact too (below 8,192 cells), the pseudo-labels' graph and its
     Leiden clusters are Scanpy's, so the benchmark records of these sets stand as they were."""
     adata = real_dataset(name)
-    pcs = standard_pcs(prepare(adata, input_kind=INPUT_KINDS.get(name, "counts")).lognorm, seed=0)
+    pcs = standard_pcs(prepare(adata, input_kind=real_input_kind(name)).lognorm, seed=0)
     ours, scanpy = neighbour_graph(pcs), scanpy_graph(pcs)
     assert_same_graph(ours, scanpy)
     assert np.array_equal(leiden(ours, 1.0), leiden(scanpy, 1.0))

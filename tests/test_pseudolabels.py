@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import real_dataset, synthetic_counts
+from conftest import real_dataset, real_input_kind, synthetic_counts
 from sccsa_train import n_clusters
 from sccsa_train.preprocess import prepare
 from sccsa_train.pseudolabels import consensus_labels, leiden_resolution_for_k, neighbour_graph, standard_pcs
@@ -104,5 +104,4 @@ def test_k_estimate_on_small_real_datasets(name, true_k):
     """Two of the sets ``-k auto`` gets exactly (benchmarks/results/k_estimate.md): the rule
     found there still holds; the labels are only counted."""
     adata = real_dataset(name)
-    kind = "abundance" if name == "yan_embryo_rpkm" else "counts"
-    assert n_clusters.estimate(prepare(adata, input_kind=kind).lognorm, seed=0) == true_k
+    assert n_clusters.estimate(prepare(adata, input_kind=real_input_kind(name)).lognorm, seed=0) == true_k
