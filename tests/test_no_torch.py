@@ -72,9 +72,10 @@ def test_package_functions_survive_submodule_imports():
 
 def test_opening_a_model_leaves_out_the_data_stack(bundle_dir):
     """``Predictor(bundle)`` (cold start: import + session) loads ONNX Runtime but neither AnnData
-    (nor, through it, Dask) nor scikit-learn: those come with the data or with --eval-key."""
+    (nor, through it, Dask) nor scikit-learn nor pandas: those come with the data, the output
+    columns or --eval-key."""
     code = (f"import sys; from sccsa_infer import Predictor; Predictor({str(bundle_dir)!r}); "
-            "heavy = [m for m in ('anndata', 'dask', 'sklearn', 'torch', 'h5py') if m in sys.modules]; "
+            "heavy = [m for m in ('anndata', 'dask', 'sklearn', 'torch', 'h5py', 'pandas') if m in sys.modules]; "
             "assert not heavy, heavy; assert 'onnxruntime' in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from .defaults import KEY_ADDED
+
+if TYPE_CHECKING:
+    import pandas as pd
+# pandas is imported where the columns are made, not here: `Predictor(...)` imports this module, and
+# a serving process's cold start would pay ~0.3 s for it (speed page, cold start)
 
 UNASSIGNED = "unassigned"
 ARRAY_FIELDS: tuple[str, ...] = ("cluster", "confidence", "distance", "unassigned", "latent", "prob", "empty")
@@ -77,6 +81,8 @@ class Prediction:
         """The ``obs`` columns sccsa writes (``{key_added}_cluster``, ``_label`` when the model has
         names, ``_confidence``, ``_distance``, ``_unassigned``): the one output schema of the CLI,
         :func:`sccsa_infer.annotate` and ``SCCSA.annotate``."""
+        import pandas as pd
+
         k = self.prob.shape[1]
         columns: dict[str, Any] = {  # categoricals built from codes: no strings made per cell
             f"{key_added}_cluster": pd.Categorical.from_codes(self.cluster, categories=[str(i) for i in range(k)]),
@@ -98,6 +104,8 @@ class Prediction:
     def to_frame(self, index: Sequence[str] | pd.Index | None = None, *, latent: bool = False,
                  key_added: str = KEY_ADDED) -> pd.DataFrame:
         """A table of the obs columns (plus ``{key_added}_latent_*`` columns with ``latent``)."""
+        import pandas as pd
+
         frame = pd.DataFrame(self.obs_columns(key_added), index=None if index is None else pd.Index(index))
         if latent:
             for j in range(self.latent.shape[1]):
