@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -71,13 +72,18 @@ def real_dataset(name: str) -> ad.AnnData:
     return ad.read_h5ad(path)
 
 
-def real_input_kind(name: str) -> str:
-    """What the values of shared dataset ``name`` are, as the benchmarks read them
-    (``INPUT_KINDS`` of benchmarks/common.py, loaded from its file: one table for both)."""
+@functools.cache
+def _benchmark_input_kinds() -> dict[str, str]:
+    """``INPUT_KINDS`` of benchmarks/common.py, loaded from its file once per test session."""
     spec = importlib.util.spec_from_file_location("sccsa_benchmarks_common", REPO / "benchmarks" / "common.py")
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
-    return common.INPUT_KINDS.get(name, "counts")
+    return common.INPUT_KINDS
+
+
+def real_input_kind(name: str) -> str:
+    """What the values of shared dataset ``name`` are, as the benchmarks read them (one table for both)."""
+    return _benchmark_input_kinds().get(name, "counts")
 
 
 FAST_TRAINING = dict(pretrain_epochs=30, cluster_epochs=5, batch_size=64, progress=False, latent_dim=8,

@@ -101,13 +101,16 @@ class Prediction:
         """The ``obsm`` entry sccsa writes: the latent coordinates as ``X_{key_added}``."""
         return {f"X_{key_added}": self.latent}
 
+    def table_columns(self, key_added: str = KEY_ADDED, *, latent: bool = False) -> dict[str, Any]:
+        """The columns of a results table: the obs columns, plus ``{key_added}_latent_*`` with ``latent``."""
+        columns = self.obs_columns(key_added)
+        if latent:
+            columns.update({f"{key_added}_latent_{j}": self.latent[:, j] for j in range(self.latent.shape[1])})
+        return columns
+
     def to_frame(self, index: Sequence[str] | pd.Index | None = None, *, latent: bool = False,
                  key_added: str = KEY_ADDED) -> pd.DataFrame:
-        """A table of the obs columns (plus ``{key_added}_latent_*`` columns with ``latent``)."""
+        """A table of :meth:`table_columns`, indexed by ``index`` (e.g. the cell names)."""
         import pandas as pd
 
-        frame = pd.DataFrame(self.obs_columns(key_added), index=None if index is None else pd.Index(index))
-        if latent:
-            for j in range(self.latent.shape[1]):
-                frame[f"{key_added}_latent_{j}"] = self.latent[:, j]
-        return frame
+        return pd.DataFrame(self.table_columns(key_added, latent=latent), index=None if index is None else pd.Index(index))

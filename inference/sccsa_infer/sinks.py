@@ -90,9 +90,7 @@ class ParquetSink(ResultSink):
         if self.schema is None:
             frame = part.to_frame(pd.Index(names, name=CELL_COLUMN), latent=self.with_latent, key_added=self.key_added)
             self.schema = pa.Schema.from_pandas(frame)
-        columns = part.obs_columns(self.key_added)
-        if self.with_latent:
-            columns.update({f"{self.key_added}_latent_{j}": part.latent[:, j] for j in range(part.latent.shape[1])})
+        columns = part.table_columns(self.key_added, latent=self.with_latent)
         columns[CELL_COLUMN] = np.asarray(names, dtype=object)
         arrays = [_arrow_array(columns[field.name], field.type) for field in self.schema]
         self.pending.append(pa.Table.from_arrays(arrays, schema=self.schema))
