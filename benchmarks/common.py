@@ -135,11 +135,13 @@ def machine() -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
+    """This checkout's commit; for a copy of the tree without its ``.git`` (as a lent GPU machine
+    receives), ``SCCSA_GIT_COMMIT``, which the command that ran there sets to the commit it sent."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("SCCSA_GIT_COMMIT")
 
 
 def command_line() -> str:

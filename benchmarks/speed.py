@@ -70,7 +70,19 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from common import DEFAULT_DATA, LABEL_KEY, RESULTS, Timer, datasets, finish, load, machine, markdown_table, write_json
+from common import (
+    DEFAULT_DATA,
+    LABEL_KEY,
+    RESULTS,
+    Timer,
+    datasets,
+    finish,
+    load,
+    machine,
+    markdown_table,
+    score,
+    write_json,
+)
 from sccsa_infer import Predictor
 from sccsa_train import SCCSA
 
@@ -79,17 +91,21 @@ SERVED = "pbmc_zheng4k_top2000"  # the dataset whose model inference is measured
 FORMS_SMALL_PANEL = 500  # graph_forms times this panel size beside the default model's 1000 genes
 
 
-def train_timed(path: Path) -> tuple[dict, SCCSA]:
-    """Fit the default model (seed 0) on one dataset: the wall time of ``fit`` and of its stages, and the model."""
-    adata, _, k, kind = load(path)
+def train_timed(path: Path, device: str = "cpu", precision: str = "32") -> tuple[dict, SCCSA]:
+    """Fit the default model (seed 0) on one dataset: the wall time of ``fit`` and of its stages,
+    ARI/NMI against the true labels (read after the fit), and the model. On a GPU each row names
+    its ``precision``, so that bfloat16's speed is read beside what it does to the clusters."""
+    adata, truth, k, kind = load(path)
     with Timer() as timer:
-        model = SCCSA(k, input_kind=kind, random_state=0, progress=False).fit(adata)
+        model = SCCSA(k, input_kind=kind, random_state=0, progress=False, device=device, precision=precision).fit(adata)
     history = model.history_
     stages = {f"{name}_s": round(seconds, 1) for name, seconds in history.seconds.items()}
-    row = {"dataset": path.stem, "cells": adata.n_obs, "genes_in": adata.n_vars, "seconds": round(timer.seconds, 1),
+    row = {"dataset": path.stem, **({"precision": precision} if device != "cpu" else {}), "cells": adata.n_obs,
+           "genes_in": adata.n_vars, "seconds": round(timer.seconds, 1),
            "preprocess_and_genes_s": round(timer.seconds - sum(history.seconds.values()), 1), **stages,
-           "cluster_epochs": len(history.cluster), "converged": history.converged}
-    print(f"trained {path.stem} in {timer.seconds:.0f} s", flush=True)
+           "cluster_epochs": len(history.cluster), "converged": history.converged,
+           **{key: value for key, value in score(truth, model.labels_).items() if key != "acc"}}
+    print(f"trained {path.stem} ({device}, {precision}) in {timer.seconds:.0f} s", flush=True)
     return row, model
 
 
@@ -293,12 +309,26 @@ def contention(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list
     return rows
 
 
+def train_launcher(processes: int = 1) -> list[str]:
+    """What starts ``sccsa-train``: its script, or under ``torchrun`` with ``processes`` processes.
+    Where this environment has no script (a source tree on ``PYTHONPATH``, as on a lent GPU
+    machine) it runs as a module."""
+    script = Path(sys.executable).with_name("sccsa-train")
+    if processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m",
+                "sccsa_train.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sccsa_train.cli"]
+
+
+def shown(command: list[str]) -> str:
+    """A ``sccsa-train`` command as the page prints it: its arguments after the program's name."""
+    return " ".join(["sccsa-train", *command[len(train_launcher()):]])
+
+
 def train_command(dataset: Path, k: int, kind: str, out: Path, processes: int = 1) -> list[str]:
     """``sccsa-train`` with the default settings on ``dataset`` (all cores, torch's default), or
     under ``torchrun`` with ``processes`` processes."""
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m",
-                 "sccsa_train.cli"] if processes > 1 else [str(Path(sys.executable).with_name("sccsa-train"))])
-    return [*launcher, str(dataset), "-k", str(k), "--input-kind", kind, "--out", str(out), "--overwrite",
+    return [*train_launcher(processes), str(dataset), "-k", str(k), "--input-kind", kind, "--out", str(out), "--overwrite",
             "--no-progress", "-q"]
 
 
@@ -399,7 +429,13 @@ def data_parallel(dataset: Path, work: Path) -> list[dict]:
 SCALE_BUDGET = ("--pretrain-max-steps", "1000", "--cluster-max-steps", "1000")  # training steps, whatever the cells
 
 
-def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: list[int], work: Path) -> list[dict]:
+def device_flags(device: str, precision: str) -> list[str]:
+    """``sccsa-train``'s options for a run on ``device`` at ``precision`` (none on the CPU: the defaults)."""
+    return [] if device == "cpu" else ["--device", device, "--precision", precision]
+
+
+def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: list[int], work: Path,
+                   flags: list[str] | None = None) -> list[dict]:
     """``sccsa-train`` (all cores, seed 0, step budgets :data:`SCALE_BUDGET`) on files of each
     size resampled from ``source`` (Poisson counts): wall and CPU seconds, peak memory, the
     stages' seconds (``other``: reading, storing the fit and the export), the clusters the
@@ -409,7 +445,7 @@ def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: l
         path = work / f"resampled_{n_cells}.h5ad"
         write_resampled_h5ad(path, source.X, list(source.var_names), truth, n_cells)
         out = work / f"scale_{n_cells}"
-        command = [*train_command(path, k, "counts", out), *SCALE_BUDGET, "--eval-key", LABEL_KEY]
+        command = [*train_command(path, k, "counts", out), *(flags or []), *SCALE_BUDGET, "--eval-key", LABEL_KEY]
         with Timer() as timer:
             peak, cpu = run_with_rusage(command)
         report = json.loads((out / "report.json").read_text())
@@ -425,7 +461,7 @@ def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: l
                      "stage2_epochs": len(report["history"]["cluster"]),
                      "leiden_clusters": report["genes"]["pseudo_label_ensemble"]["leiden_clusters"],
                      **{key: round(report["metrics"][key], 4) for key in ("ari", "nmi")},
-                     "command": " ".join(["sccsa-train", *command[1:]])})
+                     "command": shown(command)})
         print(rows[-1], flush=True)
         path.unlink()
     return rows
@@ -476,33 +512,40 @@ def source_commit(source: Path) -> str:
                           check=True).stdout.strip()
 
 
-def training_vs_scanpy(dataset: Path, work: Path, repeats: int = 3, baseline_src: Path | None = None) -> list[dict]:
-    """CPU seconds of ``sccsa-train`` (default settings, seed 0, all cores) and of Scanpy's standard
-    pipeline (normalise, log1p, 2000 HVGs, scale, PCA, kNN graph, Leiden) on the same file, each
-    in its own process, the runs alternating; medians of ``repeats``. ``baseline_src``: the source
-    tree of an earlier commit (a git worktree), whose ``sccsa-train`` runs with this environment's
-    packages as one more row, so that a change is measured side by side rather than across sessions."""
+def training_vs_scanpy(dataset: Path, work: Path, repeats: int = 3, baseline_src: Path | None = None,
+                       configurations: dict[str, list[str]] | None = None) -> list[dict]:
+    """CPU and wall seconds of ``sccsa-train`` (default settings, seed 0, all cores) and of Scanpy's
+    standard pipeline (normalise, log1p, 2000 HVGs, scale, PCA, kNN graph, Leiden) on the same
+    file, each in its own process, the runs alternating; medians of ``repeats``.
+    ``configurations``: a row name → ``sccsa-train`` options for each run of it (default: one row,
+    the defaults; on a GPU, one row per precision). ``baseline_src``: the source tree of an earlier
+    commit (a git worktree), whose ``sccsa-train`` runs with this environment's packages as one
+    more row, so that a change is measured side by side rather than across sessions."""
     _, _, k, kind = load(dataset)
     scanpy = "Scanpy: normalise, HVG, PCA, kNN, Leiden"
-    runs = {"sccsa-train (default settings)": (train_command(dataset, k, kind, work / "vs_scanpy"), None),
-            scanpy: ([sys.executable, "-c", SCANPY_PIPELINE, str(dataset)], None)}
+    configurations = configurations or {"sccsa-train (default settings)": []}
+    runs: dict[str, tuple[list[str], dict[str, str] | None]] = {
+        name: ([*train_command(dataset, k, kind, work / "vs_scanpy"), *flags], None)
+        for name, flags in configurations.items()}
+    runs[scanpy] = ([sys.executable, "-c", SCANPY_PIPELINE, str(dataset)], None)
     if baseline_src is not None:
         command = train_command(dataset, k, kind, work / "vs_scanpy_baseline")
         source = baseline_src.absolute()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(source / part) for part in ("training", "inference")))
-        runs[f"sccsa-train at {source_commit(source)}"] = ([sys.executable, "-m", "sccsa_train.cli", *command[1:]], env)
+        runs[f"sccsa-train at {source_commit(source)}"] = ([sys.executable, "-m", "sccsa_train.cli", *command[len(train_launcher()):]], env)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, (command, env) in runs.items():
             with Timer() as timer:
                 _, cpu = run_with_rusage(command, env)
             samples[name].append((timer.seconds, cpu))
+    scanpy_wall = statistics.median(wall for wall, _ in samples[scanpy])
     scanpy_cpu = statistics.median(cpu for _, cpu in samples[scanpy])
     rows = []
     for name, values in samples.items():
-        cpu = statistics.median(c for _, c in values)
-        rows.append({"pipeline": name, "wall_s": round(statistics.median(w for w, _ in values), 1),
-                     "cpu_s": round(cpu, 1), "cpu_vs_scanpy": round(cpu / scanpy_cpu, 2)})
+        wall, cpu = statistics.median(w for w, _ in values), statistics.median(c for _, c in values)
+        rows.append({"pipeline": name, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                     "cpu_vs_scanpy": round(cpu / scanpy_cpu, 2), "wall_vs_scanpy": round(wall / scanpy_wall, 2)})
         print(rows[-1], flush=True)
     return rows
 
@@ -539,6 +582,7 @@ def cold_start(infer_bin: Path, bundle: Path, work: Path, repeats: int = 5) -> d
     return result
 
 
+GPU_SECTIONS = ("training", "training_vs_scanpy", "training_scale")  # what --device cuda measures
 SECTIONS = ("training", "training_vs_scanpy", "training_scale", "throughput", "streaming", "contention", "processes",
             "graph_forms", "cold_start")
 BUSY = "while True: pass"  # one CPU-bound neighbour process
@@ -550,53 +594,85 @@ def _measured(payload: dict, section: str) -> str:
         return ""
     # sections kept from earlier sessions may have run on another host behind the same CPU name
     cpu = when.get("cpu", "a CPU whose model was not recorded (compare with other sessions' rows with care)")
+    cores = f" ({when['cores']} cores)" if when.get("cores") else ""
+    gpu = f" with an {when['gpu']} GPU" if when.get("gpu") else ""
     threads = f", {when['torch_threads']} torch thread(s) in the measuring process" if when.get("torch_threads") else ""
-    return f" Measured at commit {when['commit']}, {when['date']}, on {cpu}{threads}."
+    return f" Measured at commit {when['commit']}, {when['date']}, on {cpu}{cores}{gpu}{threads}."
+
+
+GPU_NOTE = ("On a lent GPU machine (the source tree on `PYTHONPATH`, that machine's own torch and packages); "
+            "`--device cuda`, and each row names its `--precision` (`bf16-mixed`: bfloat16 autocast of the "
+            "network's forward pass). The CPU work of training (preprocessing, pseudo-labels, F-test, K-means) "
+            "runs on that machine's cores. ")
+
+
+def _training_rows(payload: dict, key: str) -> str:
+    """The per-dataset training table: on the CPU (``training``) or a GPU (``training_cuda``)."""
+    on_gpu = key.endswith("_cuda")
+    return ((f"## Training wall time (protocol U, default settings, seed 0, {'GPU' if on_gpu else 'CPU'})\n\n"
+             + (GPU_NOTE if on_gpu else "")
+             + "`SCCSA.fit` on each dataset in turn, alone on the machine with the threads the footer states. "
+             "`seconds` is the whole fit; the stages are preprocessing + consensus pseudo-labels + F-test, "
+             "pretraining, the K-means initialisation of μ, and stage 2 (`cluster_epochs` of at most 100; "
+             "`converged`: fewer than 0.1 % of the labels changed in the last one). ARI/NMI (where given) against "
+             "the true labels, read after the fit." + _measured(payload, key) + "\n\n")
+            + markdown_table(pd.DataFrame(payload[key]).set_index(["dataset", "precision"] if on_gpu else "dataset")))
+
+
+def _vs_scanpy(payload: dict, key: str) -> str:
+    """The table of ``sccsa-train`` beside Scanpy's pipeline, on the CPU or a GPU."""
+    rows = pd.DataFrame(payload[key]).set_index("pipeline")
+    if key.endswith("_cuda"):
+        ratios = "; ".join(f"`{name}` {row['wall_s']:.1f} s, {row['wall_vs_scanpy']:.1f}× Scanpy's wall time"
+                           for name, row in rows.iterrows() if name.startswith("sccsa-train"))
+        return ("## Training beside Scanpy's standard pipeline, on a GPU\n\n" + GPU_NOTE
+                + f"Scanpy's pipeline (as below) runs on the same machine's CPU cores. On {payload.get('scanpy_dataset')}, "
+                f"fresh processes, the runs alternating, medians of 3: {ratios}." + _measured(payload, key) + "\n\n"
+                + markdown_table(rows))
+    return ("## Training cost beside Scanpy's standard pipeline\n\n"
+            "`sccsa-train` with the default settings (seed 0, all cores) and Scanpy's standard pipeline "
+            "(normalise, log1p, 2000 HVGs, scale, 50 PCs, kNN graph, Leiden) on "
+            f"{payload.get('scanpy_dataset')}, each in a fresh process (reading the file included), the runs "
+            "alternating; medians of 3. Training costs "
+            f"{rows['cpu_vs_scanpy'].iloc[0]:.1f}× Scanpy's CPU seconds (issue 14 asks for at most 3×)."
+            + _earlier_training(rows) + _measured(payload, key) + "\n\n"
+            + markdown_table(rows))
+
+
+def _scale(payload: dict, key: str) -> str:
+    """The table of training on 10⁵–10⁶ resampled cells, on the CPU or a GPU."""
+    rows = pd.DataFrame(payload[key]).sort_values("cells")
+    first, last = rows.iloc[0], rows.iloc[-1]
+    sizes = " to ".join(f"{n:,}" for n in (first["cells"], last["cells"]))
+    words = shlex.split(first["command"])
+    k = int(words[words.index("-k") + 1])  # the K every row trained with: the source's number of types
+    on_gpu = key.endswith("_cuda")
+    return (f"## Training on {sizes} cells (resampled PBMC-Zheng4k{', GPU' if on_gpu else ''})\n\n"
+            + (GPU_NOTE if on_gpu else "")
+            + f"Cells drawn at random from PBMC-Zheng4k (4,271 cells × 2,000 genes, {k} types) with every count "
+            "redrawn from a Poisson distribution of that mean (no two cells are copies), written in "
+            f"chunks; `sccsa-train` with all cores, seed 0, K = {k} and step budgets of 1000 optimizer steps "
+            "for each stage (`--pretrain-max-steps 1000 --cluster-max-steps 1000`; the defaults run "
+            "epochs, 60 + up to 100, which at 10⁶ cells would be ~600,000 steps). Pseudo-labels, K-means "
+            "of the consensus, the F-test, the gene order and the panel's scaling run on a sketch of "
+            "50,000 cells; the network's input is made dense one mini-batch or chunk at a time. "
+            "`kmeans_init_s`: the embedding of the 50,000 sampled cells the K-means of the latent fits its "
+            "centres on, and that K-means (stage 2's first epoch labels every cell); `other_s`: reading "
+            "the file, storing the fit (stage 2's last embedding, reused) and the export. "
+            f"{_leiden_reach(rows, k=k)} "
+            f"{last['cells'] / first['cells']:.0f}× the cells: {last['wall_s'] / first['wall_s']:.2f}× the wall "
+            f"time, {last['peak_rss_mib'] / first['peak_rss_mib']:.2f}× the peak RSS. ARI/NMI against the "
+            "source cells' types, read after the fit." + _measured(payload, key) + "\n\n"
+            + markdown_table(rows.drop(columns=["command"]).set_index("cells"))
+            + f"\n\nCommand (per row): `{rows['command'].iloc[-1]}`.")
 
 
 def summarise(payload: dict) -> str:
     parts = []
-    if payload.get("training"):
-        parts.append("## Training wall time (protocol U, default settings, seed 0, CPU)\n\n`SCCSA.fit` on each dataset "
-                     "in turn, alone on the machine with the threads the footer states. `seconds` is the whole fit; "
-                     "the stages are preprocessing + consensus pseudo-labels + F-test, pretraining, the K-means "
-                     "initialisation of μ, and stage 2 (`cluster_epochs` of at most 100; `converged`: fewer than "
-                     "0.1 % of the labels changed in the last one)." + _measured(payload, "training") + "\n\n"
-                     + markdown_table(pd.DataFrame(payload["training"]).set_index("dataset")))
-    if payload.get("training_vs_scanpy"):
-        rows = pd.DataFrame(payload["training_vs_scanpy"]).set_index("pipeline")
-        parts.append("## Training cost beside Scanpy's standard pipeline\n\n"
-                     f"`sccsa-train` with the default settings (seed 0, all cores) and Scanpy's standard pipeline "
-                     "(normalise, log1p, 2000 HVGs, scale, 50 PCs, kNN graph, Leiden) on "
-                     f"{payload.get('scanpy_dataset')}, each in a fresh process (reading the file included), the runs "
-                     "alternating; medians of 3. Training costs "
-                     f"{rows['cpu_vs_scanpy'].iloc[0]:.1f}× Scanpy's CPU seconds (issue 14 asks for at most 3×)."
-                     + _earlier_training(rows) + _measured(payload, "training_vs_scanpy") + "\n\n"
-                     + markdown_table(rows))
-    if payload.get("training_scale"):
-        rows = pd.DataFrame(payload["training_scale"]).sort_values("cells")
-        first, last = rows.iloc[0], rows.iloc[-1]
-        sizes = " to ".join(f"{n:,}" for n in (first["cells"], last["cells"]))
-        words = shlex.split(first["command"])
-        k = int(words[words.index("-k") + 1])  # the K every row trained with: the source's number of types
-        parts.append(f"## Training on {sizes} cells (resampled PBMC-Zheng4k)\n\n"
-                     f"Cells drawn at random from PBMC-Zheng4k (4,271 cells × 2,000 genes, {k} types) with every count "
-                     "redrawn from a Poisson distribution of that mean (no two cells are copies), written in "
-                     f"chunks; `sccsa-train` with all cores, seed 0, K = {k} and step budgets of 1000 optimizer steps "
-                     "for each stage (`--pretrain-max-steps 1000 --cluster-max-steps 1000`; the defaults run "
-                     "epochs, 60 + up to 100, which at 10⁶ cells would be ~600,000 steps). Pseudo-labels, K-means "
-                     "of the consensus, the F-test, the gene order and the panel's scaling run on a sketch of "
-                     "50,000 cells; the network's input is made dense one mini-batch or chunk at a time. "
-                     "`kmeans_init_s`: the embedding of the 50,000 sampled cells the K-means of the latent fits its "
-                     "centres on, and that K-means (stage 2's first epoch labels every cell); `other_s`: reading "
-                     "the file, storing the fit (stage 2's last "
-                     "embedding, reused) and the export. "
-                     f"{_leiden_reach(rows, k=k)} "
-                     f"{last['cells'] / first['cells']:.0f}× the cells: {last['wall_s'] / first['wall_s']:.2f}× the wall "
-                     f"time, {last['peak_rss_mib'] / first['peak_rss_mib']:.2f}× the peak RSS. ARI/NMI against the "
-                     "source cells' types, read after the fit." + _measured(payload, "training_scale") + "\n\n"
-                     + markdown_table(rows.drop(columns=["command"]).set_index("cells"))
-                     + f"\n\nCommand (per row): `{rows['command'].iloc[-1]}`.")
+    for section, render in (("training", _training_rows), ("training_vs_scanpy", _vs_scanpy), ("training_scale", _scale)):
+        for key in (section, f"{section}_cuda"):  # the CPU's table, then the GPU's beside it
+            if payload.get(key):
+                parts.append(render(payload, key))
     if payload.get("throughput"):
         parts.append("## Inference: ONNX Runtime vs torch eager, same model, same threads\n\nCells/s from the median of "
                      f"{payload['repeats']} timed passes over the same cells per runtime, the passes of the two runtimes "
@@ -702,9 +778,20 @@ def main() -> None:
     parser.add_argument("--train-baseline-src", type=Path, default=None,
                         help="training_vs_scanpy: also time the sccsa-train of this source tree (a git worktree of an "
                              "earlier commit) with this environment's packages, beside today's")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help=f"where the training sections ({', '.join(GPU_SECTIONS)}) train; cuda: their results are "
+                             "the page's GPU sections, kept beside the CPU ones, and no other section may run")
+    parser.add_argument("--precisions", nargs="*", choices=("32", "bf16-mixed"), default=["32"],
+                        help="with --device cuda: the training and training_vs_scanpy sections run each of these "
+                             "(sccsa-train --precision); training_scale runs the first")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     args = parser.parse_args()
+    if args.device != "cpu" and set(args.sections) - set(GPU_SECTIONS):
+        parser.error(f"--device {args.device} times only the training sections ({', '.join(GPU_SECTIONS)}); "
+                     "run the others on the CPU in a separate run")
+    precisions = args.precisions if args.device != "cpu" else ["32"]
+    key = (lambda section: section) if args.device == "cpu" else (lambda section: f"{section}_{args.device}")
     warnings.filterwarnings("ignore")
     infer_bin = args.infer_bin.absolute()
 
@@ -714,16 +801,19 @@ def main() -> None:
     before = copy.deepcopy(payload)
     here = machine()
     stamp = {"commit": here["git_commit"], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": here["cpu"],
-             "torch_threads": here["torch_threads"]}
+             "torch_threads": here["torch_threads"], "cores": here["cores"]}
+    if args.device == "cuda":
+        stamp["gpu"] = torch.cuda.get_device_name()
     model = None
     if "training" in args.sections:
-        payload["training"] = []
+        payload[key("training")] = []
         for path in datasets(args.data, args.datasets):
-            row, fitted = train_timed(path)
-            payload["training"].append(row)
-            if path.stem == SERVED:
-                model = fitted  # the served model is this same default fit: train it once
-        payload["measured"]["training"] = stamp
+            for precision in precisions:
+                row, fitted = train_timed(path, args.device, precision)
+                payload[key("training")].append(row)
+                if path.stem == SERVED and args.device == "cpu":
+                    model = fitted  # the served model is this same default fit: train it once
+        payload["measured"][key("training")] = stamp
     adata, served_truth, k, kind = load(args.data / f"{SERVED}.h5ad")
     if model is None and set(args.sections) & {"throughput", "streaming", "contention", "graph_forms", "cold_start"}:
         model = SCCSA(k, input_kind=kind, random_state=0, progress=False).fit(adata)
@@ -734,11 +824,16 @@ def main() -> None:
         if model is not None:
             model.export(bundle, overwrite=True)
         if "training_vs_scanpy" in args.sections:
-            payload["training_vs_scanpy"] = training_vs_scanpy(args.data / f"{args.scanpy_dataset}.h5ad", work,
-                                                               baseline_src=args.train_baseline_src)
+            configurations = None if args.device == "cpu" else {
+                " ".join(["sccsa-train", *device_flags(args.device, precision)]): device_flags(args.device, precision)
+                for precision in precisions}
+            payload[key("training_vs_scanpy")] = training_vs_scanpy(args.data / f"{args.scanpy_dataset}.h5ad", work,
+                                                                    baseline_src=args.train_baseline_src,
+                                                                    configurations=configurations)
             payload["scanpy_dataset"] = args.scanpy_dataset
         if "training_scale" in args.sections:
-            payload["training_scale"] = training_scale(adata, served_truth, k, args.train_cells, work)
+            payload[key("training_scale")] = training_scale(adata, served_truth, k, args.train_cells, work,
+                                                            device_flags(args.device, precisions[0]))
         if "throughput" in args.sections:
             predictor = Predictor(bundle, n_threads=torch.get_num_threads())
             counts = predictor.align(list(adata.var_names)).take(adata.X)
@@ -765,13 +860,14 @@ def main() -> None:
         if "cold_start" in args.sections:
             payload["cold_start"] = cold_start(infer_bin, bundle, work)
         for section in set(args.sections) - {"training"}:
-            payload["measured"][section] = stamp
+            payload["measured"][key(section)] = stamp
         if set(args.sections) & {"streaming", "cold_start"}:
             payload["infer_install"] = installed_packages(infer_bin)
     if partial:
         payload = _onto_latest(args.out, before, payload)
     write_json(args.out, payload)
-    finish(args.out, "Speed and memory", summarise(payload), sections=args.sections if partial else None)
+    finish(args.out, "Speed and memory", summarise(payload),
+           sections=[key(section) for section in args.sections] if partial else None)
 
 
 def _onto_latest(out: Path, before: dict, payload: dict) -> dict:

@@ -114,6 +114,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         latent_norm_weight: float = default("latent_norm_weight"),
         random_state: int = default("random_state"),
         device: str = default("device"),
+        precision: str = default("precision"),
         progress: bool = default("progress"),
     ):
         self.n_clusters = n_clusters
@@ -154,6 +155,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.latent_norm_weight = latent_norm_weight
         self.random_state = random_state
         self.device = device
+        self.precision = precision
         self.progress = progress
 
     def _schedule(self) -> Schedule:
@@ -163,7 +165,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             cluster_max_steps=self.cluster_max_steps, batch_size=self.batch_size,
             pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, beta_scale=self.beta_scale,
             kmeans_choice=self.kmeans_choice, kmeans_tolerance=self.kmeans_tolerance,
-            class_metric=self.class_metric, classify_lr=self.classify_lr,
+            class_metric=self.class_metric, classify_lr=self.classify_lr, precision=self.precision,
             weights=ObjectiveWeights(kl=self.kl_weight, reconstruction=self.reconstruction_weight,
                                      latent_norm=self.latent_norm_weight,
                                      classify_reconstruction=self.classify_reconstruction_weight),

@@ -32,7 +32,7 @@ from sccsa_infer.defaults import bar_disabled
 
 from .distributed import SINGLE, Workers, unwrap
 from .kmeans_restarts import Restart, choose_restart, kmeans_restarts, near_lowest, score_silhouettes
-from .model import SCCSANet
+from .model import NetOutput, SCCSANet
 from .network_input import NetworkInput
 from .objective import (
     ObjectiveWeights,
@@ -70,6 +70,7 @@ class Schedule:
     kmeans_choice: str = default("kmeans_choice")
     kmeans_tolerance: float = default("kmeans_tolerance")
     class_metric: str = default("class_metric")
+    precision: str = default("precision")
     kmeans_n_init: int = 20
     kmeans_cells: int = SKETCH_CELLS
     silhouette_cells: int = 10_000
@@ -191,6 +192,16 @@ def _plateaued(epochs: list[dict[str, float]], tol: float) -> bool:
     return len(losses) > PATIENCE and min(losses[-PATIENCE:]) > min(losses[:-PATIENCE]) - tol
 
 
+def forward_pass(model: torch.nn.Module, batch: torch.Tensor, covariates: torch.Tensor | None,
+                 precision: str) -> NetOutput:
+    """The network's training pass, under bfloat16 autocast with ``precision='bf16-mixed'``. The
+    outputs come back as float32: the distances to μ, the losses and the centroid statistics
+    built from them need float32's resolution (a bfloat16 latent has ~3 significant digits)."""
+    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+        out = model(batch, covariates)
+    return NetOutput(*(value.float() for value in out))
+
+
 def _rows(covariates: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
     return None if covariates is None else covariates[index]
 
@@ -213,7 +224,7 @@ def pretrain(model: torch.nn.Module, x: NetworkInput, schedule: Schedule, histor
             if schedule.input_noise:
                 noise = torch.randn(batch.shape, generator=generator).to(batch.device)
                 noisy = batch + schedule.input_noise * noise
-            out = model(noisy, _rows(covariates, index))
+            out = forward_pass(model, noisy, _rows(covariates, index), schedule.precision)
             loss = reconstruction_loss(out.reconstruction, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -345,7 +356,7 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
         sums: dict[str, float] = {}
         for index in _batches(len(x), schedule.batch_size, generator, workers):
             batch = x.take(index)
-            out = model(batch, _rows(covariates, index))
+            out = forward_pass(model, batch, _rows(covariates, index), schedule.precision)
             loss, terms = _stage2_loss(net, out, batch, weights, _rows(targets, index))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

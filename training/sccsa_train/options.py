@@ -25,6 +25,7 @@ KMEANS_CHOICES: tuple[str, ...] = ("inertia", "silhouette")
 CLASS_METRICS: tuple[str, ...] = ("euclidean", "within")
 OBJECTIVES: tuple[str, ...] = ("auto", "cluster", "classify")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+PRECISIONS: tuple[str, ...] = ("32", "bf16-mixed")
 DEFAULT_CHANNELS: tuple[int, int, int] = (16, 32, 64)
 
 
@@ -167,6 +168,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("latent_norm_weight", float, 0.0, "lambda of the -lambda*z'z term.", low=0),
     Option("random_state", int, 0, "Random seed (same seed, same labels on CPU).", aliases=("--seed",)),
     Option("device", str, "auto", "auto uses a CUDA GPU when torch sees one.", choices=DEVICES),
+    Option("precision", str, "32", "Arithmetic of the network's training passes: 32 (float32) or bf16-mixed "
+           "(bfloat16 autocast of the forward pass, as Lightning names it; the losses, distances to the centroids, "
+           "the centroid updates, the embeddings and the exported graph stay float32). Meant for GPUs; on a CPU "
+           "without bfloat16 units it is slower.", choices=PRECISIONS),
     Option("progress", bool, True,
            "Progress bars on stderr when it is a terminal, or in a notebook (never in log files)."),
 )
