@@ -200,7 +200,8 @@ def write_resampled_h5ad(path: Path, matrix: sp.csr_matrix, genes: list[str], la
             block.eliminate_zeros()
             yield block
 
-    obs = pd.DataFrame({LABEL_KEY: pd.Categorical(np.asarray(labels)[rows])},
+    drawn = np.asarray(labels, dtype=object)[rows]
+    obs = pd.DataFrame({LABEL_KEY: pd.Categorical(drawn, categories=pd.Index(np.unique(drawn), dtype=object))},
                        index=pd.Index([f"cell{i}" for i in range(n_cells)], name="cell"))
     write_csr_h5ad(path, blocks(), genes, obs)
 
