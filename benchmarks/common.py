@@ -135,13 +135,15 @@ def machine() -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
-    """This checkout's commit; for a copy of the tree without its ``.git`` (as a lent GPU machine
-    receives), ``SCCSA_GIT_COMMIT``, which the command that ran there sets to the commit it sent."""
+    """This checkout's commit, or ``SCCSA_GIT_COMMIT`` where that is set: a copy of the tree sent to
+    a lent GPU machine carries the files of one commit but a ``.git`` that may name another."""
+    if os.environ.get("SCCSA_GIT_COMMIT"):
+        return os.environ["SCCSA_GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("SCCSA_GIT_COMMIT")
+        return None
 
 
 def command_line() -> str:

@@ -603,7 +603,7 @@ def _measured(payload: dict, section: str) -> str:
 
 
 GPU_NOTE = ("On a lent GPU machine (the source tree on `PYTHONPATH`, that machine's own torch and packages); "
-            "`--device cuda`, and each row names its `--precision` (`bf16-mixed`: bfloat16 autocast of the "
+            "`--device cuda` at the `--precision` each row or command names (`bf16-mixed`: bfloat16 autocast of the "
             "network's forward pass). The CPU work of training (preprocessing, pseudo-labels, F-test, K-means) "
             "runs on that machine's cores. ")
 
@@ -645,7 +645,7 @@ def _scale(payload: dict, key: str) -> str:
     """The table of training on 10⁵–10⁶ resampled cells, on the CPU or a GPU."""
     rows = pd.DataFrame(payload[key]).sort_values("cells")
     first, last = rows.iloc[0], rows.iloc[-1]
-    sizes = " to ".join(f"{n:,}" for n in (first["cells"], last["cells"]))
+    sizes = " to ".join(dict.fromkeys(f"{n:,}" for n in (first["cells"], last["cells"])))
     words = shlex.split(first["command"])
     k = int(words[words.index("-k") + 1])  # the K every row trained with: the source's number of types
     on_gpu = key.endswith("_cuda")
@@ -789,9 +789,15 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="*", choices=("32", "bf16-mixed"), default=["32"],
                         help="with --device cuda: the training and training_vs_scanpy sections run each of these "
                              "(sccsa-train --precision); training_scale runs the first")
+    parser.add_argument("--rewrite-page", action="store_true",
+                        help="measure nothing: rewrite the page from --out (e.g. after sections measured on another "
+                             "machine were copied into it), keeping the metadata of the run that wrote it")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     args = parser.parse_args()
+    if args.rewrite_page:
+        finish(args.out, "Speed and memory", summarise(json.loads(args.out.read_text())), merged_from=[])
+        return
     if args.device != "cpu" and set(args.sections) - set(GPU_SECTIONS):
         parser.error(f"--device {args.device} times only the training sections ({', '.join(GPU_SECTIONS)}); "
                      "run the others on the CPU in a separate run")

@@ -120,6 +120,7 @@ def test_bad_inputs(adata, kwargs, message):
     (dict(n_clusters=3, channels=(8, 0, 8)), "three positive integers"),
     (dict(n_clusters=3, batch_norm="yes"), "expected True or False"),
     (dict(n_clusters=3, init="random"), "init='random' is invalid"),
+    (dict(n_clusters=3, precision="16-mixed"), "precision='16-mixed' is invalid: expected one of 32, bf16-mixed"),
 ])
 def test_bad_parameters_raise_invalid_parameter_error_before_any_work(adata, kwargs, message, monkeypatch):
     from sccsa_train import estimator
@@ -197,6 +198,41 @@ def test_pretraining_stops_at_its_step_budget(adata):
     pretrain = model.history_.pretrain
     assert [h["steps"] for h in pretrain] == [4, 8, 10]
     assert all(np.isfinite(h["reconstruction"]) for h in pretrain)
+
+
+def test_bf16_mixed_trains_in_bfloat16_and_keeps_the_fit_float32(adata, unsupervised, monkeypatch):
+    """precision='bf16-mixed' runs the network's training passes under bfloat16 autocast (CPU
+    autocast here; the GPU rows are on the speed page); what comes out of them stays float32."""
+    import torch
+
+    from sccsa_train import fit
+    from sccsa_train.model import SCCSANet
+
+    inside, outside = [], []
+    forward, passes = SCCSANet.forward, fit.forward_pass
+
+    def forward_spy(self, x, covariates=None):
+        out = forward(self, x, covariates)
+        inside.append((torch.is_autocast_enabled("cpu"), out.latent.dtype))
+        return out
+
+    def pass_spy(*args):
+        out = passes(*args)
+        outside.append((out.latent.dtype, out.reconstruction.dtype))
+        return out
+
+    monkeypatch.setattr(SCCSANet, "forward", forward_spy)
+    monkeypatch.setattr(fit, "forward_pass", pass_spy)
+    model = SCCSA(3, n_genes=40, random_state=1, precision="bf16-mixed", **FAST_TRAINING).fit(adata)
+    assert inside and set(inside) == {(True, torch.bfloat16)}
+    assert outside and set(outside) == {(torch.float32, torch.float32)}
+    assert all(p.dtype == torch.float32 for p in model.net_.parameters()) and model.state_.latent.dtype == np.float32
+    # bfloat16 changes the numbers, not what the model finds on this easy synthetic set
+    assert adjusted_rand_score(unsupervised.labels_, model.labels_) > 0.9
+    assert model.get_params()["precision"] == "bf16-mixed"
+    inside.clear()
+    SCCSA(3, n_genes=40, random_state=1, **{**FAST_TRAINING, "pretrain_epochs": 1, "cluster_epochs": 0}).fit(adata)
+    assert inside and set(inside) == {(False, torch.float32)}  # the default: float32 throughout
 
 
 def test_input_noise_denoises_from_a_seeded_corruption(adata):
