@@ -835,9 +835,9 @@ def main() -> None:
         if model is not None:
             model.export(bundle, overwrite=True)
         if "training_vs_scanpy" in args.sections:
-            configurations = None if args.device == "cpu" else {
-                " ".join(["sccsa-train", *device_flags(args.device, precision)]): device_flags(args.device, precision)
-                for precision in precisions}
+            flag_sets = [device_flags(args.device, precision) for precision in precisions]
+            configurations = None if args.device == "cpu" else {" ".join(["sccsa-train", *flags]): flags
+                                                                for flags in flag_sets}
             payload[key("training_vs_scanpy")] = training_vs_scanpy(args.data / f"{args.scanpy_dataset}.h5ad", work,
                                                                     repeats=args.train_repeats,
                                                                     baseline_src=args.train_baseline_src,

@@ -26,11 +26,13 @@ import numpy as np
 import pandas as pd
 
 from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, finish, load, markdown_table, mean_sd,
-                    merge_records, read_records, score, split_of, training_threads, write_json)
+                    merge_or_resume, score, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train import fit as fit_module
+from sccsa_train.options import default
 
 PATIENCE = fit_module.PATIENCE  # the classifying stage 2's patience (scikit-learn's n_iter_no_change)
+TOL = default("tol")  # today's stop: fewer than this fraction of the labels changed
 
 
 def _first(changes: list[float], stop: Callable[[int], bool]) -> int:
@@ -47,13 +49,13 @@ def no_new_low(changes: list[float]) -> int:
     """Stop once the fraction of changed labels has not gone below its earlier minimum for
     :data:`PATIENCE` epochs: the partition no longer settles further (or the 0.1 % rule holds first)."""
     def stop(e: int) -> bool:
-        return changes[e] < 0.001 or (e >= PATIENCE and min(changes[e - PATIENCE + 1 : e + 1])
+        return changes[e] < TOL or (e >= PATIENCE and min(changes[e - PATIENCE + 1 : e + 1])
                                       >= min(changes[: e - PATIENCE + 1]))
     return _first(changes, stop)
 
 
 RULES: dict[str, Callable[[list[float]], int]] = {
-    "today: < 0.1 % changed": below(0.001),
+    f"today: < {100 * TOL:g} % changed": below(TOL),
     "< 0.5 % changed": below(0.005),
     f"no new low in {PATIENCE} epochs": no_new_low,
 }
@@ -143,10 +145,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     title = "Stage 2: when to stop"
-    if args.merge is not None:
-        finish(args.out, title, summarise(merge_records(args.out, args.merge, _key)), merged_from=args.merge)
+    records = merge_or_resume(args, title, summarise, _key)
+    if records is None:
         return
-    records = read_records(args.out) if args.resume else []
     done = {_key(r) for r in records}
     for path in datasets(args.data, args.datasets):
         for seed in args.seeds:
