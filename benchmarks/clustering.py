@@ -25,6 +25,9 @@ whose latent K-means partition has the highest silhouette; ``latent32`` has a 32
 100 (for protocol T: the classifier's cross-entropy then shapes the latent more than reconstruction);
 ``euclidean`` is ``--class-metric euclidean`` (the default before the within-class metric); ``kmeans_inertia`` is plain K-means' start (the default
 before the silhouette rule), ``kmeans_silhouette`` the silhouette rule at 5 % instead of 1 %.
+``no_patience`` is ``patience=0``: a clustering stage 2 that stops only when fewer than ``tol`` of
+the labels change or at ``cluster_epochs`` (the default before the patience rule; the U variants
+above ran with it and fix it).
 ``classify_before`` is a classifying stage 2 (protocol T) at the clustering stage's learning rate
 1e-4 and reconstruction weight 100 (the defaults before ``classify_lr`` 1e-3 and
 ``classify_reconstruction_weight`` 10), ``classify_lr3`` at 1e-3 with weight 100. ``latent32``,
@@ -69,13 +72,16 @@ from sccsa_train.pseudolabels import leiden, leiden_resolution_for_k
 COUNTS_ONLY = ("scvi_kmeans", "scvi_leiden_k")  # columns that skip the non-count datasets
 # name → (SCCSA parameters that differ from the defaults, how the page's column calls it)
 CLASSIFY_BEFORE = {"classify_lr": 1e-4, "classify_reconstruction_weight": 100.0}  # the clustering stage's
+NO_PATIENCE = {"patience": 0}  # a clustering stage 2 as it stopped before the patience rule
 VARIANTS: dict[str, tuple[dict, str]] = {
     # protocol U candidates, run before the K-means start became the silhouette rule: they say so
-    "init_labels": ({"init": "labels", "kmeans_choice": "inertia"}, "init labels"),
-    "starts3": ({"pretrain_starts": 3, "pretrain_max_steps": 1000, "pretrain_epochs": 250, "kmeans_choice": "inertia"},
-                "3 starts, ≤ 1000 steps"),
-    "kmeans_inertia": ({"kmeans_choice": "inertia"}, "plain K-means start, the defaults before"),
-    "kmeans_silhouette": ({"kmeans_choice": "silhouette", "kmeans_tolerance": 0.05}, "K-means start by silhouette, 5 %"),
+    "init_labels": ({"init": "labels", "kmeans_choice": "inertia", **NO_PATIENCE}, "init labels"),
+    "starts3": ({"pretrain_starts": 3, "pretrain_max_steps": 1000, "pretrain_epochs": 250, "kmeans_choice": "inertia",
+                 **NO_PATIENCE}, "3 starts, ≤ 1000 steps"),
+    "kmeans_inertia": ({"kmeans_choice": "inertia", **NO_PATIENCE}, "plain K-means start, the defaults before"),
+    "kmeans_silhouette": ({"kmeans_choice": "silhouette", "kmeans_tolerance": 0.05, **NO_PATIENCE},
+                          "K-means start by silhouette, 5 %"),
+    "no_patience": (NO_PATIENCE, "stage 2 without patience, the defaults before"),
     # protocol T candidates (a classifying stage 2 starts from the labels, not from K-means), run when a
     # classifying stage 2 used the clustering stage's learning rate and reconstruction weight: they fix those
     "latent32": ({"latent_dim": 32, **CLASSIFY_BEFORE}, "latent 32"),
@@ -207,7 +213,8 @@ def sccsa_record(adata, labels, k, kind, protocol, seed, variant: str | None = N
             extra["alpha_mean"] = round(float(model.alpha_.mean()), 4)
             extra["alpha_sd"] = round(float(model.alpha_.std()), 4)
     return {"method": sccsa_method(variant), "protocol": protocol, **score(truth, predicted),
-            "seconds": round(timer.seconds, 2), "torch_threads": training_threads(), **extra}
+            "seconds": round(timer.seconds, 2), "torch_threads": training_threads(),
+            "stage2_epochs": len(model.history_.cluster), "stage2_stop": model.history_.stop, **extra}
 
 
 def baseline_records(adata, labels, k, kind, seed) -> list[dict]:

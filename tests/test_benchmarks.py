@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST_TRAINING, REPO, synthetic_counts, with_batches
+from sccsa_train.options import STAGE2_STOPS
 
 pytest.importorskip("torch")
 pytest.importorskip("leidenalg")
@@ -63,7 +64,8 @@ def test_clustering_records_follow_the_contract(data_dir, tmp_path, monkeypatch)
         for m, p in [("sccsa", "U"), ("sccsa", "T"), ("leiden_res1", "-"), ("leiden_k", "-"), ("kmeans_pca", "-"),
                      ("logreg", "T"), *SCVI_ROWS]}
     assert all(-1 <= r["ari"] <= 1 and 0 <= r["nmi"] <= 1 and 0 <= r["acc"] <= 1 for r in found)
-    assert all(r["torch_threads"] >= 1 for r in found if r["method"] == "sccsa")
+    assert all(r["torch_threads"] >= 1 and r["stage2_epochs"] >= 1 and r["stage2_stop"] in STAGE2_STOPS
+               for r in found if r["method"] == "sccsa")
     transfer = [r for r in found if r["protocol"] == "T"]
     assert sorted(r["n_query"] for r in transfer) == [36, 36, 45, 45]  # the 30 % query, same for sccsa and logreg
     assert all(0 <= r["label_accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 for r in transfer)
@@ -489,7 +491,7 @@ def test_stage2_stop_keeps_every_epochs_labels_and_reads_each_rule_off_one_run(d
     assert "no new low in 10 epochs" in (tmp_path / "stage2_stop.md").read_text()
     # the rules, on label changes made up for the purpose: each stops in the first epoch it holds
     hovering = [0.05, 0.02, 0.008, 0.006] + [0.007] * 10 + [0.0005]
-    assert stop.RULES["today: < 0.1 % changed"](hovering) == 14
+    assert stop.RULES["< 0.1 % changed (the default before)"](hovering) == 14
     assert stop.RULES["< 0.5 % changed"](hovering) == 14 and stop.RULES["< 0.5 % changed"]([0.01, 0.004]) == 1
     assert stop.no_new_low(hovering) == 13  # epochs 4..13 never went below 0.006
     assert stop.no_new_low([0.05, 0.0009, 0.0]) == 1 and stop.no_new_low([0.05, 0.02]) == 1  # else: the last

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sccsa_train.cae import ConvAutoencoder, PhaseConv2d, PhaseConvTranspose2d
-from sccsa_train.fit import PATIENCE, _plateaued
+from sccsa_train.fit import _plateaued, settled
 from sccsa_train.objective import (
     class_means,
     classification_loss,
@@ -18,6 +18,9 @@ from sccsa_train.objective import (
     update_centroids,
     within_class_whitening,
 )
+from sccsa_train.options import default
+
+PATIENCE = default("patience")
 
 
 @pytest.mark.parametrize("d", [10, 100, 1000, 1600, 1601, 2003])
@@ -179,4 +182,18 @@ def test_classification_loss_is_the_cross_entropy_of_the_soft_assignment():
     ([0.5, 1.0] + [0.6] * (PATIENCE - 1), True),  # worse than the best before
 ])
 def test_classification_plateau(losses, stalled):
-    assert _plateaued([{"cross_entropy": value} for value in losses], tol=0.001) is stalled
+    epochs = [{"cross_entropy": value} for value in losses]
+    assert _plateaued(epochs, tol=0.001, patience=PATIENCE) is stalled
+    assert not _plateaued(epochs, tol=0.001, patience=0)  # 0: off
+
+
+@pytest.mark.parametrize("changes, stop", [
+    ([0.05] * PATIENCE, False),  # too few epochs to judge
+    ([0.05, 0.01] + [0.01] * PATIENCE, True),  # a tie is no new low
+    ([0.05, 0.01] + [0.02] * (PATIENCE - 1) + [0.009], False),  # a new low in the last epoch
+    ([0.05, 0.01] + [0.005] + [0.02] * (PATIENCE - 1), False),  # the low was reached within the window
+    ([0.05, 0.01] + [0.005] + [0.02] * PATIENCE, True),
+])
+def test_clustering_stops_when_the_label_change_makes_no_new_low(changes, stop):
+    assert settled(changes, PATIENCE) is stop
+    assert not settled(changes, 0)  # 0: off

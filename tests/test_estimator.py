@@ -258,10 +258,12 @@ def test_stage_2_stops_at_its_step_budget_after_updating_centroids_and_labels(ad
                                                      "cluster_max_steps": 6}).fit(adata)
     cluster = capped.history_.cluster
     assert [h["steps"] for h in cluster] == [4, 6] and not capped.history_.converged
+    assert capped.history_.stop == "steps"
     latent = torch.as_tensor(capped.state_.latent)
     np.testing.assert_array_equal(capped.labels_, capped.net_.squared_distances(latent).argmin(1).numpy())
     uncapped = SCCSA(3, n_genes=40, random_state=0, **{**FAST_TRAINING, "cluster_epochs": 2, "tol": 0.0}).fit(adata)
     assert [h["steps"] for h in uncapped.history_.cluster] == [4, 8]  # 0: no budget
+    assert uncapped.history_.stop == "epochs"
     np.testing.assert_array_equal(capped.history_.cluster[0]["loss"], uncapped.history_.cluster[0]["loss"])
 
 
@@ -318,6 +320,23 @@ def test_labels_key_classifies_by_default(fitted_model, synthetic):
     assert fitted_model.net_.head.weight.requires_grad  # idle in stage 2, unfrozen again afterwards
 
 
+def test_clustering_stops_once_the_label_change_makes_no_new_low(adata):
+    """With tol 0 only ``patience`` (or the cap) can stop a clustering stage 2: it stops in the
+    first epoch at which the changed fraction has made no new low for 3 epochs, and with
+    patience 0 it runs to cluster_epochs."""
+    from sccsa_train.fit import settled
+
+    params = {**FAST_TRAINING, "cluster_epochs": 25, "tol": 0.0}
+    model = SCCSA(3, n_genes=40, random_state=0, patience=3, **params).fit(adata)
+    changes = [h["label_change"] for h in model.history_.cluster]
+    assert model.history_.stop == "patience" and model.history_.converged
+    assert settled(changes, 3) and not any(settled(changes[:n], 3) for n in range(1, len(changes)))
+    assert len(changes) < 25
+    off = SCCSA(3, n_genes=40, random_state=0, patience=0, **params).fit(adata)
+    assert len(off.history_.cluster) == 25 and off.history_.stop == "epochs" and not off.history_.converged
+    assert [h["label_change"] for h in off.history_.cluster][: len(changes)] == changes
+
+
 def test_objective_cluster_keeps_the_papers_stage_two(synthetic):
     model = SCCSA(3, labels_key="cell_type", objective="cluster", n_genes=30, random_state=0,
                   **FAST_TRAINING).fit(synthetic)
@@ -328,7 +347,7 @@ def test_classification_stops_when_the_cross_entropy_stalls(synthetic):
     # A loose tol: no 0.5 gain in 10 epochs, so it stops after the 11th of up to 60 epochs.
     model = SCCSA(3, labels_key="cell_type", n_genes=30, random_state=0,
                   **{**FAST_TRAINING, "cluster_epochs": 60, "tol": 0.5}).fit(synthetic)
-    assert len(model.history_.cluster) == 11 and model.history_.converged
+    assert len(model.history_.cluster) == 11 and model.history_.converged and model.history_.stop == "patience"
 
 
 def test_a_classifying_stage_two_has_its_own_learning_rate_and_reconstruction_weight(synthetic, monkeypatch):

@@ -23,7 +23,7 @@ from sccsa_infer.metrics import check_eval_labels, evaluate
 from sccsa_infer.ontology import check_ontology, read_ontology
 from sccsa_infer.validate import obs_column
 
-from .options import BY_NAME, CLASSIFY_ONLY, OPTIONS, Option, classifies
+from .options import BY_NAME, CLASSIFY_ONLY, OPTIONS, STAGE2_STOPS, Option, classifies
 
 if TYPE_CHECKING:  # anndata is imported where it is used, after the fast argument and path checks
     import anndata as ad
@@ -224,7 +224,7 @@ def _print_summary(model: Any, labels: np.ndarray, metrics: dict[str, float], ev
     click.echo(f"SA-CC alpha: mean {alpha.mean():.3f}, sd {alpha.std():.3f}, 5-95% [{np.quantile(alpha, 0.05):.3f}, "
                f"{np.quantile(alpha, 0.95):.3f}]")
     history = state.history
-    click.echo(f"stage 2: {len(history.cluster)} epochs, " + ("converged" if history.converged else "stopped at the epoch limit"))
+    click.echo(f"stage 2: {len(history.cluster)} epochs, {STAGE2_STOPS[history.stop]}")
     if metrics:
         click.echo(f"vs {eval_key}: ARI {metrics['ari']:.3f}  NMI {metrics['nmi']:.3f}  ACC {metrics['acc']:.3f}")
     click.echo(json.dumps({"timings_seconds": {k: round(v, 2) for k, v in state.timings.items()}}))

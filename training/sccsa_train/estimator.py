@@ -101,6 +101,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         lr: float = default("lr"),
         cluster_lr: float = default("cluster_lr"),
         tol: float = default("tol"),
+        patience: int = default("patience"),
         beta_scale: float = default("beta_scale"),
         init: str = default("init"),
         kmeans_choice: str = default("kmeans_choice"),
@@ -142,6 +143,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.lr = lr
         self.cluster_lr = cluster_lr
         self.tol = tol
+        self.patience = patience
         self.beta_scale = beta_scale
         self.init = init
         self.kmeans_choice = kmeans_choice
@@ -163,7 +165,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             pretrain_epochs=self.pretrain_epochs, pretrain_max_steps=self.pretrain_max_steps,
             pretrain_starts=self.pretrain_starts, input_noise=self.input_noise, cluster_epochs=self.cluster_epochs,
             cluster_max_steps=self.cluster_max_steps, batch_size=self.batch_size,
-            pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, beta_scale=self.beta_scale,
+            pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, patience=self.patience,
+            beta_scale=self.beta_scale,
             kmeans_choice=self.kmeans_choice, kmeans_tolerance=self.kmeans_tolerance,
             class_metric=self.class_metric, classify_lr=self.classify_lr, precision=self.precision,
             weights=ObjectiveWeights(kl=self.kl_weight, reconstruction=self.reconstruction_weight,
@@ -278,7 +281,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
     def partial_fit(self, X: ad.AnnData, y: Any = None, *, epochs: int | None = None) -> SCCSA:
         """Go on training on the cells of the AnnData ``X`` (e.g. a new batch, or after :meth:`load`):
         stage 2 (the joint objective with closed-form centroid updates) for up to ``epochs``
-        (default ``cluster_epochs``) or until fewer than ``tol`` of the labels change, keeping the
+        (default ``cluster_epochs``) or until it stops as in :meth:`fit` (``tol``, ``patience``), keeping the
         gene panel (genes matched by name, missing ones as zero), its scaling, the cluster names
         and the centroids it starts from. Afterwards ``labels_`` and the thresholds are those of
         ``X``. An unfitted model is fitted on ``X`` instead. ``y`` is ignored."""

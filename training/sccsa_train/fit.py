@@ -45,7 +45,7 @@ from .objective import (
     update_centroids,
     within_class_whitening,
 )
-from .options import default
+from .options import STAGE2_STOPS, default
 from .sketch import SKETCH_CELLS, on_sketch, sketch_rows, to_all_cells
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Schedule:
     cluster_lr: float = default("cluster_lr")
     classify_lr: float = default("classify_lr")
     tol: float = default("tol")
+    patience: int = default("patience")
     beta_scale: float = default("beta_scale")
     kmeans_choice: str = default("kmeans_choice")
     kmeans_tolerance: float = default("kmeans_tolerance")
@@ -85,12 +86,13 @@ class History:
     cluster: list[dict[str, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     converged: bool = False
+    stop: str = "epochs"
     beta: float = float("nan")
     starts: list[dict[str, float]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"pretrain": self.pretrain, "cluster": self.cluster, "seconds": self.seconds,
-                "converged": self.converged, "beta": self.beta, "starts": self.starts}
+                "converged": self.converged, "stop": self.stop, "beta": self.beta, "starts": self.starts}
 
 
 def start_seed(seed: int, start: int) -> int:
@@ -180,16 +182,32 @@ def _label_change(old: np.ndarray, new: np.ndarray, workers: Workers) -> float:
     return changed / max(labelled, 1.0)
 
 
-PATIENCE = 10
-"""Epochs without progress after which classification stops (scikit-learn's MLP ``n_iter_no_change``)."""
-
-
-def _plateaued(epochs: list[dict[str, float]], tol: float) -> bool:
-    """The cross-entropy has not improved by ``tol`` on its best value for :data:`PATIENCE` epochs.
+def _plateaued(epochs: list[dict[str, float]], tol: float, patience: int) -> bool:
+    """The cross-entropy has not improved by ``tol`` on its best value for ``patience`` epochs.
     Classification cannot stop on stable labels as clustering does: the training cells' nearest
     centroids can stay the same from the first epoch while the classifier still improves."""
     losses = [epoch["cross_entropy"] for epoch in epochs]
-    return len(losses) > PATIENCE and min(losses[-PATIENCE:]) > min(losses[:-PATIENCE]) - tol
+    return 0 < patience < len(losses) and min(losses[-patience:]) > min(losses[:-patience]) - tol
+
+
+def settled(changes: list[float], patience: int) -> bool:
+    """The fraction of labels changing per epoch has not gone below its earlier low for ``patience``
+    epochs: the partition no longer settles, it only churns. On the larger shared sets stage 2 ran
+    into its cap with ~0.5 % of the cells changing every epoch while the ARI drifted; this rule,
+    fixed before it was measured, stopped those fits after 19–29 epochs instead of 52–100
+    (benchmarks/results/stage2_stop.md). It cannot act before epoch ``patience`` + 1."""
+    return 0 < patience < len(changes) and min(changes[-patience:]) >= min(changes[:-patience])
+
+
+def _stop_reason(epochs: list[dict[str, float]], schedule: Schedule, clustering: bool, out_of_steps: bool) -> str:
+    """Why stage 2 stops after its latest epoch (:data:`~sccsa_train.options.STAGE2_STOPS`), or ``"epochs"`` while it goes on
+    (the cap of ``cluster_epochs`` ends the loop itself)."""
+    if clustering and epochs[-1]["label_change"] < schedule.tol:
+        return "tol"
+    if (settled([e["label_change"] for e in epochs], schedule.patience) if clustering
+            else _plateaued(epochs, schedule.tol, schedule.patience)):
+        return "patience"
+    return "steps" if out_of_steps else "epochs"
 
 
 def forward_pass(model: torch.nn.Module, batch: torch.Tensor, covariates: torch.Tensor | None,
@@ -326,8 +344,8 @@ def _stage2_loss(net: SCCSANet, out: Any, batch: torch.Tensor, weights: Objectiv
 def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedule: Schedule, history: History,
             generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None,
             workers: Workers = SINGLE, targets: torch.Tensor | None = None) -> tuple[np.ndarray, Embedding | None]:
-    """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change,
-    or after ``cluster_max_steps`` optimizer steps (the epoch they end in still updates μ and the
+    """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change, when
+    their fraction has not reached a new low in ``patience`` epochs (:func:`settled`), or after ``cluster_max_steps`` optimizer steps (the epoch they end in still updates μ and the
     labels from every cell). With several ``workers`` each rank embeds its share of the cells;
     the centroid statistics, the label changes and, at the end, the labels are summed over ranks.
 
@@ -381,11 +399,9 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
                                 "label_change": change, "steps": steps, "seconds": time.perf_counter() - started})
         bar.set_postfix(loss=f"{loss:.3f}", changed=f"{change:.2%}")
         log.debug("stage 2 epoch %d: loss %.4f, %.2f%% of labels changed", epoch, loss, 100 * change)
-        if (change < schedule.tol if targets is None else _plateaued(history.cluster, schedule.tol)):
-            history.converged = True
-            break
-        if steps == limit:
-            log.info("stage 2 reached its step budget (%d) in epoch %d", limit, epoch)
+        history.stop = _stop_reason(history.cluster, schedule, targets is None, steps == limit)
+        if history.stop != "epochs":
+            history.converged = history.stop in ("tol", "patience")
             break
     bar.close()
     if targets is not None and schedule.class_metric == "within":
@@ -516,6 +532,5 @@ def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule,
                                 workers, None if targets is None else torch.as_tensor(targets, device=x.device))
     head.requires_grad_(True)
     history.seconds["cluster"] = time.perf_counter() - mark
-    log.info("stage 2 (clustering): %d epochs, %s, %.1f s", len(history.cluster),
-             "converged" if history.converged else "stopped at the epoch limit", history.seconds["cluster"])
+    log.info("stage 2: %d epochs, %s, %.1f s", len(history.cluster), STAGE2_STOPS[history.stop], history.seconds["cluster"])
     return net, labels, history, embedding

@@ -27,6 +27,9 @@ OBJECTIVES: tuple[str, ...] = ("auto", "cluster", "classify")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("32", "bf16-mixed")
 DEFAULT_CHANNELS: tuple[int, int, int] = (16, 32, 64)
+STAGE2_STOPS: dict[str, str] = {"tol": "fewer than tol of the labels changed", "patience": "no progress in patience "
+                                "epochs", "steps": "reached cluster_max_steps", "epochs": "reached cluster_epochs"}
+"""Why stage 2 ended (``History.stop``), as the CLI and the log say it."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,11 @@ OPTIONS: tuple[Option, ...] = (
            low=0, low_open=True),
     Option("tol", float, 0.001, "Stage 2 stops when fewer than this fraction of labels change in an epoch.", low=0,
            high=1),
+    Option("patience", int, 10, "Stage 2 also stops after this many epochs without progress: clustering, when the "
+           "fraction of labels changing has not gone below its earlier low (the partition no longer settles; "
+           "benchmarks/results/stage2_stop.md); classifying, when the cross-entropy has not improved by tol "
+           "(scikit-learn's n_iter_no_change). 0: off (a clustering stage 2 then stops only below tol or at "
+           "cluster_epochs).", low=0),
     Option("beta_scale", float, 5.0, "Softness of r: beta = beta_scale / (mean squared distance to the nearest "
            "centroid at init).", low=0, low_open=True),
     Option("init", str, "auto", "Initial centroids: K-means on the pretrained latent, or the latent means of the "

@@ -116,6 +116,16 @@ def save_model(model: SCCSA, path: str | os.PathLike[str], *, overwrite: bool = 
     return Path(path)
 
 
+def _stop_before_patience(history: dict[str, Any]) -> str:
+    """Why stage 2 ended, for a model saved before ``History.stop`` existed: then a converged
+    clustering stage 2 had fewer than tol of its labels change, and a converged classifying one
+    (its epochs carry a cross-entropy) had stalled for 10 epochs."""
+    if not history["converged"]:
+        return "epochs"
+    classifying = bool(history["cluster"]) and "cross_entropy" in history["cluster"][-1]
+    return "patience" if classifying else "tol"
+
+
 def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
     """The fitted model saved at ``path`` by :func:`save_model`."""
     path = Path(path)
@@ -149,7 +159,8 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
     history_dict = fitted["history"]
     history = History(pretrain=history_dict["pretrain"], cluster=history_dict["cluster"],
                       seconds=history_dict["seconds"], converged=history_dict["converged"], beta=history_dict["beta"],
-                      starts=history_dict.get("starts", []))  # models saved before starts existed have none
+                      starts=history_dict.get("starts", []),  # models saved before starts existed have none
+                      stop=history_dict.get("stop") or _stop_before_patience(history_dict))
     model.net_ = net.eval()
     model.state_ = FittedState(
         n_clusters=fitted["n_clusters"], n_clusters_method=fitted["n_clusters_method"],
