@@ -24,6 +24,7 @@ def main() -> None:
         # candidate settings beside the defaults, on the same page
         ["clustering.py", "--resume", "--protocols", "U", "--no-baselines", "--variant", "init_labels"],
         ["clustering.py", "--resume", "--protocols", "U", "--no-baselines", "--variant", "starts3"],
+        ["clustering.py", "--resume", "--protocols", "U", "--no-baselines", "--variant", "no_patience"],
         ["diagnose.py"],
         ["latent_probe.py"],
         ["pretrain_steps.py"],
@@ -34,6 +35,7 @@ def main() -> None:
         ["fetch_data.py"],  # the Baron mouse tuning set of the batch page (PyPI wheel, hash-checked)
         ["batch.py"],
         ["speed.py"],
+        ["step_profile.py", "--device", "cpu"],  # its GPU section needs a GPU machine (benchmarks/README.md)
     ]
     for script, *options in runs:
         data = [] if script == "fetch_data.py" else extra  # it downloads; it reads no data folder

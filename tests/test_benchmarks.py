@@ -496,3 +496,24 @@ def test_stage2_stop_keeps_every_epochs_labels_and_reads_each_rule_off_one_run(d
     assert stop.no_new_low(hovering) == 13  # epochs 4..13 never went below 0.006
     assert stop.no_new_low([0.05, 0.0009, 0.0]) == 1 and stop.no_new_low([0.05, 0.02]) == 1  # else: the last
 
+
+
+def test_step_profile_times_every_configuration_and_restores_torch(data_dir, tmp_path, monkeypatch):
+    import torch
+
+    profile = script("step_profile", monkeypatch)
+    out = tmp_path / "step_profile.json"
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    run(profile, monkeypatch, "--data", str(data_dir), "--dataset", "tiny_a", "--device", "cpu", "--steps", "3",
+        "--warmup", "1", "--repeats", "2", "--out", str(out))
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
+    found = records(out)
+    timed = {r["config"]: r for r in found if r["kind"] == "config"}
+    assert set(timed) == set(profile.CONFIGS) and all(len(r["runs"]) == 2 and r["ms_per_step"] > 0
+                                                      for r in timed.values())
+    operators = [r for r in found if r["kind"] == "operator"]
+    assert 0 < len(operators) <= profile.TOP_OPERATORS and all(r["cpu_ms_per_step"] >= 0 for r in operators)
+    [busy] = [r for r in found if r["kind"] == "busy"]
+    assert busy["cpu_ms_per_step"] > 0 and busy["device_ms_per_step"] == 0  # on a CPU nothing runs on a device
+    page = (tmp_path / "step_profile.md").read_text()
+    assert "## CPU" in page and all(name in page for name in profile.CONFIGS)
