@@ -18,13 +18,11 @@ Results: ``results/ablations.json`` and ``results/ablations.md``.
 
 from __future__ import annotations
 
-import argparse
 import warnings
-from pathlib import Path
 
 import pandas as pd
 
-from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, finish, load, markdown_table, mean_sd, merge_records,
+from common import (page_parser, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
                     read_records, score, seed_coverage, training_threads, write_json)
 from sccsa_train import SCCSA
 
@@ -67,14 +65,8 @@ def _key(record: dict) -> tuple:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--datasets", nargs="*", default=DEFAULT_DATASETS)
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser = page_parser(__doc__, "ablations", default_datasets=DEFAULT_DATASETS)
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS / "ablations.json")
-    add_merge_option(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 

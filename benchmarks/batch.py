@@ -29,7 +29,6 @@ chosen on it only).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import warnings
 from pathlib import Path
@@ -44,11 +43,8 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.neighbors import NearestNeighbors
 
 from clustering import scvi_available, scvi_latent
-from common import (
-    DEFAULT_DATA,
-    RESULTS,
+from common import (page_parser,
     Timer,
-    add_merge_option,
     finish,
     load,
     markdown_table,
@@ -230,15 +226,9 @@ def _key(record: dict) -> tuple:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the shared labelled .h5ad files")
-    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser = page_parser(__doc__, "batch", default_datasets=list(DATASETS), dataset_choices=list(DATASETS))
     parser.add_argument("--only", nargs="*", choices=["sccsa", "heldout", "baselines", "scvi"],
                         default=["sccsa", "heldout", "baselines", "scvi"], help="parts to run")
-    parser.add_argument("--resume", action="store_true", help="keep and skip records already in the JSON file")
-    parser.add_argument("--out", type=Path, default=RESULTS / "batch.json")
-    add_merge_option(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     title = "Batch-aware clustering (donors)"

@@ -45,7 +45,6 @@ Results: ``results/clustering.json`` (one record per dataset × method × protoc
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import warnings
 from pathlib import Path
@@ -61,7 +60,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, finish, load, markdown_table, mean_sd, merge_records,
+from common import (page_parser, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
                     read_records, scanpy_embedding, score, seed_coverage, split_of, training_threads, write_json)
 from sccsa_infer import Predictor
 from sccsa_infer.metrics import label_accuracy
@@ -388,19 +387,13 @@ def _key(record: dict) -> tuple:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of labelled .h5ad files")
-    parser.add_argument("--datasets", nargs="*", help="only these (file names without .h5ad)")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser = page_parser(__doc__, "clustering")
     parser.add_argument("--protocols", nargs="*", default=["U", "S", "T"], choices=["U", "S", "T"])
     parser.add_argument("--no-baselines", action="store_true", help="sccsa only")
     parser.add_argument("--only", choices=["sccsa", "baselines", "scvi", "logreg"],
                         help="run only sccsa, the Scanpy baselines, scVI, or the protocol T logistic regression")
     parser.add_argument("--variant", choices=sorted(VARIANTS),
                         help="sccsa with other settings (VARIANTS), recorded as method 'sccsa_<variant>'")
-    parser.add_argument("--resume", action="store_true", help="keep and skip records already in the JSON file")
-    parser.add_argument("--out", type=Path, default=RESULTS / "clustering.json")
-    add_merge_option(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 

@@ -167,6 +167,25 @@ def add_merge_option(parser: argparse.ArgumentParser) -> None:
                              "and rewrite the page; with no file, only rewrite the page")
 
 
+def page_parser(doc: str | None, page: str, *, datasets: bool = True, default_datasets: list[str] | None = None,
+                dataset_choices: list[str] | None = None, seeds: bool = True, resume: bool = True) -> argparse.ArgumentParser:
+    """The options every results page's script shares: ``--data``, ``--datasets`` (``datasets``),
+    ``--seeds`` (0 1 2; ``seeds``), ``--resume`` (``resume``), ``--out`` (``results/<page>.json``) and
+    ``--merge``; each script adds its own after them."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of labelled .h5ad files")
+    if datasets:
+        parser.add_argument("--datasets", nargs="*", default=default_datasets, choices=dataset_choices,
+                            help="only these (file names without .h5ad)")
+    if seeds:
+        parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="keep and skip records already in --out")
+    parser.add_argument("--out", type=Path, default=RESULTS / f"{page}.json")
+    add_merge_option(parser)
+    return parser
+
+
 def merge_records(out: Path, shards: Iterable[Path], key: Callable[[dict], tuple]) -> list[dict[str, Any]]:
     """The records of ``out`` and ``shards`` (runs split over processes with ``--out``), one per ``key``
     (a later file wins), written back to ``out``."""

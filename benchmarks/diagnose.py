@@ -25,9 +25,7 @@ Results: ``results/diagnose.json`` (one record per dataset × seed × genes × s
 
 from __future__ import annotations
 
-import argparse
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +34,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, finish, load, markdown_table, mean_sd, merge_records,
+from common import (page_parser, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
                     read_records, score, seed_coverage, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train import fit as fit_module
@@ -187,13 +185,7 @@ def _key(record: dict[str, Any]) -> tuple:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--datasets", nargs="*")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument("--resume", action="store_true", help="keep and skip dataset × seed pairs already in --out")
-    parser.add_argument("--out", type=Path, default=RESULTS / "diagnose.json")
-    add_merge_option(parser)
+    parser = page_parser(__doc__, "diagnose")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 

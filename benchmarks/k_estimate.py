@@ -15,15 +15,13 @@ The true labels are only counted (K), never used by any rule.
 
 from __future__ import annotations
 
-import argparse
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, finish, load, markdown_table,
+from common import (page_parser, Timer, datasets, finish, load, markdown_table,
                     merge_or_resume, scanpy_embedding, split_of, write_json)
 from sccsa_train import n_clusters
 from sccsa_train.preprocess import prepare
@@ -128,13 +126,7 @@ def summarise(records: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--datasets", nargs="*", default=None, help="only these datasets (file names without .h5ad)")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=RESULTS / "k_estimate.json")
-    parser.add_argument("--resume", action="store_true", help="keep --out's records and run only the missing ones")
-    add_merge_option(parser)
+    parser = page_parser(__doc__, "k_estimate")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     records = merge_or_resume(args, TITLE, summarise, lambda r: (r["dataset"], r["seed"]))

@@ -16,16 +16,14 @@ and read on the confirmation half.
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from common import (DEFAULT_DATA, RESULTS, add_merge_option, datasets, finish, load, markdown_table, mean_sd,
+from common import (page_parser, datasets, finish, load, markdown_table, mean_sd,
                     merge_or_resume, score, split_datasets, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train.fit import Schedule
@@ -107,14 +105,8 @@ def summarise(records: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--datasets", nargs="*")
+    parser = page_parser(__doc__, "kmeans_start")
     parser.add_argument("--half", choices=["tuning", "confirmation"], help="only the datasets of this half")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument("--resume", action="store_true", help="keep and skip records already in --out")
-    parser.add_argument("--out", type=Path, default=RESULTS / "kmeans_start.json")
-    add_merge_option(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     title = "Choosing the K-means start of stage 2"

@@ -18,18 +18,16 @@ if it is ahead on both halves.
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import silhouette_score
 
-from common import (DEFAULT_DATA, RESULTS, datasets, finish, load, markdown_table, mean_sd, merge_or_resume,
-                    add_merge_option, score, seed_coverage, split_datasets, split_of, training_threads, write_json)
+from common import (page_parser, datasets, finish, load, markdown_table, mean_sd, merge_or_resume,
+                    score, seed_coverage, split_datasets, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 
 # name → SCCSA parameters that differ from the defaults
@@ -101,15 +99,9 @@ def summarise(records: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--datasets", nargs="*")
+    parser = page_parser(__doc__, "latent_probe")
     parser.add_argument("--half", choices=["tuning", "confirmation"], help="only the datasets of this half")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--resume", action="store_true", help="keep and skip records already in --out")
-    parser.add_argument("--out", type=Path, default=RESULTS / "latent_probe.json")
-    add_merge_option(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     title = "Pretrained latent: candidate model changes"

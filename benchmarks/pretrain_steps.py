@@ -19,10 +19,8 @@ half must hold on the confirmation half.
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +29,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from common import (DEFAULT_DATA, RESULTS, add_merge_option, datasets, finish, load, markdown_table, mean_sd,
+from common import (page_parser, datasets, finish, load, markdown_table, mean_sd,
                     merge_records, read_records, score, split_datasets, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train import estimator as estimator_module
@@ -190,14 +188,9 @@ def _key(record: dict[str, Any]) -> tuple:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--datasets", nargs="*")
+    parser = page_parser(__doc__, "pretrain_steps", resume=False)
     parser.add_argument("--half", choices=["tuning", "confirmation", "all"], default="all")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--checks", type=int, nargs="*", default=[60, 125, 250, 500, 1000, 2000, 4000])
-    parser.add_argument("--out", type=Path, default=RESULTS / "pretrain_steps.json")
-    add_merge_option(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)

@@ -14,7 +14,6 @@ donor`` uses). No model is trained; true labels only score the partitions.
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from pathlib import Path
 
@@ -22,11 +21,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from common import (
-    DEFAULT_DATA,
-    RESULTS,
+from common import (page_parser,
     Timer,
-    add_merge_option,
     datasets,
     finish,
     load,
@@ -93,13 +89,7 @@ def _key(record: dict) -> tuple:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of labelled .h5ad files")
-    parser.add_argument("--datasets", nargs="*", help="only these (file names without .h5ad)")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument("--resume", action="store_true", help="keep and skip records already in the JSON file")
-    parser.add_argument("--out", type=Path, default=RESULTS / "pseudolabels.json")
-    add_merge_option(parser)
+    parser = page_parser(__doc__, "pseudolabels")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     title = "Pseudo-labels: ensemble members, membership consensus, most agreeing member"

@@ -18,7 +18,6 @@ numbers. The last, "no new low in 10 epochs", is the default since this page mea
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common import (DEFAULT_DATA, RESULTS, Timer, add_merge_option, datasets, finish, load, markdown_table, mean_sd,
+from common import (page_parser, Timer, datasets, finish, load, markdown_table, mean_sd,
                     merge_or_resume, score, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train import fit as fit_module
@@ -134,13 +133,7 @@ def _key(record: dict[str, Any]) -> tuple:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--datasets", nargs="*")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument("--resume", action="store_true", help="keep and skip records already in --out")
-    parser.add_argument("--out", type=Path, default=RESULTS / "stage2_stop.json")
-    add_merge_option(parser)
+    parser = page_parser(__doc__, "stage2_stop")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     title = "Stage 2: when to stop"

@@ -19,7 +19,6 @@ No labels are read.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 import warnings
@@ -32,7 +31,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from common import (DEFAULT_DATA, RESULTS, add_merge_option, finish, load, markdown_table, merge_or_resume,
+from common import (page_parser, finish, load, markdown_table, merge_or_resume,
                     training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train import estimator as estimator_module
@@ -201,16 +200,12 @@ def summarise(records: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser = page_parser(__doc__, "step_profile", datasets=False, seeds=False)
     parser.add_argument("--dataset", default="pbmc_zheng4k_top2000")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     parser.add_argument("--steps", type=int, default=100, help="steps per timing")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--resume", action="store_true", help="keep the records already in --out")
-    parser.add_argument("--out", type=Path, default=RESULTS / "step_profile.json")
-    add_merge_option(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     title = "Where a training step's time goes"

@@ -25,7 +25,6 @@ True labels choose the held-out type and score; they never steer training.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 import warnings
@@ -37,7 +36,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from clustering import transfer_split
-from common import (DEFAULT_DATA, RESULTS, add_merge_option, datasets, finish, load, markdown_table, mean_sd,
+from common import (page_parser, datasets, finish, load, markdown_table, mean_sd,
                     merge_or_resume, split_of, training_threads, write_json)
 from sccsa_infer import Predictor
 from sccsa_train import SCCSA
@@ -136,15 +135,10 @@ def _seeds(frame: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--datasets", nargs="*")
+    parser = page_parser(__doc__, "unassigned", seeds=False)
     parser.add_argument("--seeds", type=int, nargs="*", default=None,
                         help=f"default: 0, 1, 2 on datasets under {SMALL:,} cells, where a fit is cheap and "
                              "a few cells more or less unassigned move the fractions most; 0 on the others")
-    parser.add_argument("--resume", action="store_true", help="keep and skip records already in --out")
-    parser.add_argument("--out", type=Path, default=RESULTS / "unassigned.json")
-    add_merge_option(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     records = merge_or_resume(args, TITLE, summarise, _key)
