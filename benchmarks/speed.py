@@ -103,7 +103,7 @@ def train_timed(path: Path, device: str = "cpu", precision: str = "32") -> tuple
     row = {"dataset": path.stem, **({"precision": precision} if device != "cpu" else {}), "cells": adata.n_obs,
            "genes_in": adata.n_vars, "seconds": round(timer.seconds, 1),
            "preprocess_and_genes_s": round(timer.seconds - sum(history.seconds.values()), 1), **stages,
-           "cluster_epochs": len(history.cluster), "converged": history.converged,
+           "cluster_epochs": len(history.cluster), "converged": history.converged, "stage2_stop": history.stop,
            **{key: value for key, value in score(truth, model.labels_).items() if key != "acc"}}
     print(f"trained {path.stem} ({device}, {precision}) in {timer.seconds:.0f} s", flush=True)
     return row, model
@@ -616,7 +616,9 @@ def _training_rows(payload: dict, key: str) -> str:
              + "`SCCSA.fit` on each dataset in turn, alone on the machine with the threads the footer states. "
              "`seconds` is the whole fit; the stages are preprocessing + consensus pseudo-labels + F-test, "
              "pretraining, the K-means initialisation of μ, and stage 2 (`cluster_epochs` of at most 100; "
-             "`converged`: fewer than 0.1 % of the labels changed in the last one). ARI/NMI (where given) against "
+             "`converged`: it stopped on its own rule rather than at the cap; `stage2_stop`, where given, names the "
+             "rule: `tol`, fewer than 0.1 % of the labels changed in the last epoch, or `patience`, no new low of that "
+             "fraction in 10 epochs). ARI/NMI (where given) against "
              "the true labels, read after the fit." + _measured(payload, key) + "\n\n")
             + markdown_table(pd.DataFrame(payload[key]).set_index(["dataset", "precision"] if on_gpu else "dataset")))
 
