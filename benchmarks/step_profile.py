@@ -1,12 +1,13 @@
 """Where a training step's time goes (issue 14): stage 1's optimizer step under each torch setting, and its operators.
 
-On the H200 of the speed page's GPU rows a stage-1 step (256 cells of 2,000 genes) took ~20 ms,
-a sixth of one CPU thread's ~120 ms: slow for its arithmetic. The step timed here is the
+On the H200 of the speed page's GPU rows a stage-1 step (256 cells, the 1,000-gene panel of
+PBMC-Zheng4k) took ~20 ms, a sixth of one CPU thread's ~120 ms: slow for its arithmetic. The step timed here is the
 pipeline's own (:func:`sccsa_train.fit.pretrain` on the :class:`~sccsa_train.network_input.NetworkInput`
 the estimator builds, genes selected as the defaults select them), ``--steps`` steps after a
-warm-up, ``--repeats`` times (the median is shown), under each configuration of :data:`CONFIGS`:
-the defaults (deterministic algorithms, as ``seed_everything`` asks; cuDNN's autotuner off),
-deterministic algorithms off, the cuDNN autotuner on, bf16-mixed. The time to make the batches
+warm-up, ``--repeats`` times in turns (the median is shown), under each configuration of :data:`CONFIGS`:
+the defaults (deterministic algorithms, as ``seed_everything`` asks, without filling new memory;
+cuDNN's autotuner off), deterministic mode's fill of new memory (the defaults before), deterministic
+algorithms off, the cuDNN autotuner on, bf16-mixed. The time to make the batches
 dense on the device (``NetworkInput.take``) is timed alone. torch.profiler then lists the
 operators of the default step by their own device and CPU time: when the device's busy time is a
 small part of the wall time, the step waits on Python and kernel launches, not on arithmetic.
@@ -37,13 +38,15 @@ from sccsa_train import SCCSA
 from sccsa_train import estimator as estimator_module
 from sccsa_train import fit as fit_module
 
-# name → (torch.use_deterministic_algorithms, torch.backends.cudnn.benchmark, precision)
-CONFIGS: dict[str, tuple[bool, bool, str]] = {
-    "defaults": (True, False, "32"),
-    "not deterministic": (False, False, "32"),
-    "not deterministic, cuDNN autotuner": (False, True, "32"),
-    "bf16-mixed": (True, False, "bf16-mixed"),
-    "bf16-mixed, not deterministic, cuDNN autotuner": (False, True, "bf16-mixed"),
+# name → (torch.use_deterministic_algorithms, torch.utils.deterministic.fill_uninitialized_memory,
+#         torch.backends.cudnn.benchmark, precision); the fill only acts in deterministic mode
+CONFIGS: dict[str, tuple[bool, bool, bool, str]] = {
+    "defaults": (True, False, False, "32"),
+    "deterministic, new memory filled (the defaults before)": (True, True, False, "32"),
+    "not deterministic": (False, False, False, "32"),
+    "not deterministic, cuDNN autotuner": (False, False, True, "32"),
+    "bf16-mixed": (True, False, False, "bf16-mixed"),
+    "bf16-mixed, not deterministic, cuDNN autotuner": (False, False, True, "bf16-mixed"),
 }
 PROFILED_STEPS = 20
 TOP_OPERATORS = 15
@@ -77,15 +80,18 @@ class _Captured(Exception):
 def torch_settings(name: str) -> Iterator[str]:
     """Configuration ``name``'s global torch settings while inside; its precision is yielded.
     The settings before are restored afterwards."""
-    deterministic, autotune, precision = CONFIGS[name]
-    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    deterministic, fill, autotune, precision = CONFIGS[name]
+    before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
+              torch.backends.cudnn.benchmark)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
     torch.backends.cudnn.benchmark = autotune
     try:
         yield precision
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=True)
-        torch.backends.cudnn.benchmark = before[1]
+        torch.utils.deterministic.fill_uninitialized_memory = before[1]
+        torch.backends.cudnn.benchmark = before[2]
 
 
 def _sync(device: torch.device) -> None:
@@ -99,21 +105,30 @@ def _run_steps(make_net, x, schedule, steps: int, generator: torch.Generator) ->
                         fit_module.History(), generator, progress=False)
 
 
-def time_config(make_net, x, schedule, name: str, steps: int, warmup: int, repeats: int) -> dict[str, Any]:
-    """Median milliseconds per stage-1 step under configuration ``name``."""
-    runs = []
+def _timed_steps(make_net, x, schedule, name: str, steps: int, generator: torch.Generator) -> float:
+    """Milliseconds per step of ``steps`` stage-1 steps of a new network under configuration ``name``."""
     with torch_settings(name) as precision:
         schedule = replace(schedule, precision=precision)
-        generator = torch.Generator().manual_seed(0)
-        _run_steps(make_net, x, schedule, warmup, generator)
-        for _ in range(repeats):
-            _sync(x.device)
-            started = time.perf_counter()
-            _run_steps(make_net, x, schedule, steps, generator)
-            _sync(x.device)
-            runs.append(1000 * (time.perf_counter() - started) / steps)
-    return {"kind": "config", "config": name, "ms_per_step": round(statistics.median(runs), 2),
-            "runs": [round(r, 2) for r in runs]}
+        _sync(x.device)
+        started = time.perf_counter()
+        _run_steps(make_net, x, schedule, steps, generator)
+        _sync(x.device)
+    return 1000 * (time.perf_counter() - started) / steps
+
+
+def time_configs(make_net, x, schedule, steps: int, warmup: int, repeats: int) -> list[dict[str, Any]]:
+    """Median milliseconds per stage-1 step under each configuration. The repeats take the
+    configurations in turn (all of them once, then again), so that a machine that slows down
+    for a while slows every configuration alike rather than the one timed then."""
+    generator = torch.Generator().manual_seed(0)
+    for name in CONFIGS:
+        _timed_steps(make_net, x, schedule, name, warmup, generator)
+    runs: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    for _ in range(repeats):
+        for name in CONFIGS:
+            runs[name].append(_timed_steps(make_net, x, schedule, name, steps, generator))
+    return [{"kind": "config", "config": name, "ms_per_step": round(statistics.median(values), 2),
+             "runs": [round(value, 2) for value in values]} for name, values in runs.items()]
 
 
 def time_input(x, schedule, steps: int) -> dict[str, Any]:
@@ -159,7 +174,7 @@ def run(path: Path, device: str, steps: int, warmup: int, repeats: int) -> list[
     make_net, x, schedule = network_input(adata, kind, k, device)
     where = torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else f"CPU, {training_threads()} thread(s)"
     records = [time_input(x, schedule, steps),
-               *(time_config(make_net, x, schedule, name, steps, warmup, repeats) for name in CONFIGS),
+               *time_configs(make_net, x, schedule, steps, warmup, repeats),
                *operators(make_net, x, schedule)]
     for record in records:
         record.update(dataset=path.stem, device=where, cells=len(x), genes=x.n_genes, batch_size=schedule.batch_size,
@@ -205,7 +220,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     parser.add_argument("--steps", type=int, default=100, help="steps per timing")
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timings per configuration, taken in turns (median)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     title = "Where a training step's time goes"

@@ -503,10 +503,14 @@ def test_step_profile_times_every_configuration_and_restores_torch(data_dir, tmp
 
     profile = script("step_profile", monkeypatch)
     out = tmp_path / "step_profile.json"
-    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    def settings():
+        return (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
+                torch.backends.cudnn.benchmark)
+
+    before = settings()
     run(profile, monkeypatch, "--data", str(data_dir), "--dataset", "tiny_a", "--device", "cpu", "--steps", "3",
         "--warmup", "1", "--repeats", "2", "--out", str(out))
-    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
+    assert settings() == before
     found = records(out)
     timed = {r["config"]: r for r in found if r["kind"] == "config"}
     assert set(timed) == set(profile.CONFIGS) and all(len(r["runs"]) == 2 and r["ms_per_step"] > 0
