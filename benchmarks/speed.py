@@ -477,7 +477,7 @@ def _earlier_training(rows: pd.DataFrame) -> str:
     today, before = rows["cpu_s"].iloc[0], rows.loc[earlier[0], "cpu_s"]
     return (f" The same command from the source of commit {earlier[0].removeprefix('sccsa-train at ')}, with the same "
             f"packages, in the same run: {before:.1f} CPU-s ({rows.loc[earlier[0], 'cpu_vs_scanpy']:.1f}× Scanpy's), "
-            f"today's {today:.1f} ({100 * (before - today) / before:.0f} % less).")
+            f"today's {today:.1f} ({abs(100 * (before - today) / before):.0f} % {'less' if today <= before else 'more'}).")
 
 
 def _leiden_reach(rows: pd.DataFrame, k: int) -> str:
