@@ -538,5 +538,6 @@ def train(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: Schedule,
                                 workers, None if targets is None else torch.as_tensor(targets, device=x.device))
     head.requires_grad_(True)
     history.seconds["cluster"] = time.perf_counter() - mark
-    log.info("stage 2: %d epochs, %s, %.1f s", len(history.cluster), STAGE2_STOPS[history.stop], history.seconds["cluster"])
+    log.info("stage 2 (%s): %d epochs, %s, %.1f s", "clustering" if targets is None else "classifying",
+             len(history.cluster), STAGE2_STOPS[history.stop], history.seconds["cluster"])
     return net, labels, history, embedding
