@@ -363,6 +363,18 @@ def test_clustering_stops_once_the_label_change_makes_no_new_low(adata):
     assert [h["label_change"] for h in off.history_.cluster][: len(changes)] == changes
 
 
+def test_partial_fit_judges_patience_on_its_own_epochs(adata):
+    """partial_fit goes on with the fit's history; its stop must not read the fit's epochs, or a
+    fit that ended on patience would stop the new run after one epoch."""
+    model = SCCSA(3, n_genes=40, random_state=0, patience=3, **{**FAST_TRAINING, "cluster_epochs": 25, "tol": 0.0})
+    model.fit(adata)
+    before = len(model.history_.cluster)
+    assert model.history_.stop == "patience"
+    model.partial_fit(adata, epochs=8)
+    added = len(model.history_.cluster) - before
+    assert added >= 4 and (model.history_.stop == "epochs") == (added == 8)
+
+
 def test_objective_cluster_keeps_the_papers_stage_two(synthetic):
     model = SCCSA(3, labels_key="cell_type", objective="cluster", n_genes=30, random_state=0,
                   **FAST_TRAINING).fit(synthetic)

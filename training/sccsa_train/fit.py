@@ -85,10 +85,14 @@ class History:
     pretrain: list[dict[str, float]] = field(default_factory=list)
     cluster: list[dict[str, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    converged: bool = False
     stop: str = "epochs"
     beta: float = float("nan")
     starts: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool:
+        """Stage 2 stopped on its own rule (``tol`` or ``patience``), not at a cap."""
+        return self.stop in ("tol", "patience")
 
     def as_dict(self) -> dict[str, Any]:
         return {"pretrain": self.pretrain, "cluster": self.cluster, "seconds": self.seconds,
@@ -206,8 +210,8 @@ def settled(changes: list[float], patience: int) -> bool:
 
 
 def _stop_reason(epochs: list[dict[str, float]], schedule: Schedule, clustering: bool, out_of_steps: bool) -> str:
-    """Why stage 2 stops after its latest epoch (:data:`~sccsa_train.options.STAGE2_STOPS`), or ``"epochs"`` while it goes on
-    (the cap of ``cluster_epochs`` ends the loop itself)."""
+    """Why stage 2 stops after the latest of ``epochs`` (this run's; :data:`~sccsa_train.options.STAGE2_STOPS`),
+    or ``"epochs"`` while it goes on (the cap of ``cluster_epochs`` ends the loop itself)."""
     if clustering and epochs[-1]["label_change"] < schedule.tol:
         return "tol"
     if (settled([e["label_change"] for e in epochs], schedule.patience) if clustering
@@ -351,8 +355,9 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
             generator: torch.Generator, progress: bool = True, covariates: torch.Tensor | None = None,
             workers: Workers = SINGLE, targets: torch.Tensor | None = None) -> tuple[np.ndarray, Embedding | None]:
     """Stage 2: joint objective with closed-form μ updates; stop when < ``tol`` labels change, when
-    their fraction has not reached a new low in ``patience`` epochs (:func:`settled`), or after ``cluster_max_steps`` optimizer steps (the epoch they end in still updates μ and the
-    labels from every cell). With several ``workers`` each rank embeds its share of the cells;
+    their fraction has not reached a new low in ``patience`` epochs (:func:`settled`), or after
+    ``cluster_max_steps`` optimizer steps (the epoch they end in still updates μ and the labels
+    from every cell). With several ``workers`` each rank embeds its share of the cells;
     the centroid statistics, the label changes and, at the end, the labels are summed over ranks.
 
     ``labels``: the start's (−1 for a cell without one yet: the first epoch's label change counts
@@ -373,6 +378,7 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
                leave=False)
     labels = labels.copy()
     steps, limit = 0, schedule.cluster_max_steps or None
+    first = len(history.cluster)  # partial_fit goes on with the fit's history; its stop reads only its own epochs
     embedding = None
     for epoch in bar:
         model.train()
@@ -405,9 +411,8 @@ def cluster(model: torch.nn.Module, x: NetworkInput, labels: np.ndarray, schedul
                                 "label_change": change, "steps": steps, "seconds": time.perf_counter() - started})
         bar.set_postfix(loss=f"{loss:.3f}", changed=f"{change:.2%}")
         log.debug("stage 2 epoch %d: loss %.4f, %.2f%% of labels changed", epoch, loss, 100 * change)
-        history.stop = _stop_reason(history.cluster, schedule, targets is None, steps == limit)
+        history.stop = _stop_reason(history.cluster[first:], schedule, targets is None, steps == limit)
         if history.stop != "epochs":
-            history.converged = history.stop in ("tol", "patience")
             break
     bar.close()
     if targets is not None and schedule.class_metric == "within":

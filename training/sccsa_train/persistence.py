@@ -158,7 +158,7 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
     net.load_state_dict(weights)
     history_dict = fitted["history"]
     history = History(pretrain=history_dict["pretrain"], cluster=history_dict["cluster"],
-                      seconds=history_dict["seconds"], converged=history_dict["converged"], beta=history_dict["beta"],
+                      seconds=history_dict["seconds"], beta=history_dict["beta"],
                       starts=history_dict.get("starts", []),  # models saved before starts existed have none
                       stop=history_dict.get("stop") or _stop_before_patience(history_dict))
     model.net_ = net.eval()
