@@ -22,8 +22,8 @@ import warnings
 
 import pandas as pd
 
-from common import (page_parser, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
-                    read_records, score, seed_coverage, training_threads, write_json)
+from common import (Timer, datasets, finish, load, markdown_table, mean_sd, merge_records, page_parser, read_records,
+                    score, seed_coverage, training_threads, write_json)
 from sccsa_train import SCCSA
 
 DEFAULT_DATASETS = ["pbmc_zheng4k_top2000", "klein_subset_tmscc", "zeisel_subset_descend"]

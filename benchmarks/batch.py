@@ -43,13 +43,14 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.neighbors import NearestNeighbors
 
 from clustering import scvi_available, scvi_latent
-from common import (page_parser,
+from common import (
     Timer,
     finish,
     load,
     markdown_table,
     mean_sd,
     merge_or_resume,
+    page_parser,
     scanpy_embedding,
     score,
     seed_coverage,

@@ -60,8 +60,8 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from common import (page_parser, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
-                    read_records, scanpy_embedding, score, seed_coverage, split_of, training_threads, write_json)
+from common import (Timer, datasets, finish, load, markdown_table, mean_sd, merge_records, page_parser, read_records,
+                    scanpy_embedding, score, seed_coverage, split_of, training_threads, write_json)
 from sccsa_infer import Predictor
 from sccsa_infer.metrics import label_accuracy
 from sccsa_train import SCCSA

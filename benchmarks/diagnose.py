@@ -34,8 +34,8 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-from common import (page_parser, Timer, datasets, finish, load, markdown_table, mean_sd, merge_records,
-                    read_records, score, seed_coverage, split_of, training_threads, write_json)
+from common import (Timer, datasets, finish, load, markdown_table, mean_sd, merge_records, page_parser, read_records,
+                    score, seed_coverage, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train import fit as fit_module
 from sccsa_train.genes import build_panel, fit_selector

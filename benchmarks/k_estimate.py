@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common import (page_parser, Timer, datasets, finish, load, markdown_table,
-                    merge_or_resume, scanpy_embedding, split_of, write_json)
+from common import (Timer, datasets, finish, load, markdown_table, merge_or_resume, page_parser, scanpy_embedding,
+                    split_of, write_json)
 from sccsa_train import n_clusters
 from sccsa_train.preprocess import prepare
 from sccsa_train.pseudolabels import leiden

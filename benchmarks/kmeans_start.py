@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common import (page_parser, datasets, finish, load, markdown_table, mean_sd,
-                    merge_or_resume, score, split_datasets, split_of, training_threads, write_json)
+from common import (datasets, finish, load, markdown_table, mean_sd, merge_or_resume, page_parser, score,
+                    split_datasets, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train.fit import Schedule
 from sccsa_train.kmeans_restarts import Restart, choose_restart, kmeans_restarts, near_lowest, score_silhouettes

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import silhouette_score
 
-from common import (page_parser, datasets, finish, load, markdown_table, mean_sd, merge_or_resume,
-                    score, seed_coverage, split_datasets, split_of, training_threads, write_json)
+from common import (datasets, finish, load, markdown_table, mean_sd, merge_or_resume, page_parser, score, seed_coverage,
+                    split_datasets, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 
 # name → SCCSA parameters that differ from the defaults

@@ -29,8 +29,8 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from common import (page_parser, datasets, finish, load, markdown_table, mean_sd,
-                    merge_records, read_records, score, split_datasets, split_of, training_threads, write_json)
+from common import (datasets, finish, load, markdown_table, mean_sd, merge_records, page_parser, read_records, score,
+                    split_datasets, split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train import estimator as estimator_module
 from sccsa_train import fit as fit_module

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from common import (page_parser,
+from common import (
     Timer,
     datasets,
     finish,
@@ -29,6 +29,7 @@ from common import (page_parser,
     markdown_table,
     mean_sd,
     merge_or_resume,
+    page_parser,
     split_of,
     write_json,
 )

@@ -26,14 +26,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common import (page_parser, Timer, datasets, finish, load, markdown_table, mean_sd,
-                    merge_or_resume, score, split_of, training_threads, write_json)
+from common import (Timer, datasets, finish, load, markdown_table, mean_sd, merge_or_resume, page_parser, score,
+                    split_of, training_threads, write_json)
 from sccsa_train import SCCSA
 from sccsa_train import fit as fit_module
 from sccsa_train.options import default
 
 PATIENCE = default("patience")  # the patience rule as the default runs it
 TOL = default("tol")  # the stop before it: fewer than this fraction of the labels changed
+DEFAULT_SCHEDULE = fit_module.Schedule()
 
 
 def _first(changes: list[float], stop: Callable[[int], bool]) -> int:
@@ -47,9 +48,11 @@ def below(tol: float) -> Callable[[list[float]], int]:
 
 
 def no_new_low(changes: list[float]) -> int:
-    """Stop once the fraction of changed labels has not gone below its earlier minimum for
-    :data:`PATIENCE` epochs, or fewer than :data:`TOL` changed: the default stop."""
-    return _first(changes, lambda e: changes[e] < TOL or fit_module.settled(changes[: e + 1], PATIENCE))
+    """The default stop, as stage 2 decides it (:func:`sccsa_train.fit._stop_reason` with the
+    default schedule): the fraction of changed labels has not gone below its earlier minimum for
+    :data:`PATIENCE` epochs, or fewer than :data:`TOL` changed."""
+    epochs = [{"label_change": change} for change in changes]
+    return _first(changes, lambda e: fit_module._stop_reason(epochs[: e + 1], DEFAULT_SCHEDULE, True, False) != "epochs")
 
 
 RULES: dict[str, Callable[[list[float]], int]] = {

@@ -36,8 +36,8 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from clustering import transfer_split
-from common import (page_parser, datasets, finish, load, markdown_table, mean_sd,
-                    merge_or_resume, split_of, training_threads, write_json)
+from common import (datasets, finish, load, markdown_table, mean_sd, merge_or_resume, page_parser, split_of,
+                    training_threads, write_json)
 from sccsa_infer import Predictor
 from sccsa_train import SCCSA
 
