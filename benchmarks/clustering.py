@@ -328,13 +328,16 @@ def _variant_comparison(frame: pd.DataFrame) -> str:
     if not rows:
         return ""
     table = pd.DataFrame.from_dict(rows, orient="index").fillna("–")
-    table = table[[c for c in table if c != AHEAD] + [AHEAD]]
+    costs = [c for c in table if "candidate / defaults" in c]
+    table = table[["datasets", *costs, *(c for c in table if c not in ("datasets", *costs, AHEAD)), AHEAD]]
     table.index.name = "candidate"
     return ("## Candidate settings (`--variant`) against the defaults\n\nMean ARI (protocol U) or label "
             "accuracy (protocol T) over the datasets each candidate ran on, by half of `benchmarks/split.json`, "
             "beside the defaults and the reference users would pick instead (K-means on PCA; the logistic "
-            "regression) on the same datasets and seeds (a dataset's value: its mean over those seeds). A "
-            "candidate becomes a default only if it is ahead on both halves.\n\n" + markdown_table(table))
+            "regression) on the same datasets and seeds (a dataset's value: its mean over those seeds), and the "
+            "cost of those same fits: their wall seconds summed and their stage-2 epochs averaged (– where the "
+            "records predate them; seconds of records from different sessions also compare different machines, "
+            "benchmarks/README.md says which). A candidate becomes a default only if it is ahead on both halves.\n\n" + markdown_table(table))
 
 
 def _candidate_rows(frame: pd.DataFrame, metric: str, defaults: str, reference: str,
@@ -346,17 +349,34 @@ def _candidate_rows(frame: pd.DataFrame, metric: str, defaults: str, reference: 
     if defaults not in by_seed:
         return {}
     compared = [c for c in (defaults, reference) if c in by_seed]
+    costs = {name: frame.groupby(["dataset", "seed", "column"])[name].mean().unstack("column")
+             for name in ("seconds", "stage2_epochs") if name in frame}
     rows = {}
     for column in (c for c in candidates if c in by_seed):
-        ran = by_seed[[column, *compared]].dropna().groupby("dataset").mean()  # the same seeds for all
+        fits = by_seed[[column, *compared]].dropna()  # the same seeds for all
+        ran = fits.groupby("dataset").mean()
         for half in ("tuning", "confirmation"):
             part = ran[[split_of(d) == half for d in ran.index]]
             if len(part):
+                pairs = fits.index[[split_of(d) == half for d in fits.index.get_level_values("dataset")]]
                 rows[f"{column}, {half} half"] = {
                     "datasets": len(part), f"mean {METRIC_NAMES[metric]}": f"{part[column].mean():.3f}",
                     **{f"{c} (defaults)" if c == defaults else c: f"{part[c].mean():.3f}" for c in compared},
+                    **_paired_costs(costs, pairs, column, defaults),
                     AHEAD: f"{int((part[column] > part[defaults]).sum())} of {len(part)}"}
     return rows
+
+
+def _paired_costs(costs: dict[str, pd.DataFrame], pairs: pd.Index, column: str, defaults: str) -> dict[str, str]:
+    """Over the same fits (dataset × seed ``pairs``): the fit seconds summed and the stage-2
+    epochs averaged, candidate / defaults ("–" where a record lacks them)."""
+    cells = {}
+    for name, label, how in (("seconds", "fit s, candidate / defaults", "sum"),
+                             ("stage2_epochs", "stage-2 epochs, candidate / defaults", "mean")):
+        values = costs.get(name, pd.DataFrame()).reindex(index=pairs, columns=[column, defaults])
+        cells[label] = ("–" if values.isna().any().any() else
+                        " / ".join(f"{getattr(values[c], how)():.0f}" for c in (column, defaults)))
+    return cells
 
 
 def _baseline_comparison(frame: pd.DataFrame) -> str:
