@@ -185,6 +185,37 @@ def test_save_load_round_trip(fitted_model, synthetic, tmp_path):
         SCCSA.load(path)
 
 
+def test_only_the_self_test_cells_counts_are_kept_and_older_saved_models_export_the_same(fitted_model, synthetic,
+                                                                                         tmp_path):
+    """The fit keeps the raw panel counts of the cells the bundle's self-test replays, not those
+    of every cell (a second copy of the panel's counts at 10⁶ cells); a model saved when every
+    fitted cell's counts were kept loads with the same cells chosen from them."""
+    import scipy.sparse as sp
+    import torch
+
+    from sccsa_train.selftest import SELFTEST_CELLS_PER_CLUSTER, selftest_cells
+
+    state = fitted_model.state_
+    with torch.no_grad():
+        chosen = selftest_cells(fitted_model.net_.squared_distances(torch.from_numpy(state.latent)), state.labels,
+                                fitted_model.n_clusters_)
+    assert len(chosen) == SELFTEST_CELLS_PER_CLUSTER * fitted_model.n_clusters_
+    rows = synthetic[fitted_model._fit_rows]
+    counts = sp.csr_matrix(rows[:, fitted_model.genes_].X, dtype=np.float32)
+    totals = np.asarray(rows.X.sum(axis=1), dtype=np.float64).ravel()
+    np.testing.assert_array_equal(state.selftest_counts, counts[chosen].toarray())
+    np.testing.assert_array_equal(state.selftest_totals, totals[chosen])
+
+    path = fitted_model.save(tmp_path / "saved")
+    with np.load(path / "arrays.npz") as stored:
+        arrays = {key: stored[key] for key in stored.files if not key.startswith("selftest_")}
+    np.savez(path / "arrays.npz", **arrays, counts_data=counts.data, counts_indices=counts.indices,
+             counts_indptr=counts.indptr, counts_shape=np.asarray(counts.shape), total_counts=totals)
+    loaded = SCCSA.load(path)
+    np.testing.assert_array_equal(loaded.state_.selftest_counts, state.selftest_counts)
+    np.testing.assert_array_equal(loaded.state_.selftest_totals, state.selftest_totals)
+
+
 def test_partial_fit_goes_on_training_on_a_new_batch(fitted_model, tmp_path):
     from sklearn.metrics import adjusted_rand_score
 
@@ -208,8 +239,9 @@ def test_partial_fit_on_data_without_some_panel_genes_reads_them_as_zero(fitted_
     missing = fitted_model.genes_[:2]
     model = SCCSA.load(fitted_model.save(tmp_path / "saved")).partial_fit(batch[:, ~batch.var_names.isin(missing)].copy(), epochs=1)
     assert len(model.labels_) == 150
-    counts = model.state_.panel_counts
-    assert counts.shape == (150, len(model.genes_)) and counts[:, :2].nnz == 0
+    counts = model.state_.selftest_counts  # the self-test cells' raw panel counts, read from this batch
+    assert counts.shape[1] == len(model.genes_) and 0 < len(counts) <= 2 * model.n_clusters_
+    assert not counts[:, :2].any() and counts[:, 2:].any()
 
 
 # scikit-learn's checks that apply to an estimator whose X is an AnnData of counts. The others fit

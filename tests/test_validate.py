@@ -130,3 +130,18 @@ def test_repeated_names_found_whatever_their_type():
     for block in blocks:
         tally.add(block)
     assert tally.confirm(blocks) == (2, "7")
+
+
+def test_checks_run_in_chunks_and_still_count_every_bad_value(monkeypatch):
+    """The checks scan a few values at a time (bounded temporaries at 10⁶ cells), and the message
+    still counts every bad value and names the first, wherever the chunks fall."""
+    import sccsa_infer.validate as validate
+
+    monkeypatch.setattr(validate, "CHECK_CHUNK", 2)
+    x = np.array([[0, 1, 5, 2], [2, 0, 0.5, 3], [1.5, 4, 0, 2.5]], dtype=np.float32)
+    with pytest.raises(InputDataError, match=r"3 value\(s\) are not whole numbers \(first: 0.5") as info:
+        check_values(sp.csr_matrix(x), "counts", cell_names=["a", "b", "c"], gene_names=["g1", "g2", "g3", "g4"])
+    assert "cell 'b', gene 'g3'" in str(info.value)
+    x[2, 3] = -1
+    with pytest.raises(InputDataError, match=r"1 negative value\(s\) \(first: -1 at cell #2"):
+        check_values(x, "abundance")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -80,30 +80,44 @@ def check_values(
         cell = _name(cell_names, row, "cell") if cell_names is not None else f"cell #{row + row_offset}"
         return f"{cell}, {_name(gene_names, col, 'gene')}"
 
-    bad = ~np.isfinite(values)
-    if bad.any():
-        first = int(np.argmax(bad))
+    bad, first = _flagged(values, lambda chunk: ~np.isfinite(chunk))
+    if bad:
         raise InputDataError(
-            f"{source} contains {int(bad.sum())} NaN or infinite value(s) (first at {where(first)}). "
+            f"{source} contains {bad} NaN or infinite value(s) (first at {where(first)}). "
             "sccsa needs finite expression values: remove or impute those entries "
             "(e.g. replace NaN by 0 if it means 'not detected') and try again."
         )
-    negative = values < 0
-    if negative.any():
-        first = int(np.argmax(negative))
+    negative, first = _flagged(values, lambda chunk: chunk < 0)
+    if negative:
         raise InputDataError(
-            f"{source} contains {int(negative.sum())} negative value(s) "
+            f"{source} contains {negative} negative value(s) "
             f"(first: {values[first]:g} at {where(first)}). Expression must be non-negative: "
             "scaled or centred data (e.g. after scanpy.pp.scale) cannot be used. " + hint
         )
     if input_kind == "counts":
-        fractional = values != np.floor(values)
-        if fractional.any():
-            first = int(np.argmax(fractional))
+        fractional, first = _flagged(values, lambda chunk: chunk != np.floor(chunk))
+        if fractional:
             raise InputDataError(
-                f"{source} is not raw counts: {int(fractional.sum())} value(s) are not whole numbers "
+                f"{source} is not raw counts: {fractional} value(s) are not whole numbers "
                 f"(first: {values[first]:g} at {where(first)}). " + hint
             )
+
+
+CHECK_CHUNK = 1 << 22  # values per pass of a check, so its temporaries stay small whatever the data's size
+
+
+def _flagged(values: np.ndarray, test: Callable[[np.ndarray], np.ndarray]) -> tuple[int, int]:
+    """How many of ``values`` ``test`` flags, and the position of the first (−1 if none), a chunk at
+    a time: over a million cells' counts the boolean and float temporaries of one pass over all
+    values were a gigabyte."""
+    count, first = 0, -1
+    for offset in range(0, values.size, CHECK_CHUNK):
+        flags = test(values[offset : offset + CHECK_CHUNK])
+        found = int(np.count_nonzero(flags))
+        if found and first < 0:
+            first = offset + int(np.argmax(flags))
+        count += found
+    return count, first
 
 
 _ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*\d{6,})\.\d+$", re.IGNORECASE)

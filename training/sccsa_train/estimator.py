@@ -50,6 +50,7 @@ from .objective import ObjectiveWeights
 from .options import classifies, default, validate
 from .preprocess import MIN_CELLS_PER_GENE, expression_matrix, library_sizes, prepare
 from .pseudolabels import consensus_labels, standard_pcs
+from .selftest import selftest_cells
 from .sketch import on_sketch, sketch_rows, to_all_cells
 from .thresholds import unassigned_thresholds
 
@@ -236,9 +237,14 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
 
         covariates = None if batches is None else batches.one_hot().to(device)
         x = NetworkInput.from_lognorm(lognorm, data.genes, panel, device)
-        panel_counts = _rows_of(data.counts[:, panel.columns_in(data.all_genes)], fit_rows)
+        panel_columns = panel.columns_in(data.all_genes)
         total_counts = data.total_counts[fit_rows]
         del data, lognorm, sketched, pcs  # all genes of all cells: training reads x alone (gigabytes at 10^6 cells)
+
+        def panel_counts(positions: np.ndarray) -> np.ndarray:
+            """Raw panel counts of the fitted cells at ``positions``, read from ``X`` again."""
+            return expression_matrix(adata[fit_rows[positions]], self.layer)[:, panel_columns].toarray()
+
         start_labels = targets = names = None
         if self._classifies():
             names, targets = _label_codes(user_labels)
@@ -250,8 +256,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                                                 covariates=covariates, workers=workers, targets=targets)
         timings["train"] = time.perf_counter() - mark
 
-        self._store(net, x, labels, fit_rows, adata.n_obs, embedding, panel_counts=panel_counts,
-                    total_counts=total_counts, history=history, timings=timings, n_clusters=k, n_clusters_method=k_method, selector=selector,
+        self._store(net, x, labels, fit_rows, adata.n_obs, embedding, panel_counts, total_counts,
+                    history=history, timings=timings, n_clusters=k, n_clusters_method=k_method, selector=selector,
                     panel=panel,
                     cluster_names=names or _cluster_names(labels, user_labels, k),
                     pseudo_labels=None if pseudo is None else to_all_cells(pseudo, sketch, len(fit_rows)),
@@ -262,17 +268,22 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _store(self, net: SCCSANet, x: NetworkInput, labels: np.ndarray, fit_rows: np.ndarray, n_obs: int,
-               embedding: Embedding | None, *, panel: GenePanel, **kept: Any) -> None:
+               embedding: Embedding | None, panel_counts: Callable[[np.ndarray], np.ndarray],
+               total_counts: np.ndarray, *, panel: GenePanel, **kept: Any) -> None:
         """Keep what was learned: the network on the CPU, and the state export and the report read
-        (latents, α, per-cluster thresholds; ``kept``: the rest of :class:`FittedState`, e.g. the
-        panel counts and library sizes of the cells trained on). ``embedding``: stage 2's last
-        embedding of every cell, when training returned one; otherwise it is computed here."""
+        (latents, α, per-cluster thresholds, the self-test cells' raw panel counts (``panel_counts``
+        of positions among the fitted cells) and library sizes; ``kept``: the rest of
+        :class:`FittedState`). ``embedding``: stage 2's last embedding of every cell, when training
+        returned one; otherwise it is computed here."""
         latent, alpha = embedding if embedding is not None else embed_all(net, x)
-        distance = net.squared_distances(latent).min(dim=1).values.sqrt().cpu().numpy()
+        squared = net.squared_distances(latent)
+        distance = squared.min(dim=1).values.sqrt().cpu().numpy()
+        selftest = selftest_cells(squared, labels, net.n_clusters)
         self.net_ = net.cpu().eval()
         self.state_ = FittedState(
             panel=panel, labels=labels, latent=latent.cpu().numpy(), alpha=alpha.cpu().numpy(),
             thresholds=unassigned_thresholds(distance, labels, net.n_clusters),
+            selftest_counts=panel_counts(selftest).astype(np.float32), selftest_totals=total_counts[selftest],
             input_kind=self.input_kind, n_cells=len(fit_rows), **kept,
         )
         self._fit_rows = fit_rows
@@ -321,7 +332,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
                                     None if targets is None else torch.as_tensor(targets, device=device))
         timings = dict(old.timings, partial_fit=time.perf_counter() - started)
         self._store(net, x, labels, fit_rows, X.n_obs, embedding,
-                    panel_counts=alignment.take_csr(_rows_of(data.counts, fit_rows)), total_counts=data.total_counts[fit_rows], history=history, timings=timings,
+                    lambda positions: alignment.take_csr(data.counts[fit_rows[positions]]).toarray(),
+                    data.total_counts[fit_rows], history=history, timings=timings,
                     n_clusters=old.n_clusters, n_clusters_method=old.n_clusters_method, selector=old.selector,
                     panel=old.panel, cluster_names=old.cluster_names, pseudo_labels=None, batches=old.batches,
                     pseudo_label_ensemble=old.pseudo_label_ensemble)  # the panel's, chosen in fit

@@ -48,7 +48,6 @@ from .report import REPORT_PLOT_FILE, build_report, plot_report
 log = logging.getLogger(__name__)
 
 OPSET = 18
-SELFTEST_CELLS_PER_CLUSTER = 2
 
 
 def training_versions() -> dict[str, str | None]:
@@ -104,23 +103,16 @@ def with_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> bytes:
 
 
 def selftest_case(fitted: FittedModel) -> bytes:
-    """``selftest.npz``: the most clearly assigned training cells of each cluster plus one empty
-    cell, their gene names, and the labels and latents the torch serving graph gives them.
+    """``selftest.npz``: the most clearly assigned training cells of each cluster (chosen when the
+    fit was stored, :mod:`sccsa_train.selftest`) plus one empty cell, their gene names, and the
+    labels and latents the torch serving graph gives them.
 
     The genes are stored so that ``sccsa-infer verify`` feeds the cells through gene-name
     alignment: a bundle whose gene list was reordered or renamed then fails its self-test."""
     state = fitted.state
     graph = fitted.serving_graph()
-    with torch.no_grad():
-        squared = graph.net.squared_distances(torch.from_numpy(state.latent))
-    ordered = torch.sort(squared, dim=1).values.numpy()
-    margin = ordered[:, 1] - ordered[:, 0]
-    chosen: list[int] = []
-    for cluster in range(state.n_clusters):
-        members = np.flatnonzero(state.labels == cluster)
-        chosen.extend(members[np.argsort(-margin[members])][:SELFTEST_CELLS_PER_CLUSTER].tolist())
-    counts = np.vstack([state.panel_counts[chosen].toarray(), np.zeros((1, state.panel_counts.shape[1]))]).astype(np.float32)
-    totals = np.append(state.total_counts[chosen], 0.0).astype(np.float32).reshape(-1, 1)
+    counts = np.vstack([state.selftest_counts, np.zeros((1, len(state.panel.genes)))]).astype(np.float32)
+    totals = np.append(state.selftest_totals, 0.0).astype(np.float32).reshape(-1, 1)
     with torch.no_grad():
         label, _, latent, _ = graph(torch.from_numpy(counts), torch.from_numpy(totals))
     buffer = io.BytesIO()

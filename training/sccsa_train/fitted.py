@@ -31,8 +31,8 @@ class FittedState:
     thresholds: np.ndarray
     cluster_names: list[str] | None
     pseudo_labels: np.ndarray | None
-    panel_counts: Any  # CSR, fitted cells × panel genes, raw input values
-    total_counts: np.ndarray  # fitted cells' library sizes over all genes
+    selftest_counts: np.ndarray  # the self-test cells (selftest.selftest_cells) × panel genes, raw input values
+    selftest_totals: np.ndarray  # their library sizes over all genes
     history: History
     timings: dict[str, float]
     input_kind: str

@@ -7,7 +7,7 @@ A saved model is a folder of three files, none of them a pickle:
   fitted scalars (K, gene panel, thresholds, cluster names, history, timings);
 - ``weights.pt``: the network's ``state_dict`` (read back with ``torch.load(weights_only=True)``);
 - ``arrays.npz``: the fitted arrays (labels, latent, α, pseudo-labels, the selector's scores,
-  the training cells' panel counts), read with ``allow_pickle=False``.
+  the self-test cells' panel counts), read with ``allow_pickle=False``.
 
 The gene selector is rebuilt from its arrays, so loading runs no code from the folder.
 """
@@ -33,6 +33,8 @@ from sccsa_infer.versions import package_version, parse_version
 from .fit import History
 from .fitted import FittedState
 from .genes import GenePanel, HighlyVariableGeneSelector
+from .model import SCCSANet
+from .selftest import selftest_cells
 
 if TYPE_CHECKING:
     from .estimator import SCCSA
@@ -67,6 +69,18 @@ def _selector_arrays(selector: Any) -> tuple[dict[str, Any], dict[str, np.ndarra
     return {"kind": "hvg", "k": selector.k}, arrays
 
 
+def _selftest_arrays(arrays: dict[str, np.ndarray], net: SCCSANet, n_clusters: int) -> dict[str, np.ndarray]:
+    """The self-test cells' panel counts and library sizes. Models saved before they were chosen at
+    fit time hold every fitted cell's panel counts: the same cells are chosen from those."""
+    if "selftest_counts" in arrays:
+        return {"selftest_counts": arrays["selftest_counts"], "selftest_totals": arrays["selftest_totals"]}
+    with torch.no_grad():
+        chosen = selftest_cells(net.squared_distances(torch.from_numpy(arrays["latent"])), arrays["labels"], n_clusters)
+    counts = sp.csr_matrix((arrays["counts_data"], arrays["counts_indices"], arrays["counts_indptr"]),
+                           shape=tuple(arrays["counts_shape"]))
+    return {"selftest_counts": counts[chosen].toarray().astype(np.float32), "selftest_totals": arrays["total_counts"][chosen]}
+
+
 def _selector_from(meta: dict[str, Any], arrays: Any) -> Any:
     selector: Any
     if meta["kind"] == "ftest":
@@ -87,13 +101,11 @@ def save_model(model: SCCSA, path: str | os.PathLike[str], *, overwrite: bool = 
     params = model.get_params()
     params["channels"] = list(params["channels"])
     selector_meta, arrays = _selector_arrays(state.selector)
-    counts = sp.csr_matrix(state.panel_counts)
     arrays.update(
         labels=state.labels, latent=state.latent, alpha=state.alpha, thresholds=state.thresholds,
-        total_counts=state.total_counts, panel_mean=state.panel.mean, panel_std=state.panel.std,
-        panel_scores=state.panel.scores, fit_rows=model._fit_rows,
-        counts_data=counts.data, counts_indices=counts.indices, counts_indptr=counts.indptr,
-        counts_shape=np.asarray(counts.shape),
+        selftest_counts=state.selftest_counts, selftest_totals=state.selftest_totals,
+        panel_mean=state.panel.mean, panel_std=state.panel.std, panel_scores=state.panel.scores,
+        fit_rows=model._fit_rows,
         **({"pseudo_labels": state.pseudo_labels} if state.pseudo_labels is not None else {}),
     )
     meta = {
@@ -169,9 +181,7 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
                         scores=arrays["panel_scores"], clip=fitted["clip"]),
         labels=arrays["labels"], latent=arrays["latent"], alpha=arrays["alpha"], thresholds=arrays["thresholds"],
         cluster_names=fitted["cluster_names"], pseudo_labels=arrays.get("pseudo_labels"),
-        panel_counts=sp.csr_matrix((arrays["counts_data"], arrays["counts_indices"], arrays["counts_indptr"]),
-                                   shape=tuple(arrays["counts_shape"])),
-        total_counts=arrays["total_counts"], history=history, timings=fitted["timings"],
+        **_selftest_arrays(arrays, net, fitted["n_clusters"]), history=history, timings=fitted["timings"],
         input_kind=fitted["input_kind"], n_cells=fitted["n_cells"], batches=batches,
         pseudo_label_ensemble=fitted.get("pseudo_label_ensemble"),  # None in models saved before it was kept
     )
