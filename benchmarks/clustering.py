@@ -28,7 +28,8 @@ before the silhouette rule), ``kmeans_silhouette`` the silhouette rule at 5 % in
 ``no_patience`` is ``patience=0``: a clustering stage 2 that stops only when fewer than ``tol`` of
 the labels change or at ``cluster_epochs`` (the default before the patience rule; the U variants
 above ran with it and fix it). ``channels8`` halves the convolution widths (8, 16, 32 instead of
-16, 32, 64): a cheaper network for issue 14's cost, run at today's other defaults.
+16, 32, 64): a cheaper network for issue 14's cost, run at today's other defaults; ``bf16`` trains
+under bfloat16 autocast (``precision='bf16-mixed'``), for CPUs with bfloat16 instructions.
 ``classify_before`` is a classifying stage 2 (protocol T) at the clustering stage's learning rate
 1e-4 and reconstruction weight 100 (the defaults before ``classify_lr`` 1e-3 and
 ``classify_reconstruction_weight`` 10), ``classify_lr3`` at 1e-3 with weight 100. ``latent32``,
@@ -83,6 +84,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                           "K-means start by silhouette, 5 %"),
     "no_patience": (NO_PATIENCE, "stage 2 without patience, the defaults before"),
     "channels8": ({"channels": (8, 16, 32)}, "channels 8, 16, 32"),
+    "bf16": ({"precision": "bf16-mixed"}, "bf16-mixed"),
     # protocol T candidates (a classifying stage 2 starts from the labels, not from K-means), run when a
     # classifying stage 2 used the clustering stage's learning rate and reconstruction weight: they fix those
     "latent32": ({"latent_dim": 32, **CLASSIFY_BEFORE}, "latent 32"),
