@@ -432,8 +432,11 @@ SCALE_BUDGET = ("--pretrain-max-steps", "1000", "--cluster-max-steps", "1000")  
 
 
 def device_flags(device: str, precision: str) -> list[str]:
-    """``sccsa-train``'s options for a run on ``device`` at ``precision`` (none on the CPU: the defaults)."""
-    return [] if device == "cpu" else ["--device", device, "--precision", precision]
+    """``sccsa-train``'s options for a run on ``device`` at ``precision`` (on the CPU only a precision
+    other than the default's, so that the defaults run as a user runs them)."""
+    if device == "cpu":
+        return [] if precision == "32" else ["--precision", precision]
+    return ["--device", device, "--precision", precision]
 
 
 def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: list[int], work: Path,
@@ -467,6 +470,13 @@ def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: l
         print(rows[-1], flush=True)
         path.unlink()
     return rows
+
+
+def _other_precisions(rows: pd.DataFrame) -> str:
+    """The page's sentence on CPU rows at another ``--precision`` than the defaults' (``--precisions``), if run."""
+    others = [name for name in rows.index if name.startswith("sccsa-train --precision")]
+    return "".join(f" `{name}`: {rows.loc[name, 'cpu_s']:.1f} CPU-s, {rows.loc[name, 'cpu_vs_scanpy']:.1f}× Scanpy's."
+                   for name in others)
 
 
 def _earlier_training(rows: pd.DataFrame) -> str:
@@ -639,7 +649,7 @@ def _vs_scanpy(payload: dict, key: str) -> str:
             f"{payload.get('scanpy_dataset')}, each in a fresh process (reading the file included), the runs "
             f"alternating; medians of {payload.get('train_repeats', 3)}. Training costs "
             f"{rows['cpu_vs_scanpy'].iloc[0]:.1f}× Scanpy's CPU seconds (issue 14 asks for at most 3×)."
-            + _earlier_training(rows) + _measured(payload, key) + "\n\n"
+            + _other_precisions(rows) + _earlier_training(rows) + _measured(payload, key) + "\n\n"
             + markdown_table(rows))
 
 
@@ -790,7 +800,8 @@ def main() -> None:
                              "the page's GPU sections, kept beside the CPU ones, and no other section may run")
     parser.add_argument("--precisions", nargs="*", choices=("32", "bf16-mixed"), default=["32"],
                         help="with --device cuda: the training and training_vs_scanpy sections run each of these "
-                             "(sccsa-train --precision); training_scale runs the first")
+                             "(sccsa-train --precision), training_scale the first; on the CPU only training_vs_scanpy "
+                             "runs each (the first row is the defaults')")
     parser.add_argument("--rewrite-page", action="store_true",
                         help="measure nothing: rewrite the page from --out (e.g. after sections measured on another "
                              "machine were copied into it), keeping the metadata of the run that wrote it")
@@ -803,7 +814,7 @@ def main() -> None:
     if args.device != "cpu" and set(args.sections) - set(GPU_SECTIONS):
         parser.error(f"--device {args.device} times only the training sections ({', '.join(GPU_SECTIONS)}); "
                      "run the others on the CPU in a separate run")
-    precisions = args.precisions if args.device != "cpu" else ["32"]
+    precisions = args.precisions
     key = (lambda section: section) if args.device == "cpu" else (lambda section: f"{section}_{args.device}")
     warnings.filterwarnings("ignore")
     infer_bin = args.infer_bin.absolute()
@@ -821,7 +832,7 @@ def main() -> None:
     if "training" in args.sections:
         payload[key("training")] = []
         for path in datasets(args.data, args.datasets):
-            for precision in precisions:
+            for precision in precisions if args.device != "cpu" else ["32"]:
                 row, fitted = train_timed(path, args.device, precision)
                 payload[key("training")].append(row)
                 if path.stem == SERVED and args.device == "cpu":
@@ -838,8 +849,8 @@ def main() -> None:
             model.export(bundle, overwrite=True)
         if "training_vs_scanpy" in args.sections:
             flag_sets = [device_flags(args.device, precision) for precision in precisions]
-            configurations = None if args.device == "cpu" else {" ".join(["sccsa-train", *flags]): flags
-                                                                for flags in flag_sets}
+            configurations = {" ".join(["sccsa-train", *flags]) if flags else "sccsa-train (default settings)": flags
+                              for flags in flag_sets}
             payload[key("training_vs_scanpy")] = training_vs_scanpy(args.data / f"{args.scanpy_dataset}.h5ad", work,
                                                                     repeats=args.train_repeats,
                                                                     baseline_src=args.train_baseline_src,
