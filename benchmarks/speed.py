@@ -815,6 +815,7 @@ def main() -> None:
         parser.error(f"--device {args.device} times only the training sections ({', '.join(GPU_SECTIONS)}); "
                      "run the others on the CPU in a separate run")
     precisions = args.precisions
+    trained = precisions if args.device != "cpu" else ["32"]  # on the CPU the training sections run the defaults
     key = (lambda section: section) if args.device == "cpu" else (lambda section: f"{section}_{args.device}")
     warnings.filterwarnings("ignore")
     infer_bin = args.infer_bin.absolute()
@@ -832,7 +833,7 @@ def main() -> None:
     if "training" in args.sections:
         payload[key("training")] = []
         for path in datasets(args.data, args.datasets):
-            for precision in precisions if args.device != "cpu" else ["32"]:
+            for precision in trained:
                 row, fitted = train_timed(path, args.device, precision)
                 payload[key("training")].append(row)
                 if path.stem == SERVED and args.device == "cpu":
@@ -859,7 +860,7 @@ def main() -> None:
             payload["train_repeats"] = args.train_repeats
         if "training_scale" in args.sections:
             payload[key("training_scale")] = training_scale(adata, served_truth, k, args.train_cells, work,
-                                                            device_flags(args.device, precisions[0]))
+                                                            device_flags(args.device, trained[0]))
         if "throughput" in args.sections:
             predictor = Predictor(bundle, n_threads=torch.get_num_threads())
             counts = predictor.align(list(adata.var_names)).take(adata.X)

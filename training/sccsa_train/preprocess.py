@@ -95,6 +95,7 @@ def in_row_blocks(matrix: sp.csr_matrix, transform: Callable[[sp.csr_matrix, sli
     result allocated up front. Why: over all cells at once, Scanpy's normalisation and a column
     subset each held temporaries the size of the data (2.4 GiB at 10⁶ cells of 2,000 genes), and
     a list of blocks stacked at the end would hold the result twice."""
+    matrix = one_index_dtype(matrix)  # else every block taken copies all the indices (one_index_dtype)
     n_cells = matrix.shape[0]
     data = np.empty(matrix.nnz, dtype=np.float32)
     indices = np.empty(matrix.nnz, dtype=matrix.indices.dtype)
