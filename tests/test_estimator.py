@@ -146,7 +146,7 @@ def test_bad_inputs(adata, kwargs, message):
     (dict(n_clusters=3, channels=(8, 0, 8)), "three positive integers"),
     (dict(n_clusters=3, batch_norm="yes"), "expected True or False"),
     (dict(n_clusters=3, init="random"), "init='random' is invalid"),
-    (dict(n_clusters=3, precision="16-mixed"), "precision='16-mixed' is invalid: expected one of 32, bf16-mixed"),
+    (dict(n_clusters=3, precision="16-mixed"), "precision='16-mixed' is invalid: expected one of 32, bf16-mixed, auto"),
 ])
 def test_bad_parameters_raise_invalid_parameter_error_before_any_work(adata, kwargs, message, monkeypatch):
     from sccsa_train import estimator
@@ -503,3 +503,54 @@ def test_sccsa_train_refuses_an_explicit_class_metric_without_a_classifying_stag
     assert result.exit_code != 0 and "needs a classifying stage 2" in result.output, result.output
     assert flag[0] in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_precision_auto_trains_in_bfloat16_only_where_the_device_computes_it(adata, monkeypatch, tmp_path):
+    """precision='auto' resolves per fit, from the device: on a CPU, bf16-mixed when its flags name
+    AVX-512-BF16 or AMX-BF16, float32 otherwise (and where the flags cannot be read); the model keeps
+    'auto' as its parameter, so a saved model refitted elsewhere asks that machine again."""
+    from sccsa_train import fit, precision
+
+    seen = []
+    passes = fit.forward_pass
+
+    def pass_spy(model, batch, covariates, chosen):
+        seen.append(chosen)
+        return passes(model, batch, covariates, chosen)
+
+    monkeypatch.setattr(fit, "forward_pass", pass_spy)
+    quick = {**FAST_TRAINING, "pretrain_epochs": 1, "cluster_epochs": 1}
+    for flags, expected in (("fpu avx2 avx512f avx512_bf16", "bf16-mixed"), ("fpu amx_tile amx_bf16", "bf16-mixed"),
+                            ("fpu avx2 fma", "32"), (None, "32")):
+        cpuinfo = tmp_path / "cpuinfo"
+        if flags is None:
+            cpuinfo.unlink(missing_ok=True)
+        else:
+            cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+        seen.clear()
+        model = SCCSA(3, n_genes=40, random_state=1, device="cpu", precision="auto", **quick).fit(adata)
+        assert seen and set(seen) == {expected}, flags
+        assert model.get_params()["precision"] == "auto"
+
+
+def test_precision_auto_on_cuda_asks_for_native_bfloat16(monkeypatch):
+    """On a CUDA device 'auto' is bf16-mixed only where torch reports bfloat16 without emulation;
+    an explicit precision is never changed."""
+    import torch
+
+    from sccsa_train.precision import resolve_precision
+
+    asked = []
+
+    def supported(including_emulation=True):
+        asked.append(including_emulation)
+        return answer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    for answer, expected in ((True, "bf16-mixed"), (False, "32")):
+        assert resolve_precision("auto", torch.device("cuda")) == expected
+    assert asked == [False, False]
+    assert resolve_precision("32", torch.device("cuda")) == "32"
+    assert resolve_precision("bf16-mixed", torch.device("cpu")) == "bf16-mixed"

@@ -78,7 +78,7 @@ def test_the_estimator_tolerance_reaches_the_choice_of_the_start():
     assert widest is not lowest  # the case where the tolerance matters
     for tolerance, expected in ((0.0, lowest), (1.0, widest)):
         model = SCCSA(kmeans_choice="silhouette", kmeans_tolerance=tolerance)
-        schedule = dataclasses.replace(model._schedule(), kmeans_n_init=8)
+        schedule = dataclasses.replace(model._schedule(torch.device("cpu")), kmeans_n_init=8)
         chosen = latent_kmeans(torch.from_numpy(values), 5, schedule, seed=2)
         assert chosen.inertia == pytest.approx(expected.inertia)
         np.testing.assert_array_equal(chosen.labels, expected.labels)

@@ -48,6 +48,7 @@ from .model import SCCSANet
 from .network_input import NetworkInput
 from .objective import ObjectiveWeights
 from .options import classifies, default, validate
+from .precision import resolve_precision
 from .preprocess import MIN_CELLS_PER_GENE, expression_matrix, library_sizes, prepare
 from .pseudolabels import consensus_labels, standard_pcs
 from .selftest import selftest_cells
@@ -161,7 +162,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.precision = precision
         self.progress = progress
 
-    def _schedule(self) -> Schedule:
+    def _schedule(self, device: torch.device) -> Schedule:
+        """The optimisation settings, ``precision='auto'`` resolved for ``device``."""
         return Schedule(
             pretrain_epochs=self.pretrain_epochs, pretrain_max_steps=self.pretrain_max_steps,
             pretrain_starts=self.pretrain_starts, input_noise=self.input_noise, cluster_epochs=self.cluster_epochs,
@@ -169,7 +171,8 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, patience=self.patience,
             beta_scale=self.beta_scale,
             kmeans_choice=self.kmeans_choice, kmeans_tolerance=self.kmeans_tolerance,
-            class_metric=self.class_metric, classify_lr=self.classify_lr, precision=self.precision,
+            class_metric=self.class_metric, classify_lr=self.classify_lr,
+            precision=resolve_precision(self.precision, device),
             weights=ObjectiveWeights(kl=self.kl_weight, reconstruction=self.reconstruction_weight,
                                      latent_norm=self.latent_norm_weight,
                                      classify_reconstruction=self.classify_reconstruction_weight),
@@ -251,7 +254,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         elif init == "labels":  # the user's labels are known for every cell, pseudo-labels for the sketch
             start_labels = (_start_labels(user_labels, k) if user_labels is not None
                             else to_all_cells(_start_labels(pseudo, k), sketch, len(fit_rows)))
-        net, labels, history, embedding = train(make_net, x, self._schedule(), seed=self.random_state,
+        net, labels, history, embedding = train(make_net, x, self._schedule(device), seed=self.random_state,
                                                 progress=self.progress, start_labels=start_labels,
                                                 covariates=covariates, workers=workers, targets=targets)
         timings["train"] = time.perf_counter() - mark
@@ -322,7 +325,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         targets = self._known_label_codes(X, fit_rows, old.cluster_names) if self._classifies() else None
         latent, _ = embed_all(net, x)
         labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy()
-        schedule = replace(self._schedule(), cluster_epochs=self.cluster_epochs if epochs is None else epochs)
+        schedule = replace(self._schedule(device), cluster_epochs=self.cluster_epochs if epochs is None else epochs)
         history = History(pretrain=list(old.history.pretrain), cluster=list(old.history.cluster),
                           beta=old.history.beta, seconds=dict(old.history.seconds))
         generator = torch.Generator().manual_seed(self.random_state)

@@ -25,7 +25,7 @@ KMEANS_CHOICES: tuple[str, ...] = ("inertia", "silhouette")
 CLASS_METRICS: tuple[str, ...] = ("euclidean", "within")
 OBJECTIVES: tuple[str, ...] = ("auto", "cluster", "classify")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("32", "bf16-mixed")
+PRECISIONS: tuple[str, ...] = ("32", "bf16-mixed", "auto")
 DEFAULT_CHANNELS: tuple[int, int, int] = (16, 32, 64)
 STAGE2_STOPS: dict[str, str] = {"tol": "fewer than tol of the labels changed", "patience": "no progress in patience "
                                 "epochs", "steps": "reached cluster_max_steps", "epochs": "reached cluster_epochs"}
@@ -179,7 +179,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("precision", str, "32", "Arithmetic of the network's training passes: 32 (float32) or bf16-mixed "
            "(bfloat16 autocast of the forward pass, as Lightning names it; the losses, distances to the centroids, "
            "the centroid updates, the embeddings and the exported graph stay float32). Meant for GPUs; on a CPU "
-           "without bfloat16 units it is slower.", choices=PRECISIONS),
+           "without bfloat16 units it is slower. auto: bf16-mixed where the device computes bfloat16 natively (a CUDA "
+           "GPU that supports it, a CPU with AVX-512-BF16 or AMX), else 32. The default stays 32, so one command "
+           "gives the same numbers on every machine.", choices=PRECISIONS),
     Option("progress", bool, True,
            "Progress bars on stderr when it is a terminal, or in a notebook (never in log files)."),
 )
