@@ -300,3 +300,26 @@ def test_no_space_left_on_a_real_full_file_system(bundle_dir, query_h5ad, tmp_pa
         assert "Traceback" not in result.output and list(mount.iterdir()) == []
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_the_empty_folder_check_closes_its_listing(tmp_path):
+    """Checking whether an existing --out folder may be filled lists it; the listing is closed even
+    when the first entry answers the question (an unclosed one printed 'Warning: unclosed scandir
+    iterator' at the end of `sccsa-train --overwrite`)."""
+    import gc
+    import warnings
+
+    from sccsa_infer.atomic import is_empty_folder
+
+    full = tmp_path / "full"
+    full.mkdir()
+    for name in ("a", "b"):
+        (full / name).write_text(name)
+    (tmp_path / "empty").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not is_empty_folder(full)
+        assert is_empty_folder(tmp_path / "empty")
+        assert not is_empty_folder(full / "a") and not is_empty_folder(tmp_path / "missing")
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

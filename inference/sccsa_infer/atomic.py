@@ -305,6 +305,9 @@ def atomic_output(
 def is_empty_folder(path: Path) -> bool:
     """True for a folder with nothing in it (the one kind of foreign folder sccsa may fill)."""
     try:
-        return stat.S_ISDIR(os.lstat(path).st_mode) and not any(os.scandir(path))
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        with os.scandir(path) as entries:  # closed even when any() stops at the first entry
+            return not any(entries)
     except OSError:
         return False
