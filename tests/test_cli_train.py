@@ -99,3 +99,21 @@ def test_existing_bundle_needs_overwrite(h5ad, tmp_path):
     out.mkdir()
     result = run(h5ad, "-k", "3", "--out", out, *FAST)
     assert result.exit_code != 0 and "--overwrite" in result.output
+
+
+def test_precision_auto_says_what_it_chose(h5ad, tmp_path, monkeypatch):
+    """--precision auto: the summary and report.json name the arithmetic this machine got (here a
+    CPU whose flags lack bfloat16 instructions: float32); bundle.json keeps the option as given."""
+    from sccsa_train import precision
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    out = tmp_path / "model"
+    result = run(h5ad, "-k", "3", "--n-genes", "40", "--device", "cpu", "--precision", "auto", "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert "precision auto: 32 on this machine" in result.output
+    assert json.loads((out / "report.json").read_text())["history"]["precision"] == "32"
+    assert json.loads((out / "bundle.json").read_text())["training"]["precision"] == "auto"
+    plain = run(h5ad, "-k", "3", "--n-genes", "40", "--out", tmp_path / "plain", *FAST)
+    assert plain.exit_code == 0 and "precision auto" not in plain.output

@@ -531,7 +531,10 @@ def test_precision_auto_trains_in_bfloat16_only_where_the_device_computes_it(ada
         seen.clear()
         model = SCCSA(3, n_genes=40, random_state=1, device="cpu", precision="auto", **quick).fit(adata)
         assert seen and set(seen) == {expected}, flags
-        assert model.get_params()["precision"] == "auto"
+        assert model.get_params()["precision"] == "auto" and model.history_.precision == expected
+        assert model.history_.as_dict()["precision"] == expected  # what report.json names
+    model.save(tmp_path / "saved")
+    assert SCCSA.load(tmp_path / "saved").history_.precision == "32"
 
 
 def test_precision_auto_on_cuda_asks_for_native_bfloat16(monkeypatch):

@@ -225,6 +225,8 @@ def _print_summary(model: Any, labels: np.ndarray, metrics: dict[str, float], ev
                f"{np.quantile(alpha, 0.95):.3f}]")
     history = state.history
     click.echo(f"stage 2: {len(history.cluster)} epochs, {STAGE2_STOPS[history.stop]}")
+    if model.precision == "auto":
+        click.echo(f"precision auto: {history.precision} on this machine")
     if metrics:
         click.echo(f"vs {eval_key}: ARI {metrics['ari']:.3f}  NMI {metrics['nmi']:.3f}  ACC {metrics['acc']:.3f}")
     click.echo(json.dumps({"timings_seconds": {k: round(v, 2) for k, v in state.timings.items()}}))

@@ -327,7 +327,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         labels = net.squared_distances(latent).argmin(dim=1).cpu().numpy()
         schedule = replace(self._schedule(device), cluster_epochs=self.cluster_epochs if epochs is None else epochs)
         history = History(pretrain=list(old.history.pretrain), cluster=list(old.history.cluster),
-                          beta=old.history.beta, seconds=dict(old.history.seconds))
+                          beta=old.history.beta, seconds=dict(old.history.seconds), precision=schedule.precision)
         generator = torch.Generator().manual_seed(self.random_state)
         labels, embedding = cluster(workers.wrap(net), x, labels, schedule, history, generator,
                                     self.progress and workers.is_main,

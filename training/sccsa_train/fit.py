@@ -88,6 +88,8 @@ class History:
     stop: str = "epochs"
     beta: float = float("nan")
     starts: list[dict[str, float]] = field(default_factory=list)
+    precision: str = default("precision")
+    """The arithmetic of the training passes, ``precision='auto'`` resolved (what report.json names)."""
 
     @property
     def converged(self) -> bool:
@@ -96,7 +98,8 @@ class History:
 
     def as_dict(self) -> dict[str, Any]:
         return {"pretrain": self.pretrain, "cluster": self.cluster, "seconds": self.seconds,
-                "converged": self.converged, "stop": self.stop, "beta": self.beta, "starts": self.starts}
+                "converged": self.converged, "stop": self.stop, "beta": self.beta, "starts": self.starts,
+                "precision": self.precision}
 
 
 def start_seed(seed: int, start: int) -> int:
@@ -471,7 +474,7 @@ def pretrain_start(make_net: Callable[[], SCCSANet], x: NetworkInput, schedule: 
     seed_everything(seed)
     net = make_net()
     seed_everything(seed)
-    start = Start(index, net, torch.Generator().manual_seed(seed), History())
+    start = Start(index, net, torch.Generator().manual_seed(seed), History(precision=schedule.precision))
     net.head.requires_grad_(False)
     pretrain(workers.wrap(net), x, schedule, start.history, start.generator, progress, covariates, workers)
     net.head.requires_grad_(True)

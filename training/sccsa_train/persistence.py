@@ -172,7 +172,8 @@ def load_model(cls: type[SCCSA], path: str | os.PathLike[str]) -> SCCSA:
     history = History(pretrain=history_dict["pretrain"], cluster=history_dict["cluster"],
                       seconds=history_dict["seconds"], beta=history_dict["beta"],
                       starts=history_dict.get("starts", []),  # models saved before starts existed have none
-                      stop=history_dict.get("stop") or _stop_before_patience(history_dict))
+                      stop=history_dict.get("stop") or _stop_before_patience(history_dict),
+                      precision=history_dict.get("precision", model.precision))  # saved before auto: as given
     model.net_ = net.eval()
     model.state_ = FittedState(
         n_clusters=fitted["n_clusters"], n_clusters_method=fitted["n_clusters_method"],
