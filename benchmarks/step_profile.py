@@ -7,7 +7,9 @@ the estimator builds, genes selected as the defaults select them), ``--steps`` s
 warm-up, ``--repeats`` times in turns (the median is shown), under each configuration of :data:`CONFIGS`:
 the defaults (deterministic algorithms, as ``seed_everything`` asks, without filling new memory;
 cuDNN's autotuner off), deterministic mode's fill of new memory (the defaults before), deterministic
-algorithms off, the cuDNN autotuner on, bf16-mixed. The time to make the batches
+algorithms off, the cuDNN autotuner on, bf16-mixed, and the network under ``torch.compile`` (inductor,
+issue 14's "torch.compile where it pays"; its one-time compiling shows in the warm-up's seconds, which
+the page gives for every configuration). The time to make the batches
 dense on the device (``NetworkInput.take``) is timed alone. torch.profiler then lists the
 operators of the default step by their own device and CPU time: when the device's busy time is a
 small part of the wall time, the step waits on Python and kernel launches, not on arithmetic.
@@ -38,14 +40,15 @@ from sccsa_train import estimator as estimator_module
 from sccsa_train import fit as fit_module
 
 # name → (torch.use_deterministic_algorithms, torch.utils.deterministic.fill_uninitialized_memory,
-#         torch.backends.cudnn.benchmark, precision); the fill only acts in deterministic mode
-CONFIGS: dict[str, tuple[bool, bool, bool, str]] = {
-    "defaults": (True, False, False, "32"),
-    "deterministic, new memory filled (the defaults before)": (True, True, False, "32"),
-    "not deterministic": (False, False, False, "32"),
-    "not deterministic, cuDNN autotuner": (False, False, True, "32"),
-    "bf16-mixed": (True, False, False, "bf16-mixed"),
-    "bf16-mixed, not deterministic, cuDNN autotuner": (False, False, True, "bf16-mixed"),
+#         torch.backends.cudnn.benchmark, precision, torch.compile); the fill only acts in deterministic mode
+CONFIGS: dict[str, tuple[bool, bool, bool, str, bool]] = {
+    "defaults": (True, False, False, "32", False),
+    "deterministic, new memory filled (the defaults before)": (True, True, False, "32", False),
+    "not deterministic": (False, False, False, "32", False),
+    "not deterministic, cuDNN autotuner": (False, False, True, "32", False),
+    "bf16-mixed": (True, False, False, "bf16-mixed", False),
+    "bf16-mixed, not deterministic, cuDNN autotuner": (False, False, True, "bf16-mixed", False),
+    "torch.compile": (True, False, False, "32", True),
 }
 PROFILED_STEPS = 20
 TOP_OPERATORS = 15
@@ -76,17 +79,17 @@ def network_input(adata, kind: str, k: int, device: str) -> tuple[Any, Any, Any]
 
 
 @contextmanager
-def torch_settings(name: str) -> Iterator[str]:
-    """Configuration ``name``'s global torch settings while inside; its precision is yielded.
-    The settings before are restored afterwards."""
-    deterministic, fill, autotune, precision = CONFIGS[name]
+def torch_settings(name: str) -> Iterator[tuple[str, bool]]:
+    """Configuration ``name``'s global torch settings while inside; its precision and whether the
+    network is compiled are yielded. The settings before are restored afterwards."""
+    deterministic, fill, autotune, precision, compiled = CONFIGS[name]
     before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
               torch.backends.cudnn.benchmark)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = fill
     torch.backends.cudnn.benchmark = autotune
     try:
-        yield precision
+        yield precision, compiled
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=True)
         torch.utils.deterministic.fill_uninitialized_memory = before[1]
@@ -98,19 +101,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _run_steps(make_net, x, schedule, steps: int, generator: torch.Generator) -> None:
+def _run_steps(make_net, x, schedule, steps: int, generator: torch.Generator, compiled: bool = False) -> None:
+    """``steps`` stage-1 steps of a new network (compiled: inside ``torch.compile``; a new network
+    of the same class reuses what the first one compiled)."""
     net = make_net()
-    fit_module.pretrain(net, x, replace(schedule, pretrain_epochs=10**6, pretrain_max_steps=steps),
+    fit_module.pretrain(torch.compile(net) if compiled else net, x,
+                        replace(schedule, pretrain_epochs=10**6, pretrain_max_steps=steps),
                         fit_module.History(), generator, progress=False)
 
 
 def _timed_steps(make_net, x, schedule, name: str, steps: int, generator: torch.Generator) -> float:
     """Milliseconds per step of ``steps`` stage-1 steps of a new network under configuration ``name``."""
-    with torch_settings(name) as precision:
+    with torch_settings(name) as (precision, compiled):
         schedule = replace(schedule, precision=precision)
         _sync(x.device)
         started = time.perf_counter()
-        _run_steps(make_net, x, schedule, steps, generator)
+        _run_steps(make_net, x, schedule, steps, generator, compiled)
         _sync(x.device)
     return 1000 * (time.perf_counter() - started) / steps
 
@@ -120,14 +126,14 @@ def time_configs(make_net, x, schedule, steps: int, warmup: int, repeats: int) -
     configurations in turn (all of them once, then again), so that a machine that slows down
     for a while slows every configuration alike rather than the one timed then."""
     generator = torch.Generator().manual_seed(0)
-    for name in CONFIGS:
-        _timed_steps(make_net, x, schedule, name, warmup, generator)
+    warm_s = {name: _timed_steps(make_net, x, schedule, name, warmup, generator) * warmup / 1000 for name in CONFIGS}
     runs: dict[str, list[float]] = {name: [] for name in CONFIGS}
     for _ in range(repeats):
         for name in CONFIGS:
             runs[name].append(_timed_steps(make_net, x, schedule, name, steps, generator))
     return [{"kind": "config", "config": name, "ms_per_step": round(statistics.median(values), 2),
-             "runs": [round(value, 2) for value in values]} for name, values in runs.items()]
+             "runs": [round(value, 2) for value in values], "warmup_s": round(warm_s[name], 2), "warmup_steps": warmup}
+            for name, values in runs.items()]
 
 
 def time_input(x, schedule, steps: int) -> dict[str, Any]:
@@ -194,6 +200,10 @@ def summarise(records: list[dict[str, Any]]) -> str:
         defaults = timed.loc["defaults", "ms_per_step"]
         table = pd.DataFrame({"ms per step (median)": timed["ms_per_step"],
                               "vs defaults": (timed["ms_per_step"] / defaults).round(2)})
+        if "warmup_s" in timed and timed["warmup_s"].notna().any():  # sections measured before have none
+            steps = int(timed["warmup_steps"].dropna().iloc[0])
+            table[f"warm-up s ({steps} steps, compiling included)"] = timed["warmup_s"].map(
+                lambda s: "–" if pd.isna(s) else f"{s:g}")
         table.index.name = "configuration"
         busy = group[group["kind"] == "busy"].iloc[0]
         ops = group[group["kind"] == "operator"].set_index("operator")[

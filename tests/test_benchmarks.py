@@ -528,7 +528,8 @@ def test_step_profile_times_every_configuration_and_restores_torch(data_dir, tmp
     found = records(out)
     timed = {r["config"]: r for r in found if r["kind"] == "config"}
     assert set(timed) == set(profile.CONFIGS) and all(len(r["runs"]) == 2 and r["ms_per_step"] > 0
-                                                      for r in timed.values())
+                                                      and r["warmup_s"] > 0 for r in timed.values())
+    assert "torch.compile" in timed  # issue 14: the compiled network is timed beside the eager one
     operators = [r for r in found if r["kind"] == "operator"]
     assert 0 < len(operators) <= profile.TOP_OPERATORS and all(r["cpu_ms_per_step"] >= 0 for r in operators)
     [busy] = [r for r in found if r["kind"] == "busy"]
