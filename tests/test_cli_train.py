@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import synthetic_counts
+from sccsa_train import cli
 from sccsa_train.cli import main
 
 FAST = ["--pretrain-epochs", "20", "--cluster-epochs", "3", "--latent-dim", "8", "--no-progress"]
@@ -33,6 +34,8 @@ def test_help_and_version():
 
 def test_train_writes_bundle_adata_and_summary(h5ad, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    allocator_set = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: allocator_set.append(True))
     out, labelled = tmp_path / "model", tmp_path / "labelled.h5ad"
     result = run(h5ad, "-k", "3", "--n-genes", "40", "--eval-key", "cell_type", "--out", out, "--write-adata", labelled, *FAST)
     assert result.exit_code == 0, result.output
@@ -47,6 +50,7 @@ def test_train_writes_bundle_adata_and_summary(h5ad, tmp_path, monkeypatch):
     adata = ad.read_h5ad(labelled)
     assert "sccsa_cluster" in adata.obs and adata.obsm["X_sccsa"].shape[0] == 240
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # idle OpenMP threads sleep unless the user chose otherwise
+    assert allocator_set == [True]  # freed step memory stays in the heap (tests/test_allocator.py)
 
 
 def test_eval_labels_are_hidden_from_the_fit(h5ad, tmp_path, monkeypatch):

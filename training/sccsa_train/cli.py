@@ -23,6 +23,7 @@ from sccsa_infer.metrics import check_eval_labels, evaluate
 from sccsa_infer.ontology import check_ontology, read_ontology
 from sccsa_infer.validate import obs_column
 
+from .allocator import keep_freed_memory
 from .options import BY_NAME, CLASSIFY_ONLY, OPTIONS, STAGE2_STOPS, Option, classifies
 
 if TYPE_CHECKING:  # anndata is imported where it is used, after the fast argument and path checks
@@ -145,6 +146,7 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
     # Idle OpenMP threads sleep instead of spinning, so that on a shared machine they leave the cores
     # to the work (speed page, contention). Read when torch loads its OpenMP runtime, just below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    keep_freed_memory()  # each step's freed memory stays in the heap instead of being faulted in again
     try:
         import torch
 
