@@ -61,6 +61,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 from pathlib import Path
 
 import anndata as ad
@@ -214,18 +215,28 @@ import os, subprocess, sys
 child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
 _, status, usage = os.wait4(child.pid, 0)
 child.returncode = os.waitstatus_to_exitcode(status)
-print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime, usage.ru_stime, usage.ru_minflt)
 sys.exit(child.returncode)
 """
 
 
-def run_with_rusage(command: list[str], env: dict[str, str] | None = None) -> tuple[int, float]:
-    """Run ``command`` to completion; its peak resident memory (KiB) and CPU seconds."""
+class Usage(NamedTuple):
+    """What a finished process used: peak resident memory (KiB), CPU seconds (user + system), the
+    system seconds among them, and its minor page faults (memory faulted in without disk reads)."""
+
+    peak_kib: int
+    cpu_s: float
+    system_s: float
+    page_faults: int
+
+
+def run_with_rusage(command: list[str], env: dict[str, str] | None = None) -> Usage:
+    """Run ``command`` to completion; what it used."""
     done = subprocess.run([sys.executable, "-c", RUSAGE_LAUNCHER, *command], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    peak, cpu = done.stdout.split()[-2:]
-    return int(peak), float(cpu)
+    peak, cpu, system, faults = done.stdout.split()[-4:]
+    return Usage(int(peak), float(cpu), float(system), int(faults))
 
 
 INFER_BIN = Path(sys.executable).with_name("sccsa-infer")  # the default of --infer-bin
@@ -253,7 +264,7 @@ def streaming(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list[
             command = [str(infer_bin), "predict", str(big), "--model", str(bundle), "--out", str(out), "--threads", "1",
                        "--no-progress"]
             with Timer() as timer:
-                peak_kib, cpu = run_with_rusage(command, install_env())
+                peak_kib, cpu = run_with_rusage(command, install_env())[:2]
             if suffix == ".parquet":
                 labelled = len(pd.read_parquet(out, columns=["sccsa_cluster"]))
             else:
@@ -297,7 +308,7 @@ def contention(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list
                 for _ in range(repeats):
                     with Timer() as timer:
                         base = install_env() if what.startswith("sccsa-infer") else os.environ  # train: this checkout
-                        _, cpu = run_with_rusage(command, env={**base, **env})
+                        cpu = run_with_rusage(command, env={**base, **env}).cpu_s
                     samples.append((timer.seconds, cpu))
             finally:
                 for process in busy:
@@ -392,7 +403,7 @@ def graph_forms(models: list[SCCSA], infer_bin: Path, source: sp.csr_matrix, gen
         cpu: dict[str, list[float]] = {row: [] for row in commands}
         for repeat in range(repeats):
             for row in (list(commands) if repeat % 2 == 0 else list(commands)[::-1]):
-                cpu[row].append(run_with_rusage(commands[row], install_env())[1])
+                cpu[row].append(run_with_rusage(commands[row], install_env()).cpu_s)
         for form, (_, graph) in runs.items():
             seconds = statistics.median(cpu[form])
             rows.append({"form": form, "genes": d,
@@ -415,7 +426,7 @@ def data_parallel(dataset: Path, work: Path) -> list[dict]:
         env = {**os.environ, "OMP_NUM_THREADS": "1"} if processes > 1 else None
         with Timer() as timer:
             peak, cpu = run_with_rusage([*train_command(dataset, k, kind, out, processes), "--eval-key", LABEL_KEY],
-                                        env=env)
+                                        env=env)[:2]
         report = json.loads((out / "report.json").read_text())
         metrics = json.loads((out / "bundle.json").read_text())["metrics"]
         rows.append({"processes": processes, "threads_each": 1 if processes > 1 else cores,
@@ -452,7 +463,7 @@ def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: l
         out = work / f"scale_{n_cells}"
         command = [*train_command(path, k, "counts", out), *(flags or []), *SCALE_BUDGET, "--eval-key", LABEL_KEY]
         with Timer() as timer:
-            peak, cpu = run_with_rusage(command)
+            peak, cpu = run_with_rusage(command)[:2]
         report = json.loads((out / "report.json").read_text())
         seconds, timings = report["history"]["seconds"], report["timings_seconds"]
         stages = {"preprocess_s": timings["preprocess"], "gene_selection_s": timings["gene_selection"],
@@ -545,19 +556,21 @@ def training_vs_scanpy(dataset: Path, work: Path, repeats: int = 3, baseline_src
         source = baseline_src.absolute()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(source / part) for part in ("training", "inference")))
         runs[f"sccsa-train at {source_commit(source)}"] = ([sys.executable, "-m", "sccsa_train.cli", *command[len(train_launcher()):]], env)
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    samples: dict[str, list[tuple[float, Usage]]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, (command, env) in runs.items():
             with Timer() as timer:
-                _, cpu = run_with_rusage(command, env)
-            samples[name].append((timer.seconds, cpu))
+                usage = run_with_rusage(command, env)
+            samples[name].append((timer.seconds, usage))
     scanpy_wall = statistics.median(wall for wall, _ in samples[scanpy])
-    scanpy_cpu = statistics.median(cpu for _, cpu in samples[scanpy])
+    scanpy_cpu = statistics.median(usage.cpu_s for _, usage in samples[scanpy])
     rows = []
     for name, values in samples.items():
-        wall, cpu = statistics.median(w for w, _ in values), statistics.median(c for _, c in values)
+        wall, cpu = statistics.median(w for w, _ in values), statistics.median(u.cpu_s for _, u in values)
         rows.append({"pipeline": name, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-                     "cpu_vs_scanpy": round(cpu / scanpy_cpu, 2), "wall_vs_scanpy": round(wall / scanpy_wall, 2)})
+                     "cpu_vs_scanpy": round(cpu / scanpy_cpu, 2), "wall_vs_scanpy": round(wall / scanpy_wall, 2),
+                     "system_s": round(statistics.median(u.system_s for _, u in values), 1),
+                     "page_faults": int(statistics.median(u.page_faults for _, u in values))})
         print(rows[-1], flush=True)
     return rows
 
@@ -647,7 +660,8 @@ def _vs_scanpy(payload: dict, key: str) -> str:
             "`sccsa-train` with the default settings (seed 0, all cores) and Scanpy's standard pipeline "
             "(normalise, log1p, 2000 HVGs, scale, 50 PCs, kNN graph, Leiden) on "
             f"{payload.get('scanpy_dataset')}, each in a fresh process (reading the file included), the runs "
-            f"alternating; medians of {payload.get('train_repeats', 3)}. Training costs "
+            f"alternating; medians of {payload.get('train_repeats', 3)} (`system_s`: the CPU seconds spent in the "
+            "kernel, `page_faults`: its minor page faults, where recorded). Training costs "
             f"{rows['cpu_vs_scanpy'].iloc[0]:.1f}× Scanpy's CPU seconds (issue 14 asks for at most 3×)."
             + _other_precisions(rows) + _earlier_training(rows) + _measured(payload, key) + "\n\n"
             + markdown_table(rows))

@@ -310,7 +310,9 @@ def test_speed_training_vs_scanpy_times_an_earlier_source_tree_beside_today(data
     commit = speed.source_commit(REPO)
     assert [r["pipeline"] for r in rows][2] == f"sccsa-train at {commit}"
     assert all(r["cpu_s"] > 0 for r in rows)
+    assert all(0 <= r["system_s"] <= r["cpu_s"] and r["page_faults"] > 0 for r in rows)  # where the CPU time went
     page = speed.summarise({"training_vs_scanpy": rows, "scanpy_dataset": "tiny_b"})
+    assert "| system_s | page_faults |" in page
     assert f"from the source of commit {commit}, with the same packages, in the same run" in page
     assert "source of commit" not in speed.summarise({"training_vs_scanpy": rows[:2], "scanpy_dataset": "tiny_b"})
 
