@@ -2,13 +2,13 @@
 
 Every optimizer step allocates and frees the same activations and gradients. With glibc's default
 settings much of that memory goes back to the kernel when freed (``munmap``, or a trim of the heap's
-top) and is faulted in again, page by page, on the next step: in a development run a default
-``sccsa-train`` on PBMC-Zheng4k spent 14.6 of its 103 CPU seconds in the kernel, with 2.5 million
-page faults. Fixing glibc's mmap threshold at its largest value (32 MiB, which also turns off its
-dynamic adjustment) and keeping up to 256 MiB free at the heap's top took the faults of such a run
-to ~0.33 million at the same peak memory; the speed page times the whole command against the code
-before, side by side. This is what ``GLIBC_TUNABLES`` or the ``MALLOC_*_`` variables would set,
-applied by the ``sccsa-train`` process to itself; a user's own setting of either wins.
+top) and is faulted in again, page by page, on the next step: a default ``sccsa-train`` on
+PBMC-Zheng4k spent 11.6 of its 96.8 CPU seconds in the kernel, with 3.0 million page faults. Fixing
+glibc's mmap threshold at its largest value (32 MiB, which also turns off its dynamic adjustment)
+and keeping up to 256 MiB free at the heap's top took them to 7.0 CPU seconds and 0.34 million
+faults (speed page, medians of 5 side by side; the peak memory was unchanged in a development
+run, 1.0 GiB). This is what ``GLIBC_TUNABLES`` or the ``MALLOC_*_`` variables would set, applied
+by the ``sccsa-train`` process to itself; a user's own setting of either wins.
 """
 
 from __future__ import annotations
