@@ -61,8 +61,8 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import anndata as ad
 import h5py

@@ -14,10 +14,10 @@ by the ``sccsa-train`` process to itself; a user's own setting of either wins.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ TRIM_THRESHOLD = 256 << 20
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
-def user_malloc_settings(environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
+def user_malloc_settings(environ: Mapping[str, str] = os.environ) -> bool:
     """The user tuned glibc's allocator through the environment (their choice is kept)."""
     return "glibc.malloc." in environ.get("GLIBC_TUNABLES", "") or any(name in environ for name in USER_SETTINGS)
 
@@ -38,9 +38,8 @@ def keep_freed_memory() -> bool:
     whether they were set: not on other systems or C libraries, nor over the user's own settings."""
     if not sys.platform.startswith("linux") or user_malloc_settings():
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+    try:  # the C library this process already runs on (no library search, which would start ldconfig)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
