@@ -92,8 +92,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     # the same host) is not behind on either half
     "wide_latent": ({"latent_dim": 32}, "latent dim 32"),
     # protocol T: the panel of the F-test on the reference labels at 2000 genes. In a development probe
-    # (tuning half, seed 0) the logistic regression restricted to the top 1000 F-test genes lost up to 0.05
-    # label accuracy (Goolam) against the top 2000, which did at least as well as all genes. Fixed before its runs:
+    # (tuning half, seed 0) the logistic regression restricted to the top 1000 F-test genes lost label
+    # accuracy on some sets against the top 2000, which did as well as all genes. Fixed before its runs:
     # it becomes the default of a classifying fit only if its mean T label accuracy over 3 seeds is ahead of
     # the defaults' on both halves and its macro-F1 is not behind on either
     "genes2000": ({"n_genes": 2000}, "2000 genes"),
