@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from sccsa_infer.ontology import check_ontology, read_ontology
 from sccsa_infer.validate import obs_column
 
 from .allocator import keep_freed_memory
+from .openmp import spin_briefly_then_sleep
 from .options import BY_NAME, CLASSIFY_ONLY, OPTIONS, STAGE2_STOPS, Option, classifies
 
 if TYPE_CHECKING:  # anndata is imported where it is used, after the fast argument and path checks
@@ -143,9 +143,9 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
         raise click.UsageError(f"{', '.join(explicit)} shape(s) how stage 2 learns the reference labels, so it needs "
                                "a classifying stage 2: give --labels-key COL (with --objective auto or classify), or "
                                f"drop {', '.join(explicit)}.")
-    # Idle OpenMP threads sleep instead of spinning, so that on a shared machine they leave the cores
+    # Idle OpenMP threads spin briefly, then sleep, so that on a shared machine they leave the cores
     # to the work (speed page, contention). Read when torch loads its OpenMP runtime, just below.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    spin_briefly_then_sleep()
     keep_freed_memory()  # each step's freed memory stays in the heap instead of being faulted in again
     try:
         import torch
