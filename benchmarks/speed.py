@@ -20,7 +20,7 @@
 4. Contention: ``sccsa-infer predict`` (all cores) on a replicated file and ``sccsa-train`` (all
    cores) on ``--contention-dataset``, each alone and beside one busy process per half of the
    cores, with idle threads spinning or sleeping (ONNX Runtime ``--spin-wait``; OpenMP
-   ``OMP_WAIT_POLICY=ACTIVE``/``PASSIVE`` for torch, and ``sccsa-train``'s default of a brief spin
+   ``OMP_WAIT_POLICY=ACTIVE``/``PASSIVE`` for torch, and ``sccsa-train --spin-wait``'s brief spin
    before sleeping): median wall and CPU seconds of 3 runs.
 5. Data-parallel training: ``sccsa-train`` on ``--processes-dataset`` (default settings, seed 0) as
    one process with all cores and under ``torchrun`` as one process per core (one thread each,
@@ -296,10 +296,9 @@ def contention(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list
                                                str(work / "c.parquet"), "--no-progress"], {}),
         ("sccsa-train", "spinning"): (train_command(dataset, k, kind, work / "contention_model"),
                                        {"OMP_WAIT_POLICY": "ACTIVE"}),
-        ("sccsa-train", "sleeping at once"): (train_command(dataset, k, kind, work / "contention_model"),
-                                               {"OMP_WAIT_POLICY": "PASSIVE"}),
-        ("sccsa-train", "spinning briefly, then sleeping"): (train_command(dataset, k, kind,
-                                                                            work / "contention_model"), {}),
+        ("sccsa-train", "sleeping"): (train_command(dataset, k, kind, work / "contention_model"), {}),
+        ("sccsa-train", "spinning briefly, then sleeping"): (
+            [*train_command(dataset, k, kind, work / "contention_model"), "--spin-wait"], {}),
     }
     # sccsa-train's own choice (sccsa_train.openmp) applies only where the user set neither variable
     own = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
@@ -735,9 +734,9 @@ def summarise(payload: dict) -> str:
         parts.append("## Contention: idle threads spinning or sleeping, alone and beside busy processes\n\n"
                      "Each command with all cores, alone and beside CPU-bound neighbour processes (one per two "
                      "cores); idle threads spinning (`sccsa-infer --spin-wait`, `OMP_WAIT_POLICY=ACTIVE` for "
-                     "torch) or sleeping (`sccsa-infer`'s default); for `sccsa-train` also sleeping at once "
-                     "(`OMP_WAIT_POLICY=PASSIVE`, its default before) and spinning briefly, then sleeping (its "
-                     "default: `GOMP_SPINCOUNT=10000` with it). Median of 3 runs; `sccsa-infer` labels "
+                     "torch) or sleeping (the defaults of both commands: `OMP_WAIT_POLICY=PASSIVE` for torch); "
+                     "for `sccsa-train` also spinning briefly, then sleeping (`--spin-wait`: `GOMP_SPINCOUNT=10000` "
+                     "beside it). Median of 3 runs; `sccsa-infer` labels "
                      f"200,000 replicated PBMC-Zheng4k cells, `sccsa-train` fits {payload.get('contention_dataset')} "
                      "with the default settings." + _measured(payload, "contention") + "\n\n"
                      + markdown_table(rows.set_index(["command", "idle_threads", "busy_neighbours"])))

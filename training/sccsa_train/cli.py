@@ -23,7 +23,7 @@ from sccsa_infer.ontology import check_ontology, read_ontology
 from sccsa_infer.validate import obs_column
 
 from .allocator import keep_freed_memory
-from .openmp import spin_briefly_then_sleep
+from .openmp import set_wait_policy
 from .options import BY_NAME, CLASSIFY_ONLY, OPTIONS, STAGE2_STOPS, Option, classifies
 
 if TYPE_CHECKING:  # anndata is imported where it is used, after the fast argument and path checks
@@ -100,6 +100,9 @@ def table_options(command: Callable[..., Any]) -> Callable[..., Any]:
               help="Where to write the model bundle: a folder, or a file name ending in .zip.")
 @table_options
 @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads for torch (default: torch's choice).")
+@click.option("--spin-wait", is_flag=True,
+              help="Let idle torch threads spin briefly before they sleep (GOMP_SPINCOUNT=10000): faster on a machine "
+                   "you have to yourself, much slower beside busy processes, so off by default.")
 @click.option("--eval-key", default=None,
               help="obs column of true labels, read only AFTER training to print ARI/NMI/ACC (never used by the fit).")
 @click.option("--write-adata", type=click.Path(path_type=Path), default=None,
@@ -113,7 +116,7 @@ def table_options(command: Callable[..., Any]) -> Callable[..., Any]:
                    "file (only one sccsa wrote); anything else is refused before training.")
 @verbosity_options
 @friendly_errors
-def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write_adata: Path | None,
+def main(data: Path, out: Path, threads: int | None, spin_wait: bool, eval_key: str | None, write_adata: Path | None,
          cell_ontology: Path | None, overwrite: bool, **params: Any) -> None:
     """Fit scCompressSA on DATA (.h5ad, cells × genes, raw counts by default) and export a bundle.
 
@@ -143,9 +146,9 @@ def main(data: Path, out: Path, threads: int | None, eval_key: str | None, write
         raise click.UsageError(f"{', '.join(explicit)} shape(s) how stage 2 learns the reference labels, so it needs "
                                "a classifying stage 2: give --labels-key COL (with --objective auto or classify), or "
                                f"drop {', '.join(explicit)}.")
-    # Idle OpenMP threads spin briefly, then sleep, so that on a shared machine they leave the cores
-    # to the work (speed page, contention). Read when torch loads its OpenMP runtime, just below.
-    spin_briefly_then_sleep()
+    # Idle OpenMP threads sleep (after a brief spin with --spin-wait), so that on a shared machine they
+    # leave the cores to the work (speed page, contention). Read when torch loads its OpenMP runtime, just below.
+    set_wait_policy(spin_wait)
     keep_freed_memory()  # each step's freed memory stays in the heap instead of being faulted in again
     try:
         import torch

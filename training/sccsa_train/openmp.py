@@ -1,15 +1,15 @@
 """How torch's idle OpenMP threads wait in the ``sccsa-train`` process (GNU OpenMP, which torch's
-Linux wheels bundle).
+Linux wheels bundle). Both variables are read once, when torch loads its OpenMP runtime, so this
+must run before ``import torch``; a user who set either keeps their choice.
 
-A training step runs a few dozen short parallel operators. Spinning idle threads (OpenMP's
-default) burn the cores a busy shared machine needs for other work (speed page, contention), so
-``sccsa-train`` has let them sleep at once (``OMP_WAIT_POLICY=PASSIVE``). But sleeping at once
-costs a futex sleep and wake-up per thread and operator: a default fit on PBMC-Zheng4k made
-~166,000 voluntary context switches per 300 steps. Spinning for ``GOMP_SPINCOUNT`` = 10,000
-iterations first (tens of microseconds, about the gap between two operators) catches the next
-operator without a sleep: ~2,400 switches. The speed page measures the whole fit with and without
-it. Both variables are read once, when torch loads its OpenMP runtime, so this must run before
-``import torch``; a user who set either keeps their choice.
+By default idle threads sleep at once (``OMP_WAIT_POLICY=PASSIVE``): beside busy processes,
+spinning threads take the cores the working thread needs (speed page, contention). Alone on a
+machine, sleeping at once costs a futex sleep and wake-up per thread and operator (a training step
+runs a few dozen short ones). ``--spin-wait`` lets them spin ``GOMP_SPINCOUNT`` = 10,000
+iterations first (about the gap between two operators), which catches the next operator without a
+sleep. The speed page's contention rows measure the three ways to wait, alone and beside a busy
+process: the brief spin is the fastest alone and far slower beside a busy process, so it is not
+the default.
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ SPIN_COUNT = 10_000
 USER_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def spin_briefly_then_sleep(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Make idle OpenMP threads spin :data:`SPIN_COUNT` iterations, then sleep, unless the user set
-    how they wait (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``). Returns whether it set them."""
+def set_wait_policy(spin: bool = False, environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Idle OpenMP threads sleep at once, or with ``spin`` spin :data:`SPIN_COUNT` iterations first,
+    unless the user set how they wait (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``). Returns whether
+    it set the variables."""
     if any(name in environ for name in USER_SETTINGS):
+        log.debug("idle OpenMP threads wait as the environment says")
         return False
     environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
-    log.debug("idle OpenMP threads spin %d iterations, then sleep", SPIN_COUNT)
+    if spin:
+        environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    log.debug("idle OpenMP threads %s", f"spin {SPIN_COUNT} iterations, then sleep" if spin else "sleep at once")
     return True
