@@ -226,6 +226,38 @@ def test_pretraining_stops_at_its_step_budget(adata):
     assert all(np.isfinite(h["reconstruction"]) for h in pretrain)
 
 
+@pytest.mark.parametrize(("extra", "planned"), [({"pretrain_max_steps": 10}, 10), ({"pretrain_epochs": 3}, 12)])
+def test_one_cycle_anneals_the_learning_rate_over_exactly_the_steps_run(adata, monkeypatch, extra, planned):
+    """lr_schedule='one_cycle' rises to lr, then anneals to ~0 at stage 1's last step (the step
+    budget, else the epochs); OneCycleLR refuses a step past its total, so the count must be exact."""
+    import torch
+
+    rates = []
+
+    class Recording(torch.optim.lr_scheduler.OneCycleLR):
+        def step(self, *args, **kwargs):
+            super().step(*args, **kwargs)
+            rates.append(self.get_last_lr()[0])
+
+    monkeypatch.setattr(torch.optim.lr_scheduler, "OneCycleLR", Recording)
+    params = {**FAST_TRAINING, "cluster_epochs": 0, "lr": 2e-3, "lr_schedule": "one_cycle", **extra}
+    model = SCCSA(3, n_genes=40, random_state=0, **params).fit(adata)  # 240 cells, batches of 64
+    assert model.history_.pretrain[-1]["steps"] == planned
+    assert len(rates) == planned + 1  # the scheduler's own first step, then one after each optimizer step
+    used = rates[:planned]  # the rate of each optimizer step (the last entry would be the next step's)
+    assert used[0] == pytest.approx(2e-3 / 25) and max(used) == pytest.approx(2e-3, rel=0.02) and used[-1] < 1e-6
+
+
+def test_batches_per_epoch_counts_the_batches_drawn():
+    import torch
+
+    from sccsa_train.fit import _batches, batches_per_epoch
+
+    for n in (2, 63, 64, 65, 129, 240, 257):
+        drawn = _batches(n, 64, torch.Generator().manual_seed(0))
+        assert len(drawn) == batches_per_epoch(n, 64) and sum(map(len, drawn)) == n
+
+
 def test_bf16_mixed_trains_in_bfloat16_and_keeps_the_fit_float32(adata, unsupervised, monkeypatch):
     """precision='bf16-mixed' runs the network's training passes under bfloat16 autocast (CPU
     autocast here; the GPU rows are on the speed page); what comes out of them stays float32."""

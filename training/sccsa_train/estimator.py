@@ -101,6 +101,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         cluster_max_steps: int = default("cluster_max_steps"),
         batch_size: int = default("batch_size"),
         lr: float = default("lr"),
+        lr_schedule: str = default("lr_schedule"),
         cluster_lr: float = default("cluster_lr"),
         tol: float = default("tol"),
         patience: int = default("patience"),
@@ -143,6 +144,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         self.cluster_max_steps = cluster_max_steps
         self.batch_size = batch_size
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self.cluster_lr = cluster_lr
         self.tol = tol
         self.patience = patience
@@ -168,7 +170,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             pretrain_epochs=self.pretrain_epochs, pretrain_max_steps=self.pretrain_max_steps,
             pretrain_starts=self.pretrain_starts, input_noise=self.input_noise, cluster_epochs=self.cluster_epochs,
             cluster_max_steps=self.cluster_max_steps, batch_size=self.batch_size,
-            pretrain_lr=self.lr, cluster_lr=self.cluster_lr, tol=self.tol, patience=self.patience,
+            pretrain_lr=self.lr, lr_schedule=self.lr_schedule, cluster_lr=self.cluster_lr, tol=self.tol, patience=self.patience,
             beta_scale=self.beta_scale,
             kmeans_choice=self.kmeans_choice, kmeans_tolerance=self.kmeans_tolerance,
             class_metric=self.class_metric, classify_lr=self.classify_lr,

@@ -15,6 +15,7 @@ Evaluation labels never enter this module: nothing here can select epochs or mod
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -63,6 +64,7 @@ class Schedule:
     cluster_max_steps: int = default("cluster_max_steps")
     batch_size: int = default("batch_size")
     pretrain_lr: float = default("lr")
+    lr_schedule: str = default("lr_schedule")
     cluster_lr: float = default("cluster_lr")
     classify_lr: float = default("classify_lr")
     tol: float = default("tol")
@@ -172,11 +174,18 @@ def embed_all(net: SCCSANet, x: NetworkInput, batch_size: int = 2048) -> Embeddi
     return latent, alpha
 
 
+def batches_per_epoch(n: int, batch_size: int, workers: Workers = SINGLE) -> int:
+    """How many mini-batches :func:`_batches` makes of ``n`` cells: a last batch too small for
+    BatchNorm (fewer than two cells per rank) joins the one before it."""
+    count = math.ceil(n / batch_size)
+    return count - 1 if count > 1 and n - (count - 1) * batch_size < 2 * workers.size else count
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator, workers: Workers = SINGLE) -> list[torch.Tensor]:
     """This rank's share of each global mini-batch of one epoch (every rank draws the same order)."""
     order = torch.randperm(n, generator=generator)
     batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2 * workers.size:  # BatchNorm needs two cells per rank
+    if len(batches) > batches_per_epoch(n, batch_size, workers):
         tail = batches.pop()
         batches[-1] = torch.cat([batches[-1], tail])
     return [workers.share(batch) for batch in batches]
@@ -244,8 +253,13 @@ def pretrain(model: torch.nn.Module, x: NetworkInput, schedule: Schedule, histor
     ``workers`` are several; ``covariates``: the batch one-hot of each row of ``x``, for a
     conditional decoder)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=schedule.pretrain_lr)
-    model.train()
     steps, limit = 0, schedule.pretrain_max_steps or None
+    annealing = None
+    if schedule.lr_schedule == "one_cycle":
+        planned = schedule.pretrain_epochs * batches_per_epoch(len(x), schedule.batch_size, workers)
+        annealing = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=schedule.pretrain_lr,
+                                                        total_steps=min(planned, limit or planned))
+    model.train()
     for epoch in tqdm(range(schedule.pretrain_epochs), desc="pretrain", unit="epoch", disable=bar_disabled(progress),
                       leave=False):
         started, total, seen = time.perf_counter(), 0.0, 0
@@ -260,6 +274,8 @@ def pretrain(model: torch.nn.Module, x: NetworkInput, schedule: Schedule, histor
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if annealing is not None:
+                annealing.step()
             total += float(loss.detach()) * len(index)
             seen += len(index)
             steps += 1

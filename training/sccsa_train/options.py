@@ -26,6 +26,7 @@ CLASS_METRICS: tuple[str, ...] = ("euclidean", "within")
 OBJECTIVES: tuple[str, ...] = ("auto", "cluster", "classify")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("32", "bf16-mixed", "auto")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "one_cycle")
 DEFAULT_CHANNELS: tuple[int, int, int] = (16, 32, 64)
 STAGE2_STOPS: dict[str, str] = {"tol": "fewer than tol of the labels changed", "patience": "no progress in patience "
                                 "epochs", "steps": "reached cluster_max_steps", "epochs": "reached cluster_epochs"}
@@ -133,7 +134,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("cluster_max_steps", int, 0, "Stage 2 stops after this many optimizer steps even before cluster_epochs "
            "(0: no limit); the epoch it stops in still updates the centroids and labels from every cell.", low=0),
     Option("batch_size", int, 256, "Cells per mini-batch.", low=2),
-    Option("lr", float, 1e-3, "Stage 1 learning rate.", low=0, low_open=True),
+    Option("lr", float, 1e-3, "Stage 1 learning rate (with lr_schedule='one_cycle', its peak).", low=0, low_open=True),
+    Option("lr_schedule", str, "constant", "Stage 1's learning rate over its steps: constant (lr throughout); one_cycle "
+           "(PyTorch's OneCycleLR, Smith's super-convergence: up from lr/25 to lr over the first 30 % of the steps, "
+           "then cosine annealing to ~0 at the last).", choices=LR_SCHEDULES),
     Option("cluster_lr", float, 1e-4, "Stage 2 learning rate when it clusters (classify_lr when it classifies).",
            low=0, low_open=True),
     Option("tol", float, 0.001, "Stage 2 stops when fewer than this fraction of labels change in an epoch.", low=0,
