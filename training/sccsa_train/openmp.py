@@ -8,8 +8,8 @@ machine, sleeping at once costs a futex sleep and wake-up per thread and operato
 runs a few dozen short ones). ``--spin-wait`` lets them spin ``GOMP_SPINCOUNT`` = 10,000
 iterations first (about the gap between two operators), which catches the next operator without a
 sleep. The speed page's contention rows measure the three ways to wait, alone and beside a busy
-process: the brief spin is the fastest alone and far slower beside a busy process, so it is not
-the default.
+process: alone the brief spin is faster than sleeping at once (about as fast as spinning
+throughout), beside a busy process nearly as slow as spinning throughout, so it is not the default.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ def set_wait_policy(spin: bool = False, environ: MutableMapping[str, str] = os.e
     """Idle OpenMP threads sleep at once, or with ``spin`` spin :data:`SPIN_COUNT` iterations first,
     unless the user set how they wait (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``). Returns whether
     it set the variables."""
-    if any(name in environ for name in USER_SETTINGS):
-        log.debug("idle OpenMP threads wait as the environment says")
+    chosen = [name for name in USER_SETTINGS if name in environ]
+    if chosen:
+        (log.warning if spin else log.debug)("idle OpenMP threads wait as %s in the environment says%s",
+                                             " and ".join(chosen), " (--spin-wait ignored)" if spin else "")
         return False
     environ["OMP_WAIT_POLICY"] = "PASSIVE"
     if spin:
