@@ -87,6 +87,7 @@ from common import (
 )
 from sccsa_infer import Predictor
 from sccsa_train import SCCSA
+from sccsa_train.openmp import USER_SETTINGS as WAIT_SETTINGS
 
 BATCHES = (1, 64, 1024)
 SERVED = "pbmc_zheng4k_top2000"  # the dataset whose model inference is measured on
@@ -265,7 +266,8 @@ def streaming(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list[
             command = [str(infer_bin), "predict", str(big), "--model", str(bundle), "--out", str(out), "--threads", "1",
                        "--no-progress"]
             with Timer() as timer:
-                peak_kib, cpu = run_with_rusage(command, install_env())[:2]
+                usage = run_with_rusage(command, install_env())
+            peak_kib, cpu = usage.peak_kib, usage.cpu_s
             if suffix == ".parquet":
                 labelled = len(pd.read_parquet(out, columns=["sccsa_cluster"]))
             else:
@@ -301,7 +303,7 @@ def contention(infer_bin: Path, bundle: Path, source: sp.csr_matrix, genes: list
             [*train_command(dataset, k, kind, work / "contention_model"), "--spin-wait"], {}),
     }
     # sccsa-train's own choice (sccsa_train.openmp) applies only where the user set neither variable
-    own = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    own = {key: value for key, value in os.environ.items() if key not in WAIT_SETTINGS}
     n_busy = max(1, (os.cpu_count() or 2) // 2)
     rows = []
     for (what, waiting), (command, env) in runs.items():
@@ -429,8 +431,8 @@ def data_parallel(dataset: Path, work: Path) -> list[dict]:
         out = work / f"processes{processes}"
         env = {**os.environ, "OMP_NUM_THREADS": "1"} if processes > 1 else None
         with Timer() as timer:
-            peak, cpu = run_with_rusage([*train_command(dataset, k, kind, out, processes), "--eval-key", LABEL_KEY],
-                                        env=env)[:2]
+            usage = run_with_rusage([*train_command(dataset, k, kind, out, processes), "--eval-key", LABEL_KEY], env=env)
+        peak, cpu = usage.peak_kib, usage.cpu_s
         report = json.loads((out / "report.json").read_text())
         metrics = json.loads((out / "bundle.json").read_text())["metrics"]
         rows.append({"processes": processes, "threads_each": 1 if processes > 1 else cores,
@@ -467,7 +469,8 @@ def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: l
         out = work / f"scale_{n_cells}"
         command = [*train_command(path, k, "counts", out), *(flags or []), *SCALE_BUDGET, "--eval-key", LABEL_KEY]
         with Timer() as timer:
-            peak, cpu = run_with_rusage(command)[:2]
+            usage = run_with_rusage(command)
+        peak, cpu = usage.peak_kib, usage.cpu_s
         report = json.loads((out / "report.json").read_text())
         seconds, timings = report["history"]["seconds"], report["timings_seconds"]
         stages = {"preprocess_s": timings["preprocess"], "gene_selection_s": timings["gene_selection"],

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from sccsa_train.openmp import SPIN_COUNT, set_wait_policy
+from sccsa_train.openmp import SPIN_COUNT, USER_SETTINGS, set_wait_policy
 
 PROCESS = textwrap.dedent("""
     import sys
@@ -25,7 +25,7 @@ PROCESS = textwrap.dedent("""
 
 def _spin_count(mode: str) -> str:
     """The spin count torch's OpenMP runtime runs with (GNU OpenMP prints it with OMP_DISPLAY_ENV)."""
-    env = {name: value for name, value in os.environ.items() if name not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = {name: value for name, value in os.environ.items() if name not in USER_SETTINGS}
     env["OMP_DISPLAY_ENV"] = "VERBOSE"
     out = subprocess.run([sys.executable, "-c", PROCESS, mode], capture_output=True, text=True, check=True, env=env)
     found = re.search(r"GOMP_SPINCOUNT = '(\w+)'", out.stderr + out.stdout)

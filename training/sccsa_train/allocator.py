@@ -7,8 +7,9 @@ PBMC-Zheng4k spent 11.6 of its 96.8 CPU seconds in the kernel, with 3.0 million 
 glibc's mmap threshold at its largest value (32 MiB, which also turns off its dynamic adjustment)
 and keeping up to 256 MiB free at the heap's top took them to 7.0 CPU seconds and 0.34 million
 faults (speed page, medians of 5 side by side), and the peak memory of the 10⁶-cell fit stayed
-where it was (4,760 against 4,727 MiB the day before). This is what ``GLIBC_TUNABLES`` or the ``MALLOC_*_`` variables would set, applied
-by the ``sccsa-train`` process to itself; a user's own setting of either wins.
+where it was (4,760 against 4,727 MiB the day before). This is what ``GLIBC_TUNABLES`` or the
+``MALLOC_*_`` variables would set, applied by the ``sccsa-train`` process to itself; a user's own
+setting of either wins.
 """
 
 from __future__ import annotations
