@@ -132,7 +132,7 @@ def time_configs(make_net, x, schedule, steps: int, warmup: int, repeats: int) -
         for name in CONFIGS:
             runs[name].append(_timed_steps(make_net, x, schedule, name, steps, generator))
     return [{"kind": "config", "config": name, "ms_per_step": round(statistics.median(values), 2),
-             "runs": [round(value, 2) for value in values], "warmup_s": round(warm_s[name], 2), "warmup_steps": warmup}
+             "runs": [round(value, 2) for value in values], "warmup_s": round(warm_s[name], 4), "warmup_steps": warmup}
             for name, values in runs.items()]
 
 
@@ -203,7 +203,7 @@ def summarise(records: list[dict[str, Any]]) -> str:
         if "warmup_s" in timed and timed["warmup_s"].notna().any():  # sections measured before have none
             steps = int(timed["warmup_steps"].dropna().iloc[0])
             table[f"warm-up s ({steps} steps, compiling included)"] = timed["warmup_s"].map(
-                lambda s: "–" if pd.isna(s) else f"{s:g}")
+                lambda s: "–" if pd.isna(s) else f"{s:.3g}")
         table.index.name = "configuration"
         busy = group[group["kind"] == "busy"].iloc[0]
         ops = group[group["kind"] == "operator"].set_index("operator")[
