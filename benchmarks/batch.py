@@ -110,7 +110,8 @@ def heldout_records(adata: ad.AnnData, truth: np.ndarray, batches: np.ndarray, k
             model = SCCSA(k, batch_key=BATCH_KEY, random_state=seed, progress=False).fit(adata[~query].copy())
             with tempfile.TemporaryDirectory() as folder:
                 model.export(Path(folder) / "bundle")
-                predicted = Predictor(Path(folder) / "bundle").predict(adata[query].copy()).cluster
+                labelled = Predictor(Path(folder) / "bundle").predict(adata.copy())  # every donor, one graph
+        predicted = labelled.cluster[query]
         shared = represented_types(truth[~query], truth[query])
         records.append({"method": "sccsa_batch", "protocol": f"T:{donor}", **score(truth[query], predicted),
                         "in_sample_ari": score(truth[query], in_sample[query])["ari"], "n_query": int(query.sum()),
@@ -119,8 +120,35 @@ def heldout_records(adata: ad.AnnData, truth: np.ndarray, batches: np.ndarray, k
                         "in_sample_ari_represented": _ari(truth[query][shared], in_sample[query][shared]),
                         "others_ari": score(truth[~query], model.labels_)["ari"],
                         "others_in_sample_ari": score(truth[~query], in_sample[~query])["ari"],
+                        **transfer_diagnosis(truth, labelled.cluster, labelled.distance, query),
                         "seconds": round(timer.seconds, 2), "torch_threads": training_threads()})
     return records
+
+
+def transfer_diagnosis(truth: np.ndarray, clusters: np.ndarray, distances: np.ndarray,
+                       query: np.ndarray) -> dict[str, float | None]:
+    """Does the encoder place a donor it never saw as it places its training donors? Both sides
+    labelled by the same bundle: ``in_majority`` is the share of the held-out donor's cells in
+    their type's majority cluster among the training donors' cells, ``others_in_majority`` the
+    same share for the training donors' cells, and ``distance_ratio`` the median over the
+    held-out cells of their distance to their centroid over the median distance of the training
+    cells of their type. Cells of types the training donors lack are left out (both None when
+    that is every cell of the donor)."""
+    frame = pd.DataFrame({"type": truth, "cluster": clusters, "distance": distances})
+    training = frame[~query]
+    majority = training.groupby("type")["cluster"].agg(lambda s: s.value_counts().index[0])
+    typical = training.groupby("type")["distance"].median()
+    held = frame[query & np.isin(truth, majority.index)]
+
+    def in_majority(part: pd.DataFrame) -> float:
+        return float((part["cluster"].to_numpy() == majority.reindex(part["type"]).to_numpy()).mean())
+
+    found: dict[str, float | None] = {"in_majority": None, "others_in_majority": round(in_majority(training), 4),
+                                      "distance_ratio": None}  # None: the donor holds no type the others hold
+    if len(held):
+        ratio = held["distance"].to_numpy() / typical.reindex(held["type"]).to_numpy()
+        found.update(in_majority=round(in_majority(held), 4), distance_ratio=round(float(np.median(ratio)), 4))
+    return found
 
 
 def _ari(truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -202,7 +230,8 @@ def summarise(records: list[dict]) -> str:
             gap=("gap", mean_sd), represented=("represented", lambda s: f"{s.iloc[0]:.0%}"),
             gap_represented=("gap_represented", mean_sd),
             others_ari=("others_ari", mean_sd), others_in_sample_ari=("others_in_sample_ari", mean_sd),
-            others_gap=("others_gap", mean_sd))
+            others_gap=("others_gap", mean_sd),
+            **{name: (name, mean_sd) for name in DIAGNOSIS if name in heldout})
         parts.append("## Protocol T by donor: a donor training never saw, labelled through the exported bundle\n\n"
                      "`heldout_ari`: sccsa `--batch-key donor` trained on the other donors, the held-out donor "
                      "labelled by `sccsa_infer.Predictor`; `in_sample_ari`: the same donor's cells in the all-donor "
@@ -213,13 +242,22 @@ def summarise(records: list[dict]) -> str:
                      "`gap_represented` is the gap on those cells only. And it splits by where it arises: "
                      "`others_ari` scores the held-out fit on its own training cells (the other donors), "
                      "`others_in_sample_ari` the all-donor fit on the same cells, `others_gap` their difference: "
-                     "what leaving the donor out costs the fit itself, before any cell of the donor is labelled."
+                     "what leaving the donor out costs the fit itself, before any cell of the donor is labelled. "
+                     "Whether the encoder transfers, with both sides labelled by the held-out fit's bundle (cells "
+                     "of types its training donors lack left out): `in_majority`, the share of the donor's cells "
+                     "in their type's majority cluster among the training donors' cells, beside "
+                     "`others_in_majority`, that share for the training donors' own cells; `distance_ratio`, the "
+                     "median over the donor's cells of their distance to their centroid over the median distance "
+                     "of the training cells of their type (1: placed as close as the cells it was trained on)."
                      "\n\n" + markdown_table(rows))
     intro = (f"{frame['dataset'].nunique()} dataset(s) with a donor column, seeds "
              f"{', '.join(map(str, sorted(frame['seed'].unique())))}; K = number of true labels for every method. "
              "Batch-aware defaults were chosen on the tuning set only. "
              + (seed_coverage(clustering, "method", columns) if columns else ""))
     return intro + "\n\n" + "\n\n".join(parts)
+
+
+DIAGNOSIS = ("in_majority", "others_in_majority", "distance_ratio")  # transfer_diagnosis' fields
 
 
 def _key(record: dict) -> tuple:

@@ -414,6 +414,9 @@ def test_batch_page_records_and_page(tmp_path, monkeypatch):
     assert sum(r["n_query"] for r in heldout) == 180 and all("in_sample_ari" in r for r in heldout)
     assert all(0 <= r["represented"] <= 1 and {"heldout_ari_represented", "in_sample_ari_represented", "others_ari",
                                                "others_in_sample_ari"} <= set(r) for r in heldout)
+    # each tiny donor holds a type the others lack entirely, and none of the others' types
+    assert all(r["in_majority"] is None and r["distance_ratio"] is None and 0 <= r["others_in_majority"] <= 1
+               for r in heldout)
     page = out.with_suffix(".md").read_text()
     for title in ("Cell-type ARI", "Batch NMI of the clusters", "kNN batch entropy", "Protocol T by donor"):
         assert title in page
@@ -429,6 +432,22 @@ def test_represented_types_flag_what_the_training_donors_barely_hold(monkeypatch
     query = np.array(["a"] * 40 + ["b"] * 20 + ["c"] * 30 + ["d"] * 10)  # shares 0.40, 0.20, 0.30, 0.10
     shared = batch.represented_types(reference, query)
     assert dict(zip(*np.unique(query[shared], return_counts=True))) == {"a": 40, "c": 30}  # b: 0.04 < 0.20 / 4
+
+
+def test_transfer_diagnosis_compares_the_held_out_donor_with_the_training_donors(monkeypatch):
+    """Majority clusters and typical distances come from the training donors only; a type they
+    lack is left out of the held-out side."""
+    batch = script("batch", monkeypatch)
+    truth = np.array(["a", "a", "a", "b", "b", "b", "a", "a", "b", "c"])
+    clusters = np.array([0, 0, 1, 2, 2, 2, 0, 1, 0, 1])
+    distances = np.array([1.0, 1.0, 3.0, 2.0, 2.0, 2.0, 2.0, 1.0, 6.0, 9.0])
+    query = np.array([False] * 6 + [True] * 4)
+    found = batch.transfer_diagnosis(truth, clusters, distances, query)
+    # training: a -> cluster 0 (2 of 3), b -> 2 (3 of 3): 5 of 6; held out: a0 yes, a1 no, b0 no; c left out
+    assert found == {"in_majority": round(1 / 3, 4), "others_in_majority": round(5 / 6, 4),
+                     "distance_ratio": 2.0}  # ratios 2/1, 1/1, 6/2: median 2
+    alone = batch.transfer_diagnosis(truth, clusters, distances, query & (truth == "c"))
+    assert alone["in_majority"] is None and alone["distance_ratio"] is None
 
 
 def test_pseudolabel_page_scores_both_rules_with_and_without_harmony(tmp_path, monkeypatch):
