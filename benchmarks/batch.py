@@ -13,7 +13,10 @@ On every dataset with a batch column (``obs['donor']``), 3 seeds, in one run:
   donor labelled through ``sccsa_infer.Predictor`` (ONNX Runtime); its ARI beside the in-sample
   ARI of the same donor's cells in the all-donor fit of the same seed, and the gap split two
   ways: on the donor's cells of types the other donors hold enough of (:func:`represented_types`),
-  and as the held-out fit's own loss on the other donors' cells against the all-donor fit's.
+  and as the held-out fit's own loss on the other donors' cells against the all-donor fit's;
+  and whether the encoder places the unseen donor as it places its training donors, both labelled
+  by the held-out fit's bundle (:func:`transfer_diagnosis`), since the ARI gap also compares two
+  fits' partitions.
 
 Metrics: ARI / NMI / ACC against the cell types; batch mixing as the NMI between clusters and
 donor (lower: clusters less tied to donors) and the kNN batch entropy of the embedding the
