@@ -113,7 +113,7 @@ def heldout_records(adata: ad.AnnData, truth: np.ndarray, batches: np.ndarray, k
             model = SCCSA(k, batch_key=BATCH_KEY, random_state=seed, progress=False).fit(adata[~query].copy())
             with tempfile.TemporaryDirectory() as folder:
                 model.export(Path(folder) / "bundle")
-                labelled = Predictor(Path(folder) / "bundle").predict(adata.copy())  # every donor, one graph
+                labelled = Predictor(Path(folder) / "bundle").predict(adata)  # every donor; it never modifies its input
         predicted = labelled.cluster[query]
         shared = represented_types(truth[~query], truth[query])
         records.append({"method": "sccsa_batch", "protocol": f"T:{donor}", **score(truth[query], predicted),
