@@ -109,6 +109,20 @@ def test_protocol_t_candidates_are_compared_by_label_accuracy_per_half(monkeypat
     assert [c.strip(" |") for c in confirmation[-4:]] == ["0.850", "0.900", "0.950", "0 of 1"]
 
 
+def test_every_variant_is_a_valid_setting_with_its_own_column(monkeypatch):
+    """Each candidate's settings pass the options table (a misspelt option or value would fail only
+    after a long run), differ from the defaults, and get a column name no other variant has."""
+    from sccsa_train import SCCSA
+    from sccsa_train.options import validate
+
+    clustering = script("clustering", monkeypatch)
+    defaults = SCCSA().get_params()
+    for name, (params, _) in clustering.VARIANTS.items():
+        validate({**defaults, **params})
+        assert any(defaults[key] != value for key, value in params.items()), name
+    assert len(set(clustering.VARIANT_U_COLUMNS)) == len(clustering.VARIANTS)
+
+
 def test_merge_without_shards_only_rewrites_the_page(data_dir, tmp_path, monkeypatch):
     clustering = script("clustering", monkeypatch)
     out = tmp_path / "clustering.json"
