@@ -37,6 +37,7 @@ under bfloat16 autocast (``precision='bf16-mixed'``), for CPUs with bfloat16 ins
 ``init_labels`` and ``starts3`` fix ``kmeans_choice='inertia'``, the default they were run with.
 ``cc_off`` and ``cc_fixed`` replace the learned SA-CC block by none (``cc='off'``, expression only)
 and by the paper's fixed mixture (``cc='fixed'``, α 0.5), at today's other defaults.
+``latent_k1`` is ``latent_dim='auto'``: a classifying fit's latent max(10, K − 1) wide instead of 10.
 
 Results: ``results/clustering.json`` (one record per dataset × method × protocol × seed) and
 ``results/clustering.md``. ``--resume`` keeps the records already in the JSON file.
@@ -122,6 +123,19 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     # shipped model are re-run with it. Otherwise the learned block stays and the README says by how much
     "cc_off": ({"cc": "off"}, "SA-CC off"),
     "cc_fixed": ({"cc": "fixed", "alpha": 0.5}, "fixed alpha 0.5"),
+    # issue 13, protocol T (label accuracy 0.935 against the logistic regression's 0.946): a classifying fit's
+    # latent at least K - 1 wide (latent_dim='auto': max(10, K - 1); a clustering fit keeps 10). Why: the
+    # nearest label centroid in the within-class whitened latent is LDA, and K label means span K - 1
+    # dimensions, so with 16 labels a 10-d latent cannot hold them in general position. Tuning-half basis
+    # (wide_latent, 32 dimensions, T): ahead on both bladder sets (16 labels) and Pollen (11), behind on
+    # PBMC-Zheng4k (8) and Goolam (5). It changes only the sets with K >= 12 (both bladder sets; cbmc, 15;
+    # Baron human, 14): every other set trains the network the defaults train, so only those four are run.
+    # Not blind on the confirmation half: wide_latent's T records there (cbmc level, Baron ahead) were on
+    # the page when this rule was written; the widths it gives (13-15) were measured nowhere. Fixed before
+    # its runs: latent_dim='auto' becomes the default only if its mean T label accuracy over 3 seeds is ahead
+    # of the defaults' on both halves (over the changed sets, the other sets being identical) and its mean
+    # macro-F1 is not behind on either
+    "latent_k1": ({"latent_dim": "auto"}, "latent at least K − 1 when classifying"),
     # protocol T candidates (a classifying stage 2 starts from the labels, not from K-means), run when a
     # classifying stage 2 used the clustering stage's learning rate and reconstruction weight: they fix those
     "latent32": ({"latent_dim": 32, **CLASSIFY_BEFORE}, "latent 32"),

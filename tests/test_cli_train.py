@@ -29,6 +29,7 @@ def run(*args):
 def test_help_and_version():
     result = run("--help")
     assert result.exit_code == 0 and "Examples" in result.output and "--labels-key" in result.output
+    assert "--n-clusters K|AUTO" in result.output and "--latent-dim L|AUTO" in result.output
     assert run("--version").exit_code == 0
 
 
@@ -102,6 +103,10 @@ def test_errors_leave_no_bundle(h5ad, tmp_path):
         assert not out.exists()
     result = run(h5ad, "-k", "3", "--out", tmp_path / "nodir" / "m", *FAST)
     assert result.exit_code != 0 and "does not exist" in result.output
+    for latent, message in (("1", "1 is below the smallest allowed value, 2"), ("wide", "neither 'auto' nor an integer")):
+        result = run(h5ad, "-k", "3", "--out", out, *FAST, "--latent-dim", latent)
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert not out.exists()
 
 
 def test_existing_bundle_needs_overwrite(h5ad, tmp_path):

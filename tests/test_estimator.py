@@ -407,6 +407,24 @@ def test_partial_fit_judges_patience_on_its_own_epochs(adata):
     assert added >= 4 and (model.history_.stop == "epochs") == (added == 8)
 
 
+def test_latent_dim_auto_gives_a_classifier_room_for_every_label_mean(tmp_path):
+    """latent_dim='auto': a classifying fit's latent is max(10, K − 1) wide (its nearest label
+    centroid is LDA, whose K label means span K − 1 dimensions), a clustering fit's 10; the model,
+    the bundle and the served latent all have that width."""
+    from sccsa_infer import Predictor
+
+    many = synthetic_counts(n_cells=260, n_genes=78, n_clusters=13)
+    fast = {**FAST_TRAINING, "pretrain_epochs": 5, "cluster_epochs": 2, "latent_dim": "auto"}
+    classifier = SCCSA(labels_key="cell_type", n_genes=60, random_state=0, **fast).fit(many)
+    assert classifier.transform(many).shape == (260, 12)
+    served = Predictor(classifier.export(tmp_path / "m")).predict(many)
+    assert served.latent.shape == (260, 12)
+    assert classifier.get_params()["latent_dim"] == "auto"  # the parameter as given, resolved per fit
+    assert SCCSA(13, n_genes=60, random_state=0, **fast).fit(many).transform(many).shape == (260, 10)
+    few = SCCSA(labels_key="cell_type", n_genes=40, random_state=0, **fast).fit(synthetic_counts())
+    assert few.transform(synthetic_counts()).shape[1] == 10
+
+
 def test_objective_cluster_keeps_the_papers_stage_two(synthetic):
     model = SCCSA(3, labels_key="cell_type", objective="cluster", n_genes=30, random_state=0,
                   **FAST_TRAINING).fit(synthetic)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .options import default
+from .options import LATENT_DIM, default
 
 KERNELS = (5, 5, 3)
 
@@ -99,7 +99,7 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
 class ConvAutoencoder(nn.Module):
     """Encoder/decoder pair; ``encode`` gives z, ``decode`` gives the reconstructed vector."""
 
-    def __init__(self, n_genes: int, latent_dim: int = default("latent_dim"),
+    def __init__(self, n_genes: int, latent_dim: int = LATENT_DIM,
                  channels: tuple[int, int, int] = default("channels"), batch_norm: bool = default("batch_norm"),
                  n_covariates: int = 0):
         super().__init__()

@@ -30,21 +30,22 @@ if TYPE_CHECKING:  # anndata is imported where it is used, after the fast argume
     import anndata as ad
 
 
-class ClusterCount(click.ParamType):
-    """``auto`` or an integer ≥ 2."""
+class AutoOrInteger(click.ParamType):
+    """``auto`` or an integer ≥ 2 (the number of clusters, the latent dimension)."""
 
-    name = "K|auto"
+    def __init__(self, name: str):
+        self.name = name
 
     def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
         if isinstance(value, int) or str(value).lower() == "auto":
             return value if isinstance(value, int) else "auto"
         try:
-            k = int(value)
+            number = int(value)
         except ValueError:
             self.fail(f"{value!r} is neither 'auto' nor an integer", param, ctx)
-        if k < 2:
-            self.fail("need at least 2 clusters", param, ctx)
-        return k
+        if number < 2:
+            self.fail(f"{number} is below the smallest allowed value, 2", param, ctx)
+        return number
 
 
 class Channels(click.ParamType):
@@ -66,7 +67,7 @@ class Channels(click.ParamType):
 
 def _click_type(option: Option) -> Any:
     if option.kind == "k":
-        return ClusterCount()
+        return AutoOrInteger(option.metavar or "N|auto")
     if option.kind == "channels":
         return Channels()
     if option.choices:

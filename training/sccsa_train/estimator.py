@@ -47,7 +47,7 @@ from .graph import ServingGraph
 from .model import SCCSANet
 from .network_input import NetworkInput
 from .objective import ObjectiveWeights
-from .options import classifies, default, validate
+from .options import LATENT_DIM, classifies, default, validate
 from .precision import resolve_precision
 from .preprocess import MIN_CELLS_PER_GENE, expression_matrix, library_sizes, prepare
 from .pseudolabels import consensus_labels, standard_pcs
@@ -86,7 +86,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         gene_order: str = default("gene_order"),
         cc: str = default("cc"),
         alpha: float = default("alpha"),
-        latent_dim: int = default("latent_dim"),
+        latent_dim: int | str = default("latent_dim"),
         attention_dim: int = default("attention_dim"),
         channels: tuple[int, int, int] = default("channels"),
         batch_norm: bool = default("batch_norm"),
@@ -374,9 +374,17 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
             return self.init
         return "labels" if batch_aware else "kmeans"
 
+    def _latent_size(self, k: int) -> int:
+        """``latent_dim``, with 'auto' resolved for K clusters: 10 when stage 2 clusters; when it
+        classifies, at least K − 1, since the K label means a nearest-centroid (LDA) rule separates
+        span K − 1 dimensions."""
+        if self.latent_dim != "auto":
+            return int(self.latent_dim)
+        return max(LATENT_DIM, k - 1) if self._classifies() else LATENT_DIM
+
     def _network(self, n_genes: int, k: int, n_batches: int) -> SCCSANet:
         """The untrained network these parameters describe (``n_batches`` > 0: conditional decoder)."""
-        return SCCSANet(n_genes, k, latent_dim=self.latent_dim, cc=self.cc, alpha=self.alpha,
+        return SCCSANet(n_genes, k, latent_dim=self._latent_size(k), cc=self.cc, alpha=self.alpha,
                         attention_dim=self.attention_dim, channels=tuple(self.channels), batch_norm=self.batch_norm,
                         n_covariates=n_batches)
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .cae import ConvAutoencoder
-from .options import default
+from .options import LATENT_DIM, default
 from .sacc import SACC
 
 
@@ -31,7 +31,7 @@ class SCCSANet(nn.Module):
     the decoder always reads the code itself.
     """
 
-    def __init__(self, n_genes: int, n_clusters: int, *, latent_dim: int = default("latent_dim"),
+    def __init__(self, n_genes: int, n_clusters: int, *, latent_dim: int = LATENT_DIM,
                  cc: str = default("cc"), alpha: float = default("alpha"),
                  attention_dim: int = default("attention_dim"), channels: tuple[int, int, int] = default("channels"),
                  batch_norm: bool = default("batch_norm"), n_covariates: int = 0):
@@ -47,6 +47,10 @@ class SCCSANet(nn.Module):
     @property
     def n_clusters(self) -> int:
         return self.centroids.shape[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.centroids.shape[1]
 
     def _code(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mixed, alpha = self.sacc(x)

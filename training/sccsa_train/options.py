@@ -28,6 +28,8 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("32", "bf16-mixed", "auto")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "one_cycle")
 DEFAULT_CHANNELS: tuple[int, int, int] = (16, 32, 64)
+LATENT_DIM = 10
+"""The latent dimension of a clustering fit under ``latent_dim='auto'``, and the least of a classifying one."""
 STAGE2_STOPS: dict[str, str] = {"tol": "fewer than tol of the labels changed", "patience": "no progress in patience "
                                 "epochs", "steps": "reached cluster_max_steps", "epochs": "reached cluster_epochs"}
 """Why stage 2 ended (``History.stop``), as the CLI and the log say it."""
@@ -36,7 +38,8 @@ STAGE2_STOPS: dict[str, str] = {"tol": "fewer than tol of the labels changed", "
 @dataclass(frozen=True)
 class Option:
     """One training option. ``kind`` is one of int, float, str, bool, 'k' (``auto`` or an integer
-    ≥ 2), 'channels' (three positive integers) or 'key' (an obs/layer name or None)."""
+    ≥ 2; ``metavar`` names it on the command line), 'channels' (three positive integers) or 'key'
+    (an obs/layer name or None)."""
 
     name: str
     kind: Any
@@ -48,6 +51,7 @@ class Option:
     low_open: bool = False
     short: str | None = None
     aliases: tuple[str, ...] = ()
+    metavar: str | None = None
 
     @property
     def flag(self) -> str:
@@ -99,7 +103,7 @@ def _is_number(value: Any) -> bool:
 
 OPTIONS: tuple[Option, ...] = (
     Option("n_clusters", "k", "auto", "Number of clusters K, or 'auto' (the number of labels_key classes when given, "
-           "else estimated from the data: see README).", short="-k"),
+           "else estimated from the data: see README).", short="-k", metavar="K|auto"),
     Option("n_genes", int, 1000, "Number of genes the model reads (F-test or HVG selection).", low=4),
     Option("genes", str, "ftest", "ftest: SelectKBest(f_classif) on pseudo-labels (or labels_key); hvg: Scanpy highly "
            "variable genes.", choices=GENE_SELECTIONS),
@@ -113,7 +117,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("cc", str, "sa", "Coefficient compression: sa (self-attention, per-cell alpha), fixed (alpha), off (no "
            "autocorrelation).", choices=CC_MODES),
     Option("alpha", float, 0.5, "Weight of the expression channel with cc=fixed (1 = expression only).", low=0, high=1),
-    Option("latent_dim", int, 10, "Latent dimension L.", low=2),
+    Option("latent_dim", "k", LATENT_DIM, "Latent dimension L, or 'auto': 10 when stage 2 clusters; max(10, K - 1) when "
+           "it classifies (the nearest label centroid in the within-class whitened latent is linear discriminant "
+           "analysis, whose K labels' means need K - 1 dimensions).", metavar="L|auto"),
     Option("attention_dim", int, 128, "Width h of the SA-CC projections.", low=1),
     Option("channels", "channels", DEFAULT_CHANNELS, "Channels of the three convolution layers, e.g. 16,32,64."),
     Option("batch_norm", bool, False, "BatchNorm after each convolution of the autoencoder."),
