@@ -4,7 +4,9 @@
    number of true labels, seed 0) on every dataset, one after another in this process, with the
    stage times and the number of stage-2 epochs from the fitted model's history.
    ``training_vs_scanpy``: CPU seconds of ``sccsa-train`` (defaults) and of Scanpy's standard
-   pipeline on ``--scanpy-dataset``, each in fresh processes, alternating, median of 3.
+   pipeline on ``--scanpy-dataset``, each in fresh processes, alternating, median of 3; one more
+   ``sccsa-train`` row per ``--precisions`` value other than the default and per ``--train-options``
+   string (e.g. ``'--cc off'``: what the SA-CC block costs in the whole command).
    ``training_scale``: ``sccsa-train`` with 1000-step budgets per stage on files of
    ``--train-cells`` cells (default 100,000, 300,000 and 1,000,000) resampled from PBMC-Zheng4k
    with Poisson counts: wall/CPU seconds, peak memory, stage times, ARI after the fit.
@@ -490,9 +492,10 @@ def training_scale(source: ad.AnnData, truth: np.ndarray, k: int, cell_counts: l
     return rows
 
 
-def _other_precisions(rows: pd.DataFrame) -> str:
-    """The page's sentence on CPU rows at another ``--precision`` than the defaults' (``--precisions``), if run."""
-    others = [name for name in rows.index if name.startswith("sccsa-train --precision")]
+def _other_settings(rows: pd.DataFrame) -> str:
+    """The page's sentence on CPU rows with other options than the defaults (``--precisions``,
+    ``--train-options``), if run."""
+    others = [name for name in rows.index if name.startswith("sccsa-train --")]
     return "".join(f" `{name}`: {rows.loc[name, 'cpu_s']:.1f} CPU-s, {rows.loc[name, 'cpu_vs_scanpy']:.1f}× Scanpy's."
                    for name in others)
 
@@ -670,7 +673,7 @@ def _vs_scanpy(payload: dict, key: str) -> str:
             f"alternating; medians of {payload.get('train_repeats', 3)} (`system_s`: the CPU seconds spent in the "
             "kernel, `page_faults`: its minor page faults, where recorded). Training costs "
             f"{rows['cpu_vs_scanpy'].iloc[0]:.1f}× Scanpy's CPU seconds (issue 14 asks for at most 3×)."
-            + _other_precisions(rows) + _earlier_training(rows) + _measured(payload, key) + "\n\n"
+            + _other_settings(rows) + _earlier_training(rows) + _measured(payload, key) + "\n\n"
             + markdown_table(rows))
 
 
@@ -815,6 +818,9 @@ def main() -> None:
     parser.add_argument("--baseline-bin", type=Path, default=None,
                         help=f"graph_forms: also time the sccsa-infer of an install of commit {BASELINE_COMMIT} (the serving "
                              "code before issue 15) on the dense graph of the 1000-gene model")
+    parser.add_argument("--train-options", nargs="*", default=[],
+                        help="training_vs_scanpy: one more sccsa-train row per string of options, e.g. '--cc off' "
+                             "(what a setting costs in the whole command, measured in the same run)")
     parser.add_argument("--train-baseline-src", type=Path, default=None,
                         help="training_vs_scanpy: also time the sccsa-train of this source tree (a git worktree of an "
                              "earlier commit) with this environment's packages, beside today's")
@@ -873,6 +879,7 @@ def main() -> None:
             model.export(bundle, overwrite=True)
         if "training_vs_scanpy" in args.sections:
             flag_sets = [device_flags(args.device, precision) for precision in precisions]
+            flag_sets += [shlex.split(options) for options in args.train_options]
             configurations = {" ".join(["sccsa-train", *flags]) if flags else "sccsa-train (default settings)": flags
                               for flags in flag_sets}
             payload[key("training_vs_scanpy")] = training_vs_scanpy(args.data / f"{args.scanpy_dataset}.h5ad", work,

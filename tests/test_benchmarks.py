@@ -273,16 +273,19 @@ def test_speed_gpu_sections_sit_beside_the_cpu_ones(monkeypatch, tmp_path):
     assert speed.device_flags("cpu", "32") == [] and speed.device_flags("cuda", "bf16-mixed") == [
         "--device", "cuda", "--precision", "bf16-mixed"]
     assert speed.device_flags("cpu", "bf16-mixed") == ["--precision", "bf16-mixed"]
-    # on the CPU, --precisions adds a training-vs-Scanpy row per precision beside the defaults' first row
+    # on the CPU, --precisions and --train-options add training-vs-Scanpy rows beside the defaults' first row
     vs = [{"pipeline": "sccsa-train (default settings)", "wall_s": 9.0, "cpu_s": 12.0, "cpu_vs_scanpy": 6.0,
            "wall_vs_scanpy": 4.5},
           {"pipeline": "Scanpy: normalise, HVG, PCA, kNN, Leiden", "wall_s": 2.0, "cpu_s": 2.0, "cpu_vs_scanpy": 1.0,
            "wall_vs_scanpy": 1.0},
           {"pipeline": "sccsa-train --precision bf16-mixed", "wall_s": 7.0, "cpu_s": 9.0, "cpu_vs_scanpy": 4.5,
-           "wall_vs_scanpy": 3.5}]
+           "wall_vs_scanpy": 3.5},
+          {"pipeline": "sccsa-train --cc off", "wall_s": 8.0, "cpu_s": 11.0, "cpu_vs_scanpy": 5.5,
+           "wall_vs_scanpy": 4.0}]
     page = speed.summarise({"training_vs_scanpy": vs, "scanpy_dataset": "tiny"})
     assert "Training costs 6.0× Scanpy's CPU seconds" in page
     assert "`sccsa-train --precision bf16-mixed`: 9.0 CPU-s, 4.5× Scanpy's." in page
+    assert "`sccsa-train --cc off`: 11.0 CPU-s, 5.5× Scanpy's." in page
     with pytest.raises(SystemExit):
         run(speed, monkeypatch, "--device", "cuda", "--sections", "training", "cold_start", "--out",
             str(tmp_path / "speed.json"))
