@@ -122,7 +122,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     # higher mean over the 12 sets); the default then changes only after protocol T, the speed rows and the
     # shipped model are re-run with it. Otherwise the learned block stays and the README says by how much
     "cc_off": ({"cc": "off"}, "SA-CC off"),
-    "cc_fixed": ({"cc": "fixed", "alpha": 0.5}, "fixed alpha 0.5"),
+    "cc_fixed": ({"cc": "fixed", "alpha": 0.5}, "fixed α 0.5"),
     # issue 13, protocol T (label accuracy 0.935 against the logistic regression's 0.946): a classifying fit's
     # latent at least K - 1 wide (latent_dim='auto': max(10, K - 1); a clustering fit keeps 10). Why: the
     # nearest label centroid in the within-class whitened latent is LDA, and K label means span K - 1
