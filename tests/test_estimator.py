@@ -419,6 +419,8 @@ def test_latent_dim_auto_gives_a_classifier_room_for_every_label_mean(tmp_path):
     assert classifier.transform(many).shape == (260, 12)
     served = Predictor(classifier.export(tmp_path / "m")).predict(many)
     assert served.latent.shape == (260, 12)
+    again = SCCSA.load(classifier.save(tmp_path / "saved"))  # the width is resolved again from the parameters
+    assert np.array_equal(again.transform(many), classifier.transform(many))
     assert classifier.get_params()["latent_dim"] == "auto"  # the parameter as given, resolved per fit
     assert SCCSA(13, n_genes=60, random_state=0, **fast).fit(many).transform(many).shape == (260, 10)
     few = SCCSA(labels_key="cell_type", n_genes=40, random_state=0, **fast).fit(synthetic_counts())
