@@ -375,7 +375,7 @@ class SCCSA(ClusterMixin, TransformerMixin, BaseEstimator):
         return "labels" if batch_aware else "kmeans"
 
     def _latent_size(self, k: int) -> int:
-        """``latent_dim``, with 'auto' resolved for K clusters: 10 when stage 2 clusters; when it
+        """``latent_dim``, with 'auto' resolved for K clusters: LATENT_DIM when stage 2 clusters; when it
         classifies, at least K − 1, since the K label means a nearest-centroid (LDA) rule separates
         span K − 1 dimensions."""
         if self.latent_dim != "auto":

@@ -117,9 +117,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("cc", str, "sa", "Coefficient compression: sa (self-attention, per-cell alpha), fixed (alpha), off (no "
            "autocorrelation).", choices=CC_MODES),
     Option("alpha", float, 0.5, "Weight of the expression channel with cc=fixed (1 = expression only).", low=0, high=1),
-    Option("latent_dim", "k", LATENT_DIM, "Latent dimension L, or 'auto': 10 when stage 2 clusters; max(10, K - 1) when "
-           "it classifies (the nearest label centroid in the within-class whitened latent is linear discriminant "
-           "analysis, whose K labels' means need K - 1 dimensions).", metavar="L|auto"),
+    Option("latent_dim", "k", LATENT_DIM, f"Latent dimension L, or 'auto': {LATENT_DIM} when stage 2 clusters; "
+           f"max({LATENT_DIM}, K - 1) when it classifies (the nearest label centroid in the within-class whitened "
+           "latent is linear discriminant analysis, whose K labels' means need K - 1 dimensions).", metavar="L|auto"),
     Option("attention_dim", int, 128, "Width h of the SA-CC projections.", low=1),
     Option("channels", "channels", DEFAULT_CHANNELS, "Channels of the three convolution layers, e.g. 16,32,64."),
     Option("batch_norm", bool, False, "BatchNorm after each convolution of the autoencoder."),
