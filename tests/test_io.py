@@ -205,6 +205,26 @@ def test_obs_columns_match_the_labels_also_for_repeated_names():
     np.testing.assert_array_equal(np.asarray(columns["key_cluster"]), prediction.cluster.astype(str))
 
 
+def test_a_term_id_column_pairs_each_label_with_its_cell_ontology_id():
+    rng = np.random.default_rng(4)
+    prob = rng.dirichlet(np.ones(4), size=50).astype(np.float32)
+    raw = {"label": prob.argmax(axis=1), "prob": prob, "latent": np.zeros((50, 2), np.float32),
+           "distance": rng.random(50).astype(np.float32)}
+    names, ids = ["B", "T", "B", "NK"], ["CL:0000236", "CL:0000084", "CL:0000236", "unknown"]
+    unassigned_rows = np.arange(50) % 13 == 0
+    plain = Prediction.from_outputs(raw, np.full(4, 0.5, np.float32), names, unassigned_rows)
+    assert "key_label_ontology_term_id" not in plain.obs_columns("key")  # no record, no column
+    prediction = Prediction.from_outputs(raw, np.full(4, 0.5, np.float32), names, unassigned_rows, ids)
+    column = prediction.obs_columns("key")["key_label_ontology_term_id"]
+    assert list(column.categories) == ["CL:0000236", "CL:0000084", "unknown"]
+    expected = np.where(prediction.unassigned, "unknown", np.asarray(ids)[prediction.cluster])
+    np.testing.assert_array_equal(np.asarray(column), expected)
+    assert 0 < prediction.unassigned.sum() < 50
+    both = Prediction.concat([prediction, prediction])
+    np.testing.assert_array_equal(np.asarray(both.obs_columns("key")["key_label_ontology_term_id"]),
+                                  np.concatenate([expected, expected]))
+
+
 def test_parquet_row_groups_gather_blocks(adata, tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+import anndata as ad
 import pytest
 from click.testing import CliRunner
 
 from sccsa_infer.bundle import load_bundle
 from sccsa_infer.cli import main as infer_main
 from sccsa_infer.errors import BundleError, InvalidParameterError
-from sccsa_infer.ontology import check_ontology, to_model_names
+from sccsa_infer.ontology import check_ontology, cluster_term_ids, to_model_names
 
 from conftest import synthetic_counts
 
@@ -74,6 +75,30 @@ def test_an_exported_record_reaches_the_bundle_info_and_eval_key(fitted_model, t
         accuracies.append(float(result.output.split("label accuracy ")[1].split()[0]))
         assert "CL:0000623" in result.output  # the id beside each cluster's name
     assert accuracies[0] == accuracies[1] > 0.9
+
+
+def test_cluster_term_ids_give_unknown_where_the_record_has_no_term():
+    assert cluster_term_ids(ONTOLOGY, NAMES) == ["CL:0000236", "CL:0000623", "CL:0001054"]
+    assert cluster_term_ids({"type1": ONTOLOGY["type1"]}, NAMES) == ["unknown", "CL:0000623", "unknown"]
+    assert cluster_term_ids(None, NAMES) is None and cluster_term_ids({}, NAMES) is None
+
+
+@pytest.mark.parametrize("record", [ONTOLOGY, {"type1": ONTOLOGY["type1"]}, None])
+def test_predictions_carry_each_cells_cell_ontology_id(fitted_model, tmp_path, record):
+    bundle = fitted_model.export(tmp_path / "model", cell_ontology=record)
+    query = tmp_path / "q.h5ad"
+    synthetic_counts(n_cells=60, seed=9).write_h5ad(query)
+    out = tmp_path / "labelled.h5ad"
+    result = CliRunner().invoke(infer_main, ["predict", str(query), "-m", str(bundle), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    obs = ad.read_h5ad(out).obs
+    if record is None:
+        assert "sccsa_label_ontology_term_id" not in obs
+        return
+    ids = {name: record.get(name, {"id": "unknown"})["id"] for name in NAMES}
+    expected = [("unknown" if label == "unassigned" else ids[label]) for label in obs["sccsa_label"].astype(str)]
+    assert obs["sccsa_label_ontology_term_id"].astype(str).tolist() == expected
+    assert len(set(expected)) > 1
 
 
 def test_a_bad_record_fails_export_before_anything_is_written(fitted_model, tmp_path):

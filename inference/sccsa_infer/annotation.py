@@ -194,7 +194,8 @@ def annotate(
 ) -> Any:
     """Label the cells of an AnnData (or of an ``.h5ad`` path, read whole) with a model bundle
     (default: the shipped model) and return the AnnData with ``obs['{key_added}_cluster']``,
-    ``_label``, ``_confidence``, ``_distance``, ``_unassigned``, ``obsm['X_{key_added}']`` and
+    ``_label``, ``_label_ontology_term_id`` (a bundle with Cell Ontology ids), ``_confidence``,
+    ``_distance``, ``_unassigned``, ``obsm['X_{key_added}']`` and
     ``uns[key_added]`` (model, hash, gene coverage, ``params``). An AnnData passed in is written
     into (or into a copy with ``copy=True``); a file on disk is never modified.
 

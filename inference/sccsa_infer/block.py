@@ -35,6 +35,7 @@ class BlockLabeller:
     input_kind: str
     thresholds: np.ndarray
     cluster_names: list[str] | None
+    term_ids: list[str] | None = None  # each cluster's Cell Ontology id, from the bundle's record
 
     def __call__(self, block: Any, total_counts: Sequence[float] | np.ndarray | None = None, *,
                  row_offset: int = 0, source: str = "the query") -> Prediction:
@@ -51,7 +52,7 @@ class BlockLabeller:
         if total_counts is not None:
             totals = check_library_sizes(total_counts, totals, "total_counts")
         raw = self.run(panel, totals)
-        return Prediction.from_outputs(raw, self.thresholds, self.cluster_names, panel.sum(axis=1) == 0)
+        return Prediction.from_outputs(raw, self.thresholds, self.cluster_names, panel.sum(axis=1) == 0, self.term_ids)
 
     def label(self, matrix: Any, *, total_counts: Sequence[float] | np.ndarray | None = None, batch_size: int,
               source: str = "the query") -> Prediction:

@@ -21,6 +21,9 @@ from .errors import BundleError, InputDataError
 
 ONTOLOGY_KEY = "cell_ontology"
 CL_ID = re.compile(r"^CL:\d{7}$")
+UNKNOWN_TERM = "unknown"
+"""The term id of a cell whose type is not determined (CELLxGENE's ``cell_type_ontology_term_id``
+value for it): an ``unassigned`` cell, or a cluster the record gives no id."""
 
 
 def check_ontology(record: Any, cluster_names: Sequence[str] | None, where: str,
@@ -78,6 +81,15 @@ def to_model_names(labels: Sequence[Any], record: Mapping[str, Mapping[str, Any]
         return values
     table = translation(record)
     return np.asarray([table.get(_key(v), v) if isinstance(v, str) else v for v in values], dtype=object)
+
+
+def cluster_term_ids(record: Mapping[str, Mapping[str, Any]] | None,
+                     cluster_names: Sequence[str] | None) -> list[str] | None:
+    """Each cluster's CL id (:data:`UNKNOWN_TERM` for a name the record leaves out), or ``None`` for
+    a bundle without a record: what the per-cell ``{key_added}_label_ontology_term_id`` column reads."""
+    if not record or cluster_names is None:
+        return None
+    return [record[name]["id"] if name in record else UNKNOWN_TERM for name in cluster_names]
 
 
 def _spellings(name: str, term: Mapping[str, Any]) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .defaults import KEY_ADDED
+from .ontology import UNKNOWN_TERM
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,7 +27,8 @@ ARRAY_FIELDS: tuple[str, ...] = ("cluster", "confidence", "distance", "unassigne
 @dataclass
 class Prediction:
     """Per-cell results: cluster index, optional name, confidence, distance, latent, and ``empty``
-    (no counts in the model's genes; such cells are always unassigned)."""
+    (no counts in the model's genes; such cells are always unassigned). ``term_ids``: each
+    cluster's Cell Ontology id, when the bundle carries a ``cell_ontology`` record."""
 
     cluster: np.ndarray
     confidence: np.ndarray
@@ -37,10 +39,11 @@ class Prediction:
     empty: np.ndarray
     cluster_names: list[str] | None = None
     gene_coverage: float | None = None
+    term_ids: list[str] | None = None
 
     @classmethod
     def from_outputs(cls, raw: Mapping[str, np.ndarray], thresholds: np.ndarray, cluster_names: list[str] | None,
-                     empty: np.ndarray) -> Prediction:
+                     empty: np.ndarray, term_ids: list[str] | None = None) -> Prediction:
         """Results from the graph's outputs (``label``, ``prob``, ``latent``, ``distance``): the one
         place where confidence and ``unassigned`` are derived, for ONNX Runtime and torch alike.
         ``empty`` marks cells with no counts in the model's genes (always unassigned)."""
@@ -56,6 +59,7 @@ class Prediction:
             prob=prob,
             empty=np.asarray(empty, dtype=bool),
             cluster_names=cluster_names,
+            term_ids=term_ids,
         )
 
     @classmethod
@@ -64,7 +68,8 @@ class Prediction:
         if not parts:
             raise ValueError("no blocks to concatenate")
         fields = {name: np.concatenate([getattr(p, name) for p in parts]) for name in ARRAY_FIELDS}
-        return cls(**fields, cluster_names=parts[0].cluster_names, gene_coverage=gene_coverage)
+        return cls(**fields, cluster_names=parts[0].cluster_names, gene_coverage=gene_coverage,
+                   term_ids=parts[0].term_ids)
 
     def __len__(self) -> int:
         return len(self.cluster)
@@ -79,8 +84,9 @@ class Prediction:
 
     def obs_columns(self, key_added: str = KEY_ADDED) -> dict[str, Any]:
         """The ``obs`` columns sccsa writes (``{key_added}_cluster``, ``_label`` when the model has
-        names, ``_confidence``, ``_distance``, ``_unassigned``): the one output schema of the CLI,
-        :func:`sccsa_infer.annotate` and ``SCCSA.annotate``."""
+        names, ``_label_ontology_term_id`` when it has their Cell Ontology ids, ``_confidence``,
+        ``_distance``, ``_unassigned``): the one output schema of the CLI, :func:`sccsa_infer.annotate`
+        and ``SCCSA.annotate``."""
         import pandas as pd
 
         k = self.prob.shape[1]
@@ -88,14 +94,23 @@ class Prediction:
             f"{key_added}_cluster": pd.Categorical.from_codes(self.cluster, categories=[str(i) for i in range(k)]),
         }
         if self.cluster_names is not None:
-            categories = list(dict.fromkeys([*self.cluster_names, UNASSIGNED]))
-            code_of_cluster = np.array([categories.index(name) for name in self.cluster_names])
-            codes = np.where(self.unassigned, categories.index(UNASSIGNED), code_of_cluster[self.cluster])
-            columns[f"{key_added}_label"] = pd.Categorical.from_codes(codes, categories=categories)
+            columns[f"{key_added}_label"] = self._per_cell(self.cluster_names, UNASSIGNED)
+        if self.term_ids is not None:  # CELLxGENE's pair of columns: a name and its term id
+            columns[f"{key_added}_label_ontology_term_id"] = self._per_cell(self.term_ids, UNKNOWN_TERM)
         columns[f"{key_added}_confidence"] = self.confidence
         columns[f"{key_added}_distance"] = self.distance
         columns[f"{key_added}_unassigned"] = self.unassigned
         return columns
+
+    def _per_cell(self, of_cluster: list[str], unassigned: str) -> pd.Categorical:
+        """A categorical of each cell's cluster's value, ``unassigned`` where the cell is: built from
+        codes, so no string is made per cell."""
+        import pandas as pd
+
+        categories = list(dict.fromkeys([*of_cluster, unassigned]))
+        code_of_cluster = np.array([categories.index(value) for value in of_cluster])
+        codes = np.where(self.unassigned, categories.index(unassigned), code_of_cluster[self.cluster])
+        return pd.Categorical.from_codes(codes, categories=categories)
 
     def obsm(self, key_added: str = KEY_ADDED) -> dict[str, np.ndarray]:
         """The ``obsm`` entry sccsa writes: the latent coordinates as ``X_{key_added}``."""

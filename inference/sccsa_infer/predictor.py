@@ -17,6 +17,7 @@ from .block import BlockLabeller
 from .bundle import INPUT_NAMES, METADATA_FILE, METADATA_KEY, OUTPUT_NAMES, Bundle, load_bundle
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MIN_COVERAGE, GRAPH_ROWS, MODEL_ENV
 from .errors import BundleError, InputDataError, InvalidParameterError
+from .ontology import cluster_term_ids
 from .prediction import Prediction
 from .versions import warn_on_version_mismatch
 
@@ -152,7 +153,8 @@ class Predictor:
     def labeller(self, alignment: GeneAlignment) -> BlockLabeller:
         """The serving primitive for a query with this gene ``alignment``: a block of cells in, a block
         of results out (what every path, the Dask engine included, runs per block)."""
-        return BlockLabeller(self.run, alignment, self.bundle.input_kind, self.thresholds, self.bundle.cluster_names)
+        return BlockLabeller(self.run, alignment, self.bundle.input_kind, self.thresholds, self.bundle.cluster_names,
+                             cluster_term_ids(self.bundle.cell_ontology, self.bundle.cluster_names))
 
     def predict(
         self,
